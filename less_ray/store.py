@@ -3,9 +3,9 @@
     <store>/manifest.json
     <store>/shards/part-00000.parquet   (+ part-00000.parquet.json: rows and sha256)
 
-Columns: `id` string, `features` fixed_size_list<float16|float32>[dim] (a plain Arrow type that
-pyarrow, pandas and duckdb read), `norm` float32 (L2 norm before normalisation), `n_tokens`
-int32, `loss` float32, and for targets `task`, `subtask` strings.
+Columns: `id` string, `source` string, `features` fixed_size_list<float16|float32>[dim] (a plain
+Arrow type that pyarrow, pandas and duckdb read), `norm` float32 (L2 norm before normalisation),
+`n_tokens` int32, `loss` float32, and for targets `task`, `subtask` strings.
 
 A shard is written to a hidden temp name and renamed into place with its sidecar, so a killed
 writer leaves no partial shard visible; a rerun skips shards whose sidecar checksum verifies.
@@ -51,15 +51,15 @@ def shard_name(index: int) -> str:
 def _arrow_schema(dim: int, dtype: str, with_task: bool):
     import pyarrow as pa
     value = {"float16": pa.float16(), "float32": pa.float32()}[dtype]
-    fields = [("id", pa.string()), ("features", pa.list_(value, dim)), ("norm", pa.float32()),
+    fields = [("id", pa.string()), ("source", pa.string()), ("features", pa.list_(value, dim)), ("norm", pa.float32()),
               ("n_tokens", pa.int32()), ("loss", pa.float32())]
     if with_task:
         fields += [("task", pa.string()), ("subtask", pa.string())]
     return pa.schema(fields)
 
 
-def features_table(ids: list[str], features: np.ndarray, norms, n_tokens, losses, dtype: str = "float16",
-                   tasks: list[str | None] | None = None, subtasks: list[str | None] | None = None):
+def features_table(ids: list[str], sources: list[str], features: np.ndarray, norms, n_tokens, losses,
+                   dtype: str = "float16", tasks: list[str | None] | None = None, subtasks: list[str | None] | None = None):
     """An Arrow table in the store's column layout (features as fixed_size_list)."""
     import pyarrow as pa
     features = np.asarray(features)
@@ -69,7 +69,7 @@ def features_table(ids: list[str], features: np.ndarray, norms, n_tokens, losses
         raise ValueError(f"non-finite features for ids {bad}: refusing to store NaN/inf rows")
     schema = _arrow_schema(dim, dtype, tasks is not None)
     flat = pa.array(features.astype(dtype).reshape(-1), type=schema.field("features").type.value_type)
-    cols = [pa.array(ids, pa.string()), pa.FixedSizeListArray.from_arrays(flat, dim),
+    cols = [pa.array(ids, pa.string()), pa.array(sources, pa.string()), pa.FixedSizeListArray.from_arrays(flat, dim),
             pa.array(np.asarray(norms, np.float32)), pa.array(np.asarray(n_tokens, np.int32)),
             pa.array(np.asarray(losses, np.float32))]
     if tasks is not None:

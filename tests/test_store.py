@@ -1,0 +1,65 @@
+"""Datastore layout: plain Arrow types, atomic shards, verification, manifest round trip."""
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from less_ray import store as S
+
+
+def _table(n=5, dim=8, dtype="float16", offset=0, targets=False):
+    rng = np.random.default_rng(offset)
+    f = rng.standard_normal((n, dim)).astype(np.float32)
+    ids = [f"id{offset + i}" for i in range(n)]
+    kw = {"tasks": ["t"] * n, "subtasks": [f"s{i % 2}" for i in range(n)]} if targets else {}
+    return S.features_table(ids, ["src"] * n, f, np.ones(n), np.arange(n) + 1, np.zeros(n), dtype, **kw), f
+
+
+def _manifest(entries, dim=8):
+    return S.StoreManifest(kind="adam", checkpoint="ck", checkpoint_hash="h", model="m",
+                           projection=S.Projection("rademacher", 0, dim), normalized=True, dtype="float16",
+                           count=sum(e["rows"] for e in entries), shards=entries, versions=S.library_versions())
+
+
+def test_features_are_a_plain_fixed_size_list_readable_without_ray(tmp_path):
+    table, f = _table(targets=True)
+    entry = S.write_shard(tmp_path, 0, table)
+    raw = pq.read_table(tmp_path / entry["file"])
+    assert raw.schema.field("features").type == pa.list_(pa.float16(), 8)
+    assert raw.schema.metadata is None or b"ray" not in b"".join(raw.schema.metadata.keys())
+    df = raw.to_pandas()
+    assert list(df.columns) == ["id", "source", "features", "norm", "n_tokens", "loss", "task", "subtask"]
+    np.testing.assert_allclose(np.stack(df["features"]), f, rtol=1e-3, atol=1e-3)
+
+
+def test_refuses_nan_rows():
+    with pytest.raises(ValueError, match="non-finite features for ids \\['a'\\]"):
+        S.features_table(["a", "b"], ["s", "s"], np.array([[np.nan, 0], [1, 0]]), [1, 1], [1, 1], [0, 0])
+
+
+def test_verify_detects_corruption_and_temp_files_are_invisible(tmp_path):
+    S.write_shard(tmp_path, 0, _table()[0])
+    S.write_shard(tmp_path, 1, _table(offset=5)[0])
+    assert S.verified_shard(tmp_path, 0)["rows"] == 5 and S.verified_shard(tmp_path, 2) is None
+    (tmp_path / "shards" / ".tmp-part-00002.parquet-dead").write_bytes(b"partial")  # a killed writer
+    p1 = tmp_path / "shards" / S.shard_name(1)
+    p1.write_bytes(p1.read_bytes()[:-10])
+    assert S.verified_shard(tmp_path, 1) is None
+    assert S.remove_temp_files(tmp_path) == 1
+    assert sorted(p.name for p in (tmp_path / "shards").glob("*.parquet")) == ["part-00000.parquet", "part-00001.parquet"]
+
+
+def test_manifest_round_trip_and_streaming(tmp_path):
+    entries = [S.write_shard(tmp_path, i, _table(offset=5 * i)[0]) for i in range(3)]
+    S.write_manifest(tmp_path, _manifest(entries))
+    man = S.read_manifest(tmp_path)
+    assert man.count == 15 and man.projection.dim == 8 and "torch" in man.versions
+    blocks = list(S.iter_blocks(tmp_path, ("id", "features"), batch_rows=2))
+    assert max(len(b["id"]) for b in blocks) == 2
+    whole = S.read_store(tmp_path)
+    assert list(whole["id"]) == [f"id{i}" for i in range(15)] and whole["features"].shape == (15, 8)
+    assert json.loads((tmp_path / "manifest.json").read_text())["format"] == S.FORMAT
+    with pytest.raises(FileNotFoundError, match="not a finished datastore"):
+        S.read_manifest(tmp_path / "nowhere")
