@@ -89,28 +89,15 @@ def _iter_parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
             yield n, row
 
 
-def read_records(path: str | Path, format: str | None = None, on_error: OnError = "raise",
-                 quarantine_path: str | Path | None = None, default_source: str | None = None,
-                 check_duplicates: bool = True) -> ReadReport:
-    """Read a file of records, validating every line.
-
-    `default_source` fills `source` where a line has none (default: the file's stem).
-    Lines are numbered from 1 (Parquet: row number from 1).
-    """
-    path = Path(path)
-    fmt = format or detect_format(path)
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    default_source = default_source or path.stem
-    report = ReadReport(path=str(path))
+def _checked_rows(path: Path, fmt: str, default_source: str,
+                  check_duplicates: bool) -> Iterator[tuple[int, Record | DataProblem]]:
+    """(line, Record or the DataProblem that rejects it) for every line of the file."""
     seen: dict[str, int] = {}
 
     def rows() -> Iterator[tuple[int, Any, str]]:
         if fmt == "parquet":
             for n, row in _iter_parquet_rows(path):
-                yield n, row, ""
+                yield n, {k: v for k, v in row.items() if v is not None}, ""
             return
         for n, raw, ended in _iter_lines(path):
             if not raw.strip():
@@ -126,21 +113,55 @@ def read_records(path: str | Path, format: str | None = None, on_error: OnError 
                 yield n, e, text
 
     for n, obj, raw in rows():
-        report.lines = n
         try:
             if isinstance(obj, RecordError):
                 raise obj
-            if fmt == "parquet" and isinstance(obj, dict):
-                obj = {k: v for k, v in obj.items() if v is not None}
             rec = record_from_dict(obj, default_source=default_source)
             if check_duplicates:
                 if rec.id in seen:
                     raise RecordError(f"duplicate id {rec.id!r} (first seen on line {seen[rec.id]})")
                 seen[rec.id] = n
-            report.records.append(rec)
+            yield n, rec
         except RecordError as e:
-            report.problems.append(DataProblem(str(path), n, str(e), raw or json.dumps(obj, default=str)[:_RAW_CUT]))
+            yield n, DataProblem(str(path), n, str(e), raw or json.dumps(obj, default=str)[:_RAW_CUT])
 
+
+def _resolve(path: str | Path, format: str | None) -> tuple[Path, str]:
+    path = Path(path)
+    fmt = format or detect_format(path)
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    return path, fmt
+
+
+def iter_records(path: str | Path, format: str | None = None, default_source: str | None = None,
+                 check_duplicates: bool = True) -> Iterator[Record]:
+    """Stream a (large) file's records; the first bad line raises DataFileError naming it."""
+    path, fmt = _resolve(path, format)
+    for _, item in _checked_rows(path, fmt, default_source or path.stem, check_duplicates):
+        if isinstance(item, DataProblem):
+            raise DataFileError([item])
+        yield item
+
+
+def read_records(path: str | Path, format: str | None = None, on_error: OnError = "raise",
+                 quarantine_path: str | Path | None = None, default_source: str | None = None,
+                 check_duplicates: bool = True) -> ReadReport:
+    """Read a file of records, validating every line.
+
+    `default_source` fills `source` where a line has none (default: the file's stem).
+    Lines are numbered from 1 (Parquet: row number from 1).
+    """
+    path, fmt = _resolve(path, format)
+    report = ReadReport(path=str(path))
+    for n, item in _checked_rows(path, fmt, default_source or path.stem, check_duplicates):
+        report.lines = n
+        if isinstance(item, DataProblem):
+            report.problems.append(item)
+        else:
+            report.records.append(item)
     if report.problems:
         if on_error == "raise":
             raise DataFileError(report.problems)

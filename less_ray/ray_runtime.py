@@ -1,0 +1,22 @@
+"""Joining or starting Ray: one place for the choices every stage makes the same way."""
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger("less_ray")
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
+    """Connect to `address` (or $RAY_ADDRESS); else start an embedded local Ray.
+    Returns True when this call started Ray (the caller may shut it down)."""
+    import ray
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+    log.info("ray: %s", ray.cluster_resources())
+    return True

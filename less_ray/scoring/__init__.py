@@ -1,0 +1,1 @@
+"""LESS step 3: influence scores over the gradient datastore, top-k selection, report."""

@@ -1,0 +1,253 @@
+"""`less-ray score`: LESS influence of every pool example on every target task, on Ray Data.
+
+Ray Data runs one `ShardScorer` actor pool over the pool's shard indices. An actor reads shard i
+of every checkpoint's pool store in lockstep (the stores share one id layout; ids are checked
+block by block, so this is a merge join on id), multiplies each block by the small per-checkpoint
+[ΣS, d] matrix of weighted subtask-mean target features (core.influence), and writes the shard's
+scores. Memory per actor is bounded by `block_rows`, not by the pool. The driver then streams the
+parts into one `scores.parquet` per task.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import save_config
+from ..core.influence import TaskQuery, normalize_weights, partial_subtask_scores, reduce_max, stack_queries
+from ..store import read_manifest, read_store
+from .stores import CheckpointStores, StoreMismatch, match_stores, shard_files
+
+log = logging.getLogger("less_ray")
+
+
+@dataclass
+class TaskSpec:
+    name: str
+    target_stores: list[str]  # sgd stores of this task's targets, one per checkpoint (any order)
+
+
+@dataclass
+class ScoreConfig:
+    pool_stores: list[str] = field(default_factory=list)  # adam stores of the pool, one per checkpoint
+    tasks: list[TaskSpec] = field(default_factory=list)
+    out: str = ""
+    weights: list[float] | None = None  # per pool store; default: the checkpoints' avg_lr; normalised to sum 1
+    block_rows: int = 65536
+    min_actors: int = 1
+    max_actors: int = 2
+    actor_num_cpus: float = 1.0
+    actor_num_gpus: float = 0.0
+    address: str | None = None  # Ray cluster; default $RAY_ADDRESS, else an embedded Ray
+    num_cpus: int | None = None  # embedded Ray only
+
+
+def _id_hash(ids) -> np.ndarray:
+    return np.fromiter((int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(), "little")
+                        for i in ids), dtype=np.uint64, count=len(ids))
+
+
+def check_unique_ids(store: str, block_rows: int = 65536) -> int:
+    """Refuse a store that holds an id twice; streams the id column (8 bytes per row kept)."""
+    import pyarrow.parquet as pq
+    hashes = []
+    for f in shard_files(store):
+        for b in pq.ParquetFile(f).iter_batches(batch_size=block_rows, columns=["id"]):
+            hashes.append(_id_hash(b.column(0).to_pylist()))
+    h = np.concatenate(hashes) if hashes else np.empty(0, np.uint64)
+    s = np.sort(h)
+    dup = s[1:][s[1:] == s[:-1]]
+    if len(dup):
+        names = set()
+        for f in shard_files(store):  # a second pass only on failure, to name the ids
+            ids = pq.read_table(f, columns=["id"]).column(0).to_pylist()
+            names |= {i for i, x in zip(ids, _id_hash(ids)) if x in set(dup.tolist())}
+        raise StoreMismatch(f"{store}: id(s) stored more than once: {sorted(names)[:10]}")
+    return len(h)
+
+
+class ShardScorer:
+    """Ray Data actor: scores whole shards (one batch row = one shard index)."""
+
+    def __init__(self, pool_stores: list[str], matrices: list[np.ndarray], tasks: list[tuple[str, slice]],
+                 parts_dir: str, block_rows: int, use_gpu: bool = False):
+        self.files = [shard_files(s) for s in pool_stores]
+        self.pool_stores = pool_stores
+        self.tasks = tasks
+        self.parts = Path(parts_dir)
+        self.block_rows = block_rows
+        self.torch_device = None
+        if use_gpu:
+            import torch
+            self.torch_device = torch.device("cuda")
+            self.matrices = [torch.as_tensor(m, device=self.torch_device) for m in matrices]
+        else:
+            self.matrices = matrices
+
+    def _partial(self, features: np.ndarray, c: int) -> np.ndarray:
+        if self.torch_device is None:
+            return partial_subtask_scores(features, self.matrices[c])
+        import torch
+        x = torch.as_tensor(features, device=self.torch_device, dtype=torch.float32)
+        return (x @ self.matrices[c].T).cpu().numpy()
+
+    def _blocks(self, shard: int):
+        import pyarrow.parquet as pq
+        readers = [_windows(pq.ParquetFile(f[shard]).iter_batches(
+                       batch_size=self.block_rows, columns=["id", "source", "features"] if c == 0 else ["id", "features"]),
+                       self.block_rows)
+                   for c, f in enumerate(self.files)]
+        for batches in zip(*readers, strict=True):
+            ids = batches[0].column("id").combine_chunks()
+            for c, b in enumerate(batches[1:], start=1):
+                if not b.column("id").combine_chunks().equals(ids):
+                    raise StoreMismatch(f"shard {shard}: ids of {self.pool_stores[c]} differ from "
+                                        f"{self.pool_stores[0]}: stores are not aligned")
+            yield ids, batches[0].column("source"), [_features(b) for b in batches]
+
+    def score_shard(self, shard: int) -> dict[str, Any]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        cols: dict[str, list] = {"id": [], "source": []}
+        for name, _ in self.tasks:
+            cols[f"score/{name}"], cols[f"best/{name}"] = [], []
+        for ids, sources, feats in self._blocks(shard):
+            total = sum(self._partial(f, c) for c, f in enumerate(feats))
+            cols["id"].append(ids)
+            cols["source"].append(sources.combine_chunks())
+            for name, sl in self.tasks:
+                score, best = reduce_max(total, sl)
+                cols[f"score/{name}"].append(pa.array(score.astype(np.float32)))
+                cols[f"best/{name}"].append(pa.array(best.astype(np.int32)))
+        table = pa.table({k: pa.concat_arrays(v) for k, v in cols.items()})
+        tmp = self.parts / f".tmp-{shard:05d}.parquet"
+        pq.write_table(table, tmp)
+        tmp.rename(self.parts / f"{shard:05d}.parquet")
+        return {"shard": shard, "rows": table.num_rows}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        done = [self.score_shard(int(s)) for s in batch["shard"]]
+        return {"shard": np.array([d["shard"] for d in done]), "rows": np.array([d["rows"] for d in done])}
+
+
+def _windows(batches, rows: int):
+    """Re-slice record batches into tables of exactly `rows` rows (the last may be shorter), so
+    stores written with different row-group sizes still line up block for block."""
+    import pyarrow as pa
+    buf = None
+    for b in batches:
+        t = pa.Table.from_batches([b])
+        buf = t if buf is None else pa.concat_tables([buf, t])
+        while buf.num_rows >= rows:
+            yield buf.slice(0, rows).combine_chunks()
+            buf = buf.slice(rows)
+    if buf is not None and buf.num_rows:
+        yield buf.combine_chunks()
+
+
+def _features(batch) -> np.ndarray:
+    col = batch.column("features").combine_chunks()
+    dim = col.type.list_size
+    return col.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
+
+
+def build_queries(stores: list[CheckpointStores], tasks: list[TaskSpec], weights: list[float]) -> list[TaskQuery]:
+    queries = []
+    for t in tasks:
+        feats, subtasks = [], None
+        for ck in stores:
+            data = read_store(ck.targets[t.name], ("id", "features", "subtask"))
+            if subtasks is None:
+                subtasks, first_ids = list(data["subtask"]), list(data["id"])
+                if len(set(first_ids)) != len(first_ids):
+                    raise StoreMismatch(f"task {t.name}: a target id is stored twice in {ck.targets[t.name]}")
+            elif list(data["id"]) != first_ids:
+                raise StoreMismatch(f"task {t.name}: target stores hold different examples ({ck.targets[t.name]})")
+            feats.append(data["features"])
+        queries.append(TaskQuery.build(t.name, feats, subtasks, weights))
+    return queries
+
+
+def resolve_weights(cfg: ScoreConfig, stores: list[CheckpointStores]) -> list[float]:
+    if cfg.weights is not None:
+        if len(cfg.weights) != len(cfg.pool_stores):
+            raise ValueError(f"weights: {len(cfg.weights)} given for {len(cfg.pool_stores)} pool stores")
+        by_path = dict(zip(cfg.pool_stores, cfg.weights))
+        return list(normalize_weights([by_path[ck.pool] for ck in stores]))
+    missing = [ck.pool for ck in stores if ck.avg_lr is None]
+    if missing:
+        raise ValueError(f"pool store(s) {missing} carry no avg_lr: give `weights` explicitly")
+    return list(normalize_weights([ck.avg_lr for ck in stores]))
+
+
+def run_score(cfg: ScoreConfig) -> dict[str, Any]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    from ..ray_runtime import ensure_ray
+    t0 = time.time()
+    if not cfg.out:
+        raise ValueError("score: 'out' is required")
+    stores = match_stores(cfg.pool_stores, {t.name: t.target_stores for t in cfg.tasks})
+    weights = resolve_weights(cfg, stores)
+    n_pool = check_unique_ids(stores[0].pool, cfg.block_rows)
+    queries = build_queries(stores, cfg.tasks, weights)
+    matrices, slices = stack_queries(queries)
+    out = Path(cfg.out)
+    parts = out / "_parts"
+    shutil.rmtree(parts, ignore_errors=True)
+    parts.mkdir(parents=True)
+    n_shards = len(read_manifest(stores[0].pool).shards)
+    log.info("score: %d pool rows in %d shards x %d checkpoints, tasks %s", n_pool, n_shards, len(stores),
+             [q.task for q in queries])
+
+    ensure_ray(cfg.address, cfg.num_cpus)
+    ds = ray.data.from_items([{"shard": i} for i in range(n_shards)], override_num_blocks=max(1, n_shards))
+    ds = ds.map_batches(ShardScorer, batch_size=1,
+                        fn_constructor_kwargs={"pool_stores": [ck.pool for ck in stores], "matrices": matrices,
+                                               "tasks": [(q.task, sl) for q, sl in zip(queries, slices)],
+                                               "parts_dir": str(parts), "block_rows": cfg.block_rows,
+                                               "use_gpu": cfg.actor_num_gpus > 0},
+                        compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors),
+                        num_cpus=cfg.actor_num_cpus, num_gpus=cfg.actor_num_gpus)
+    done = ds.take_all()
+    if sorted(int(d["shard"]) for d in done) != list(range(n_shards)):
+        raise RuntimeError(f"score: shards missing from the result: {sorted(int(d['shard']) for d in done)}")
+    t_actors = time.time() - t0
+
+    summary = {"pool_rows": n_pool, "shards": n_shards, "checkpoints": len(stores), "weights": weights,
+               "tasks": {}}
+    for q in queries:
+        task_dir = out / q.task
+        task_dir.mkdir(parents=True, exist_ok=True)
+        schema = pa.schema([("id", pa.string()), ("source", pa.string()), ("score", pa.float32()),
+                            ("best_subtask", pa.string())])
+        names = np.array(q.subtasks, dtype=object)
+        tmp = task_dir / ".scores.parquet.tmp"
+        with pq.ParquetWriter(tmp, schema) as w:
+            for i in range(n_shards):  # one row group per shard, in pool order
+                t = pq.read_table(parts / f"{i:05d}.parquet", columns=["id", "source", f"score/{q.task}", f"best/{q.task}"])
+                best = pa.array(names[t.column(3).to_numpy()].tolist(), pa.string())
+                w.write_table(pa.table([t.column(0), t.column(1), t.column(2), best], schema=schema))
+        tmp.rename(task_dir / "scores.parquet")
+        summary["tasks"][q.task] = {"subtasks": q.subtasks, "scores": str(task_dir / "scores.parquet")}
+    shutil.rmtree(parts)
+    manifests = out / "manifests"
+    manifests.mkdir(exist_ok=True)
+    for k, ck in enumerate(stores):
+        (manifests / f"pool_ckpt{k}.json").write_text((Path(ck.pool) / "manifest.json").read_text())
+        for task, path in ck.targets.items():
+            (manifests / f"{task}_ckpt{k}.json").write_text((Path(path) / "manifest.json").read_text())
+    summary["seconds"] = {"total": round(time.time() - t0, 2), "score_actors": round(t_actors, 2)}
+    (out / "score_summary.json").write_text(json.dumps(summary, indent=2))
+    save_config(cfg, out / "score.config.yaml")
+    log.info("score: done in %.1fs", time.time() - t0)
+    return summary

@@ -1,0 +1,81 @@
+"""Which stores may be combined: refuse any mismatch, naming it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..store import StoreManifest, read_manifest
+
+
+class StoreMismatch(ValueError):
+    pass
+
+
+@dataclass
+class CheckpointStores:
+    """One checkpoint: its pool store and, per task, its target store."""
+    checkpoint_hash: str
+    pool: str
+    targets: dict[str, str]
+    avg_lr: float | None
+
+
+def _same(field: str, a: StoreManifest, b: StoreManifest, pa: str, pb: str, value) -> None:
+    va, vb = value(a), value(b)
+    if va != vb:
+        raise StoreMismatch(f"stores disagree on {field}: {pa} has {va!r}, {pb} has {vb!r}")
+
+
+def _check_pair(a: StoreManifest, b: StoreManifest, pa: str, pb: str) -> None:
+    _same("base model", a, b, pa, pb, lambda m: m.model)
+    _same("projection type", a, b, pa, pb, lambda m: m.projection.type)
+    _same("projection seed", a, b, pa, pb, lambda m: m.projection.seed)
+    _same("projection dim", a, b, pa, pb, lambda m: m.projection.dim)
+    _same("normalisation", a, b, pa, pb, lambda m: m.normalized)
+
+
+def match_stores(pool_stores: list[str], task_stores: dict[str, list[str]]) -> list[CheckpointStores]:
+    """Pair each pool store (one per checkpoint, kind adam) with each task's target store of the
+    same checkpoint (kind sgd, matched by checkpoint content hash). Everything must agree on
+    base model, projection and normalisation; the pool stores must share one layout of ids."""
+    if not pool_stores:
+        raise StoreMismatch("no pool stores given")
+    pools = {p: read_manifest(p) for p in pool_stores}
+    first_path, first = next(iter(pools.items()))
+    seen_ckpt: dict[str, str] = {}
+    for path, m in pools.items():
+        if m.kind != "adam":
+            raise StoreMismatch(f"{path}: pool store has kind {m.kind!r}; LESS scores pool examples by their adam features")
+        _check_pair(first, m, first_path, path)
+        if m.checkpoint_hash in seen_ckpt:
+            raise StoreMismatch(f"{path} and {seen_ckpt[m.checkpoint_hash]} come from the same checkpoint")
+        seen_ckpt[m.checkpoint_hash] = path
+        layout = [(s["rows"]) for s in m.shards]
+        if layout != [s["rows"] for s in first.shards] or m.count != first.count:
+            raise StoreMismatch(f"{path} has a different shard layout from {first_path} "
+                                f"({m.count} rows in {len(m.shards)} shards vs {first.count} in {len(first.shards)}): "
+                                "extract every checkpoint from the same pool file with the same shard size")
+    out = [CheckpointStores(m.checkpoint_hash, p, {}, m.avg_lr) for p, m in pools.items()]
+    for task, paths in task_stores.items():
+        by_ckpt: dict[str, str] = {}
+        for path in paths:
+            m = read_manifest(path)
+            if m.kind != "sgd":
+                raise StoreMismatch(f"{path}: target store for {task} has kind {m.kind!r}; LESS uses sgd features for targets")
+            _check_pair(first, m, first_path, path)
+            if m.checkpoint_hash in by_ckpt:
+                raise StoreMismatch(f"{path} and {by_ckpt[m.checkpoint_hash]} ({task}) come from the same checkpoint")
+            by_ckpt[m.checkpoint_hash] = path
+        for ck in out:
+            if ck.checkpoint_hash not in by_ckpt:
+                raise StoreMismatch(f"task {task}: no target store for the checkpoint of pool store {ck.pool} "
+                                    f"({pools[ck.pool].checkpoint})")
+            ck.targets[task] = by_ckpt.pop(ck.checkpoint_hash)
+        if by_ckpt:
+            raise StoreMismatch(f"task {task}: target store(s) {sorted(by_ckpt.values())} match no pool store's checkpoint")
+    return out
+
+
+def shard_files(store: str) -> list[Path]:
+    m = read_manifest(store)
+    return [Path(store) / s["file"] for s in m.shards]

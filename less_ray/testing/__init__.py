@@ -1,0 +1,1 @@
+"""Helpers that build small synthetic artifacts (tests and benchmarks share them)."""

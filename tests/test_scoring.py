@@ -1,0 +1,144 @@
+"""`score` + `select` on Ray Data against a dense numpy computation of LESS's formula."""
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from less_ray.data.io import write_jsonl
+from less_ray.data.schema import make_record
+from less_ray.scoring.job import ScoreConfig, TaskSpec, run_score
+from less_ray.scoring.select import SelectConfig, run_select
+from less_ray.scoring.stores import StoreMismatch
+from less_ray.testing.synthetic_store import write_store
+
+LRS = [2e-5, 1.2e-5, 4e-6]
+N, D = 1200, 16
+TASKS = {"alpha": ["x"] * 2 + ["y"] * 5 + ["z"] * 1, "beta": ["only"] * 3}
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def _unit(rng, n, d):
+    x = rng.standard_normal((n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """3 checkpoints; a pool of N (with exact score ties planted) and two tasks of targets."""
+    root = tmp_path_factory.mktemp("scoring")
+    rng = np.random.default_rng(7)
+    ids = [f"ex{i:05d}" for i in rng.permutation(N)]
+    sources = [f"src{i % 4}" for i in range(N)]
+    pool = [_unit(rng, N, D) for _ in LRS]
+    for g in pool:  # duplicates of one example: equal scores, so ties at any cut are broken by id
+        g[10:20] = g[5]
+    targets = {t: [_unit(rng, len(st), D) for _ in LRS] for t, st in TASKS.items()}
+    records = [make_record(s, [{"role": "user", "content": f"q {i}"}, {"role": "assistant", "content": "a"}], id=i)
+               for i, s in zip(ids, sources)]
+    pool_file = root / "pool.jsonl"
+    write_jsonl(records, pool_file)
+    pool_stores, target_stores = [], {t: [] for t in TASKS}
+    for c, lr in enumerate(LRS):
+        pool_stores.append(str(write_store(root / f"pool_c{c}", ids, pool[c], kind="adam", checkpoint=f"c{c}",
+                                           sources=sources, shard_rows=250, avg_lr=lr, input_path=str(pool_file))))
+        for t, st in TASKS.items():
+            target_stores[t].append(str(write_store(root / f"{t}_c{c}", [f"{t}{j}" for j in range(len(st))],
+                                                    targets[t][c], kind="sgd", checkpoint=f"c{c}",
+                                                    subtasks=st, task=t)))
+    return {"root": root, "ids": ids, "sources": sources, "pool": pool, "targets": targets,
+            "pool_stores": pool_stores, "target_stores": target_stores, "pool_file": pool_file}
+
+
+def dense(world, task):
+    w = np.array(LRS) / sum(LRS)
+    s = sum(wc * g.astype(np.float64) @ v.astype(np.float64).T
+            for wc, g, v in zip(w, world["pool"], world["targets"][task]))
+    names = list(dict.fromkeys(TASKS[task]))
+    cols = np.stack([s[:, [i for i, x in enumerate(TASKS[task]) if x == n]].mean(1) for n in names], 1)
+    return cols.max(1), cols, names
+
+
+def _cfg(world, out, **kw):
+    tasks = [TaskSpec(t, list(reversed(world["target_stores"][t]))) for t in TASKS]  # matched by checkpoint
+    return ScoreConfig(pool_stores=world["pool_stores"], tasks=tasks, out=str(out), block_rows=100,
+                       min_actors=1, max_actors=2, actor_num_cpus=0.5, **kw)
+
+
+def test_scores_and_selection_equal_dense_numpy(ray_local, world, tmp_path):
+    import pyarrow.parquet as pq
+    summary = run_score(_cfg(world, tmp_path))
+    assert summary["pool_rows"] == N and np.allclose(summary["weights"], np.array(LRS) / sum(LRS))
+    result = run_select(SelectConfig(scores=str(tmp_path), top_p=0.05))
+    for task in TASKS:
+        want, cols, names = dense(world, task)
+        table = pq.read_table(tmp_path / task / "scores.parquet").to_pydict()
+        assert table["id"] == world["ids"] and table["source"] == world["sources"]
+        np.testing.assert_allclose(table["score"], want, rtol=1e-5, atol=1e-6)
+        best = cols[np.arange(N), [names.index(b) for b in table["best_subtask"]]]
+        np.testing.assert_allclose(best, want, rtol=1e-5, atol=1e-6)  # the named subtask attains the max
+        # exact top-k set and order: score desc, ties by id asc, on the dense scores
+        k = int(0.05 * N)
+        order = sorted(range(N), key=lambda i: (-round(want[i], 5), world["ids"][i]))
+        sel = [json.loads(x) for x in (tmp_path / task / "top_p0.05.jsonl").read_text().splitlines()]
+        assert len(sel) == k == result[task]["selected"]
+        assert {r["id"] for r in sel} == {world["ids"][i] for i in order[:k]}
+        assert [r["score"] for r in sel] == sorted((r["score"] for r in sel), reverse=True)
+        rows = list(csv.DictReader(open(tmp_path / task / "sorted.csv")))
+        assert len(rows) == N and [r["id"] for r in rows[:k]] == [r["id"] for r in sel]
+        got = [(float(r["score"]), r["id"]) for r in rows]
+        assert got == sorted(got, key=lambda t: (-t[0], t[1]))
+    assert (tmp_path / "score.config.yaml").exists() and len(list((tmp_path / "manifests").iterdir())) == 9
+
+
+def test_ties_are_broken_by_id(ray_local, world, tmp_path):
+    run_score(_cfg(world, tmp_path))
+    sc, _, _ = dense(world, "beta")
+    dup_ids = sorted(world["ids"][i] for i in [5] + list(range(10, 20)))  # 11 equal scores
+    rank = int((sc > sc[5] + 1e-6).sum())
+    run_select(SelectConfig(scores=str(tmp_path), tasks=["beta"], top_n=rank + 3, sorted_csv=False))
+    sel = [json.loads(x)["id"] for x in (tmp_path / "beta" / f"top_n{rank + 3}.jsonl").read_text().splitlines()]
+    assert sel[rank:] == dup_ids[:3]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model": "other"}, "base model"),
+    ({"seed": 1}, "projection seed"),
+    ({"proj_type": "identity"}, "projection type"),
+    ({"normalized": False}, "normalisation"),
+])
+def test_mismatched_stores_are_refused(world, tmp_path, change, message):
+    rng = np.random.default_rng(0)
+    bad = write_store(tmp_path / "bad", world["ids"], _unit(rng, N, D), kind="adam", checkpoint="c9",
+                      shard_rows=250, avg_lr=1e-5, **change)
+    cfg = _cfg(world, tmp_path / "out")
+    cfg.pool_stores = cfg.pool_stores[:2] + [str(bad)]
+    with pytest.raises(StoreMismatch, match=message):
+        run_score(cfg)
+
+
+def test_wrong_dim_checkpoint_and_duplicates_are_refused(world, tmp_path):
+    rng = np.random.default_rng(0)
+    cfg = _cfg(world, tmp_path / "o")
+    cfg.pool_stores = [str(write_store(tmp_path / "d", world["ids"], _unit(rng, N, 8), kind="adam",
+                                       checkpoint="c0", shard_rows=250))] + cfg.pool_stores[1:]
+    with pytest.raises(StoreMismatch, match="projection dim"):
+        run_score(cfg)
+    cfg = _cfg(world, tmp_path / "o")
+    cfg.tasks[0].target_stores = cfg.tasks[0].target_stores[:2]  # a checkpoint without targets
+    with pytest.raises(StoreMismatch, match="no target store for the checkpoint"):
+        run_score(cfg)
+    dup_ids = list(world["ids"])
+    dup_ids[700] = dup_ids[3]  # the same id in two shards
+    cfg = _cfg(world, tmp_path / "o")
+    cfg.pool_stores = [str(write_store(tmp_path / f"dup{c}", dup_ids, world["pool"][c], kind="adam",
+                                       checkpoint=f"c{c}", shard_rows=250, avg_lr=LRS[c])) for c in range(3)]
+    with pytest.raises(StoreMismatch, match=f"stored more than once: \\['{dup_ids[3]}'\\]"):
+        run_score(cfg)
