@@ -11,9 +11,6 @@ PENDING_STAGES = {
     "warmup": "warmup training on Ray Train + DeepSpeed (issue #3)",
     "train": "target-model training on Ray Train + DeepSpeed (issue #3)",
     "extract": "gradient datastore on Ray Data (issue #4)",
-    "score": "influence scoring (issue #5)",
-    "select": "top-k selection (issue #5)",
-    "report": "selection report (issue #5)",
     "pipeline": "the whole pipeline as one Ray job (issue #6)",
     "eval": "evaluation on BBH / MMLU / TydiQA (issue #7)",
 }
@@ -74,6 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", help="YAML file mapping onto DemoConfig")
     demo.add_argument("--out", help="run folder (default ./less_ray_demo)")
 
+    p = stages.add_parser("score", help="influence of every pool example on each target task (Ray Data)")
+    p.add_argument("--config", required=True, help="YAML mapping onto ScoreConfig")
+    p.add_argument("--out")
+    p.add_argument("--address", help="Ray cluster address (default $RAY_ADDRESS, else embedded Ray)")
+    p = stages.add_parser("select", help="top p%% (or top n) per task: top_p*.jsonl, sorted.csv")
+    p.add_argument("--config", help="YAML mapping onto SelectConfig")
+    p.add_argument("--scores", help="the score stage's output folder")
+    p.add_argument("--pool", help="pool records file (default: the pool store's input)")
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--top-n", type=int)
+    p = stages.add_parser("report", help="one self-contained HTML page about the selection")
+    p.add_argument("--config", help="YAML mapping onto ReportConfig")
+    p.add_argument("--scores", help="the score stage's output folder")
+    p.add_argument("--out")
+    p.add_argument("--top-p", type=float)
+
     for name, what in PENDING_STAGES.items():
         p = stages.add_parser(name, help=what)
         p.add_argument("--config")
@@ -119,6 +132,23 @@ def _cmd_model(args) -> int:
     raise AssertionError(args.action)
 
 
+def _cmd_scoring(args) -> int:
+    from .config import load_config
+    if args.stage == "score":
+        from .scoring.job import ScoreConfig, run_score
+        result = run_score(load_config(ScoreConfig, args.config, {"out": args.out, "address": args.address}))
+    elif args.stage == "select":
+        from .scoring.select import SelectConfig, run_select
+        result = run_select(load_config(SelectConfig, args.config, {
+            "scores": args.scores, "pool": args.pool, "top_p": args.top_p, "top_n": args.top_n}))
+    else:
+        from .scoring.report import ReportConfig, run_report
+        result = {"report": str(run_report(load_config(ReportConfig, args.config, {
+            "scores": args.scores, "out": args.out, "top_p": args.top_p})))}
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .config import ConfigError
@@ -128,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_data(args)
         if args.stage == "model":
             return _cmd_model(args)
+        if args.stage in ("score", "select", "report"):
+            return _cmd_scoring(args)
         if args.stage == "demo":
             from .demo import DemoConfig, run_demo
             from .config import load_config
@@ -135,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         print(f"less-ray {args.stage}: not available yet — {PENDING_STAGES[args.stage]}.", file=sys.stderr)
         return 2
-    except (ConfigError, DataFileError, FileNotFoundError) as e:
+    except (ConfigError, DataFileError, FileNotFoundError, ValueError) as e:
         print(f"less-ray {args.stage}: error: {e}", file=sys.stderr)
         return 1
 

@@ -142,3 +142,21 @@ def test_wrong_dim_checkpoint_and_duplicates_are_refused(world, tmp_path):
                                        checkpoint=f"c{c}", shard_rows=250, avg_lr=LRS[c])) for c in range(3)]
     with pytest.raises(StoreMismatch, match=f"stored more than once: \\['{dup_ids[3]}'\\]"):
         run_score(cfg)
+
+
+def test_report_is_one_self_contained_page(ray_local, world, tmp_path):
+    import re
+    from less_ray.scoring.report import ReportConfig, run_report
+    run_score(_cfg(world, tmp_path))
+    page = run_report(ReportConfig(scores=str(tmp_path), top_p=0.05, examples=3)).read_text()
+    assert page.count("<h2>") == len(TASKS) and "src=\"http" not in page
+    pngs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(pngs) >= 5  # source shares + histogram per task, subtask wins for the task with several
+    import base64
+    assert all(base64.b64decode(p)[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    top = json.loads((tmp_path / "score_summary.json").read_text())
+    assert top["pool_rows"] == N
+    # the table counts match the data: selected per source sums to k
+    k = int(0.05 * N)
+    sel_counts = [int(x) for x in re.findall(r"<tr><td>src\d</td><td>\d+</td><td>[\d.]+%</td><td>(\d+)</td>", page)]
+    assert sum(sel_counts[:4]) == k

@@ -133,8 +133,12 @@ class ShardScorer:
         return {"shard": shard, "rows": table.num_rows}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import os
+        import resource
         done = [self.score_shard(int(s)) for s in batch["shard"]]
-        return {"shard": np.array([d["shard"] for d in done]), "rows": np.array([d["rows"] for d in done])}
+        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+        return {"shard": np.array([d["shard"] for d in done]), "rows": np.array([d["rows"] for d in done]),
+                "pid": np.array([os.getpid()] * len(done)), "peak_rss_mb": np.array([rss_mb] * len(done))}
 
 
 def _windows(batches, rows: int):
@@ -223,8 +227,11 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
         raise RuntimeError(f"score: shards missing from the result: {sorted(int(d['shard']) for d in done)}")
     t_actors = time.time() - t0
 
+    actor_rss: dict[str, float] = {}
+    for d in done:
+        actor_rss[str(d["pid"])] = max(actor_rss.get(str(d["pid"]), 0.0), round(float(d["peak_rss_mb"]), 1))
     summary = {"pool_rows": n_pool, "shards": n_shards, "checkpoints": len(stores), "weights": weights,
-               "tasks": {}}
+               "actor_peak_rss_mb": actor_rss, "tasks": {}}
     for q in queries:
         task_dir = out / q.task
         task_dir.mkdir(parents=True, exist_ok=True)

@@ -88,10 +88,11 @@ def write_sorted_csv(path: Path, out: Path, block_rows: int) -> int:
     return n
 
 
-def pool_file(cfg: SelectConfig) -> str:
-    if cfg.pool:
-        return cfg.pool
-    man = json.loads((Path(cfg.scores) / "manifests" / "pool_ckpt0.json").read_text())
+def pool_file(scores_dir: str, pool: str | None) -> str:
+    """The pool records file: given, else the one the pool store was extracted from."""
+    if pool:
+        return pool
+    man = json.loads((Path(scores_dir) / "manifests" / "pool_ckpt0.json").read_text())
     path = man.get("input", {}).get("path")
     if not path:
         raise ValueError("select: the pool store records no input file; give `pool` explicitly")
@@ -124,7 +125,7 @@ def run_select(cfg: SelectConfig) -> dict[str, Any]:
     tasks = cfg.tasks or list(summary["tasks"])
     if cfg.top_n is None and (cfg.top_p is None or not 0 < cfg.top_p <= 1):
         raise ValueError(f"select: top_p must be in (0, 1], got {cfg.top_p}")
-    pool = pool_file(cfg)
+    pool = pool_file(cfg.scores, cfg.pool)
     result = {}
     for task in tasks:
         scores_path = root / task / "scores.parquet"
