@@ -12,7 +12,6 @@ PENDING_STAGES = {
     "train": "target-model training on Ray Train + DeepSpeed (issue #3)",
     "extract": "gradient datastore on Ray Data (issue #4)",
     "pipeline": "the whole pipeline as one Ray job (issue #6)",
-    "eval": "evaluation on BBH / MMLU / TydiQA (issue #7)",
 }
 
 
@@ -87,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out")
     p.add_argument("--top-p", type=float)
 
+    p = stages.add_parser("eval", help="evaluate a model or adapter on BBH / MMLU / TydiQA / demo:<family>")
+    p.add_argument("--config", help="YAML mapping onto EvalConfig")
+    p.add_argument("--model", help="HF model folder or LoRA adapter folder")
+    p.add_argument("--tasks", nargs="+")
+    p.add_argument("--out", help="results JSON")
+
     for name, what in PENDING_STAGES.items():
         p = stages.add_parser(name, help=what)
         p.add_argument("--config")
@@ -158,6 +163,13 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_data(args)
         if args.stage == "model":
             return _cmd_model(args)
+        if args.stage == "eval":
+            from .config import load_config
+            from .eval.runner import EvalConfig, run_eval
+            res = run_eval(load_config(EvalConfig, args.config, {"model": args.model, "tasks": args.tasks,
+                                                                 "out": args.out}))
+            print(json.dumps({t: {k: v[k] for k in ("metric", "score", "n")} for t, v in res["tasks"].items()}, indent=2))
+            return 0
         if args.stage in ("score", "select", "report"):
             return _cmd_scoring(args)
         if args.stage == "demo":
