@@ -9,7 +9,8 @@ log = logging.getLogger("less_ray")
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     """Connect to `address` (or $RAY_ADDRESS); else start an embedded local Ray.
-    Returns True when this call started Ray (the caller may shut it down)."""
+    Returns True when this call started Ray (the caller may shut it down). The embedded Ray
+    keeps its dashboard: Ray Train V2's placement-group cleaner polls the state API it serves."""
     import ray
     if ray.is_initialized():
         return False
@@ -17,6 +18,6 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        ray.init(num_cpus=num_cpus, log_to_driver=True)
     log.info("ray: %s", ray.cluster_resources())
     return True

@@ -1,0 +1,1 @@
+"""LESS step 2: the gradient datastore (per-example LoRA gradient features) on Ray Data."""

@@ -1,0 +1,272 @@
+"""`less-ray extract`: the gradient datastore of one checkpoint, on a Ray Data actor pool.
+
+1. The input records are validated and staged once as Parquet, one row group per shard
+   (`<out>/_input.parquet`), so a shard is a fixed set of examples whatever runs it.
+2. Ray Data maps the pending shard indices over an actor pool of `ShardExtractor`s: each actor
+   loads the base model, the checkpoint's LoRA adapter and (adam) its moments once, then per
+   shard tokenises, computes batched per-example features (core.grads) for every projection
+   dim, and writes one shard per dim store (`<out>/dim<d>/shards/`), atomically.
+3. The manifests are written last. A rerun skips shards that verify in every dim store, so a
+   killed actor or job costs only its unfinished shards.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import config_hash, save_config
+from ..store import (Projection, StoreManifest, features_table, library_versions, remove_temp_files,
+                     sha256_file, sha256_files, verified_shard, write_manifest, write_shard)
+
+log = logging.getLogger("less_ray")
+STAGED = "_input.parquet"
+
+
+@dataclass
+class ExtractConfig:
+    data: str = ""  # records (schema JSONL/Parquet): the pool (kind adam) or targets (kind sgd)
+    checkpoint: str = ""  # a warmup checkpoint folder (adapter + moments + state.json)
+    out: str = ""  # one store per projection dim: <out>/dim<d>
+    kind: str = "adam"  # adam (pool) | sgd (targets)
+    base_model: str | None = None  # default: the checkpoint's state.json base_model
+    dims: list[int] | None = None  # default [8192]; several dims in one pass
+    projection: str = "rademacher"  # rademacher | identity (audits: the full gradient)
+    seed: int = 0  # projection seed
+    dtype: str = "float16"  # stored feature dtype: float16 | float32
+    normalize: bool = True
+    chat_format: str = "tulu"
+    max_seq_length: int = 2048
+    batch_size: int = 16  # examples per forward/backward
+    shard_rows: int = 2048  # examples per shard (the unit of work and of resumption)
+    min_actors: int = 1
+    max_actors: int = 2
+    actor_num_cpus: float = 1.0
+    actor_num_gpus: float = 0.0  # 1 per actor on GPU clusters
+    betas: tuple[float, float] | None = None  # default: the checkpoint's AdamW betas
+    eps: float | None = None
+    address: str | None = None
+    num_cpus: int | None = None  # embedded Ray only
+
+
+def checkpoint_hash(ckpt: str | Path) -> str:
+    """Content hash of what defines the features: adapter weights, its config, the moments."""
+    files = [p for p in (Path(ckpt) / n for n in ("adapter_model.safetensors", "adapter_config.json",
+                                                  "optimizer_moments.safetensors")) if p.exists()]
+    return sha256_files(files)
+
+
+def read_checkpoint_state(ckpt: str | Path) -> dict[str, Any]:
+    path = Path(ckpt) / "state.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def resolve(cfg: ExtractConfig) -> ExtractConfig:
+    """Fill defaults from the checkpoint's state.json; check the choices."""
+    state = read_checkpoint_state(cfg.checkpoint)
+    adam = state.get("adam", {})
+    cfg.base_model = cfg.base_model or state.get("base_model")
+    cfg.dims = cfg.dims or [8192]
+    cfg.betas = tuple(cfg.betas or adam.get("betas", (0.9, 0.999)))
+    cfg.eps = cfg.eps if cfg.eps is not None else adam.get("eps", 1e-8)
+    if not cfg.base_model:
+        raise ValueError(f"extract: no base_model given and none recorded in {cfg.checkpoint}/state.json")
+    if cfg.kind not in ("adam", "sgd"):
+        raise ValueError(f"extract: kind must be adam or sgd, not {cfg.kind!r}")
+    if cfg.projection not in ("rademacher", "identity"):
+        raise ValueError(f"extract: projection must be rademacher or identity, not {cfg.projection!r}")
+    if cfg.dtype not in ("float16", "float32"):
+        raise ValueError(f"extract: dtype must be float16 or float32, not {cfg.dtype!r}")
+    return cfg
+
+
+def stage_input(data: str, out: Path, shard_rows: int) -> tuple[int, int, str]:
+    """Validated records as Parquet, one row group per shard. Returns (rows, shards, input sha256);
+    reused when the input file is unchanged."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ..data.io import _parquet_schema, iter_records
+    digest = sha256_file(data)
+    info_path = out / "_input.json"
+    if info_path.exists() and (out / STAGED).exists():
+        info = json.loads(info_path.read_text())
+        if info["sha256"] == digest and info["shard_rows"] == shard_rows:
+            return info["rows"], info["shards"], digest
+    out.mkdir(parents=True, exist_ok=True)
+    schema = _parquet_schema()
+    tmp = out / f".{STAGED}.tmp"
+    rows, shards, chunk = 0, 0, []
+    with pq.ParquetWriter(tmp, schema) as w:
+        def flush():
+            w.write_table(pa.Table.from_pylist(chunk, schema=schema), row_group_size=shard_rows)
+        for rec in iter_records(data):
+            chunk.append({"id": rec.id, "source": rec.source, "messages": list(rec.messages),
+                          "task": rec.task, "subtask": rec.subtask})
+            if len(chunk) == shard_rows:
+                flush()
+                rows, shards, chunk = rows + len(chunk), shards + 1, []
+        if chunk:
+            flush()
+            rows, shards = rows + len(chunk), shards + 1
+    tmp.replace(out / STAGED)
+    info_path.write_text(json.dumps({"path": str(data), "sha256": digest, "rows": rows, "shards": shards,
+                                     "shard_rows": shard_rows}))
+    return rows, shards, digest
+
+
+def store_dir(out: str | Path, dim: int) -> Path:
+    return Path(out) / f"dim{dim}"
+
+
+class ShardExtractor:
+    """Ray Data actor: model and checkpoint loaded once; one batch row = one shard index."""
+
+    def __init__(self, cfg: ExtractConfig):
+        import torch
+
+        from ..core.checkpoints import load_lora_checkpoint, load_moments
+        from ..core.formatting import FormatConfig
+        from ..core.grads import LoraGradientComputer
+        from ..core.projection import IdentityProjector, RademacherProjector
+        self.cfg = cfg
+        self.device = torch.device("cuda" if cfg.actor_num_gpus > 0 and torch.cuda.is_available() else "cpu")
+        self.model, self.tok = load_lora_checkpoint(cfg.base_model, cfg.checkpoint, device=self.device)
+        self.computer = LoraGradientComputer(self.model)
+        self.moments = load_moments(cfg.checkpoint, self.model).to(self.device) if cfg.kind == "adam" else None
+        n = self.computer.num_params
+        self.projector = IdentityProjector(n) if cfg.projection == "identity" else \
+            RademacherProjector(n, cfg.dims, seed=cfg.seed)
+        self.dims = self.projector.dims
+        self.fmt = FormatConfig(cfg.chat_format, cfg.max_seq_length)
+
+    def extract_shard(self, shard: int) -> dict[str, Any]:
+        import pyarrow.parquet as pq
+
+        from ..core.formatting import SkippedExample, collate, tokenize_messages
+        rows = pq.ParquetFile(Path(self.cfg.out) / STAGED).read_row_group(shard).to_pylist()
+        examples, skipped = [], []
+        for r in rows:
+            t = tokenize_messages(r["messages"], self.tok, self.fmt, example_id=r["id"])
+            (skipped if isinstance(t, SkippedExample) else examples).append((r, t))
+        # batch by length so padding is small; the shard's rows are written back in input order
+        order = sorted(range(len(examples)), key=lambda i: len(examples[i][1].input_ids))
+        out = {d: np.zeros((len(examples), d), np.float32) for d in self.dims}
+        norms = {d: np.zeros(len(examples), np.float32) for d in self.dims}
+        loss = np.zeros(len(examples), np.float32)
+        n_tok = np.zeros(len(examples), np.int32)
+        for lo in range(0, len(order), self.cfg.batch_size):
+            idx = order[lo:lo + self.cfg.batch_size]
+            batch = collate([examples[i][1] for i in idx], self.tok.pad_token_id)
+            res = self.computer.features(batch, self.cfg.kind, self.projector, self.moments,
+                                         tuple(self.cfg.betas), self.cfg.eps)
+            for d in self.dims:
+                f = res["features"][d] if self.cfg.normalize else res["features"][d] * res["norms"][d][:, None]
+                out[d][idx] = f.detach().float().cpu().numpy()
+                norms[d][idx] = res["norms"][d].detach().float().cpu().numpy()
+            loss[idx] = res["loss"].detach().float().cpu().numpy()
+            n_tok[idx] = res["n_tokens"].detach().cpu().numpy()
+        recs = [r for r, _ in examples]
+        targets = self.cfg.kind == "sgd"
+        for d in self.dims:
+            table = features_table([r["id"] for r in recs], [r["source"] for r in recs], out[d], norms[d], n_tok, loss,
+                                   self.cfg.dtype, tasks=[r["task"] for r in recs] if targets else None,
+                                   subtasks=[r["subtask"] for r in recs] if targets else None)
+            sd = store_dir(self.cfg.out, d)
+            (sd / "shards").mkdir(parents=True, exist_ok=True)
+            side = sd / "shards" / f"part-{shard:05d}.skipped.json"
+            side.write_text(json.dumps([{"id": s.id, "reason": s.reason} for _, s in skipped]))
+            write_shard(sd, shard, table)  # last: the shard becomes visible complete, or not at all
+        return {"shard": shard, "rows": len(recs), "skipped": len(skipped)}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        done = []
+        for s in batch["shard"]:
+            _maybe_die(Path(self.cfg.out), int(s))
+            done.append(self.extract_shard(int(s)))
+        return {k: np.array([d[k] for d in done]) for k in ("shard", "rows", "skipped")}
+
+
+KILL_FILE = "_test_kill_at_shard"
+
+
+def _maybe_die(out: Path, shard: int) -> None:
+    """Fault injection for tests: a file naming a shard kills the actor that takes it, once."""
+    kill = out / KILL_FILE
+    if kill.exists() and kill.read_text().strip() == str(shard):
+        kill.unlink()
+        import os
+        os._exit(1)
+
+
+def pending_shards(out: Path, dims: list[int], n_shards: int) -> list[int]:
+    for d in dims:
+        remove_temp_files(store_dir(out, d))
+    return [i for i in range(n_shards) if not all(verified_shard(store_dir(out, d), i) for d in dims)]
+
+
+def finalize(cfg: ExtractConfig, n_shards: int, input_digest: str, dims: list[int]) -> dict[int, Path]:
+    state = read_checkpoint_state(cfg.checkpoint)
+    ck_hash = checkpoint_hash(cfg.checkpoint)
+    paths = {}
+    for d in dims:
+        sd = store_dir(cfg.out, d)
+        entries = [verified_shard(sd, i) for i in range(n_shards)]
+        if any(e is None for e in entries):
+            missing = [i for i, e in enumerate(entries) if e is None]
+            raise RuntimeError(f"extract: shards {missing[:10]} of {sd} are missing or corrupt; rerun to resume")
+        skipped = [s for i in range(n_shards)
+                   for s in json.loads((sd / "shards" / f"part-{i:05d}.skipped.json").read_text())]
+        if skipped:
+            (sd / "skipped.jsonl").write_text("".join(json.dumps(s) + "\n" for s in skipped))
+        man = StoreManifest(
+            kind=cfg.kind, checkpoint=str(cfg.checkpoint), checkpoint_hash=ck_hash, model=str(cfg.base_model),
+            projection=Projection(cfg.projection, cfg.seed, d), normalized=cfg.normalize, dtype=cfg.dtype,
+            count=sum(e["rows"] for e in entries), shards=entries, checkpoint_epoch=state.get("epoch"),
+            avg_lr=state.get("avg_lr"),
+            input={"path": str(cfg.data), "sha256": input_digest, "chat_format": cfg.chat_format,
+                   "max_seq_length": cfg.max_seq_length},
+            skipped={"count": len(skipped), "file": "skipped.jsonl" if skipped else None},
+            versions=library_versions(),
+            extra={"adam": {"betas": list(cfg.betas), "eps": cfg.eps} if cfg.kind == "adam" else None,
+                   "config_hash": config_hash(cfg)})
+        write_manifest(sd, man)
+        save_config(cfg, sd / "extract.config.yaml")
+        paths[d] = sd
+    return paths
+
+
+def run_extract(cfg: ExtractConfig) -> dict[int, Path]:
+    import ray
+
+    from ..ray_runtime import ensure_ray
+    t0 = time.time()
+    cfg = resolve(cfg)
+    out = Path(cfg.out)
+    n_rows, n_shards, digest = stage_input(cfg.data, out, cfg.shard_rows)
+    dims = cfg.dims if cfg.projection == "rademacher" else [_identity_dim(cfg)]
+    todo = pending_shards(out, dims, n_shards)
+    log.info("extract %s: %d examples in %d shards, %d to do (%s, dims %s)", cfg.kind, n_rows, n_shards,
+             len(todo), Path(cfg.checkpoint).name, dims)
+    if todo:
+        ensure_ray(cfg.address, cfg.num_cpus)
+        ds = ray.data.from_items([{"shard": i} for i in todo], override_num_blocks=len(todo))
+        ds = ds.map_batches(ShardExtractor, batch_size=1, fn_constructor_kwargs={"cfg": cfg},
+                            compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors),
+                            num_cpus=cfg.actor_num_cpus, num_gpus=cfg.actor_num_gpus)
+        done = ds.take_all()
+        log.info("extract: %d shards, %d examples, %d skipped by the truncation policy in %.1fs",
+                 len(done), sum(int(d["rows"]) for d in done), sum(int(d["skipped"]) for d in done), time.time() - t0)
+    return finalize(cfg, n_shards, digest, dims)
+
+
+def _identity_dim(cfg: ExtractConfig) -> int:
+    """Identity mode stores the whole LoRA gradient: its size is the adapter's parameter count."""
+    from safetensors import safe_open
+    with safe_open(str(Path(cfg.checkpoint) / "adapter_model.safetensors"), "pt") as f:
+        return int(sum(np.prod(f.get_slice(k).get_shape()) for k in f.keys()))

@@ -1,0 +1,117 @@
+"""The gradient datastore on Ray Data against brute-force per-example autograd, and resumption."""
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from less_ray.data.demo import generate_pool
+from less_ray.data.io import write_jsonl
+from less_ray.extract.job import KILL_FILE, ExtractConfig, run_extract
+from less_ray.store import read_manifest, read_store
+from less_ray.testing.fake_checkpoint import make_lora_checkpoint
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ckpt(tiny_model_dir, tmp_path_factory):
+    return make_lora_checkpoint(tiny_model_dir, tmp_path_factory.mktemp("ckpt"), r=4)
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    pool = generate_pool(60, seed=5)
+    assert any(len(r.messages) > 3 for r in pool) and any(r.messages[0]["role"] == "system" for r in pool)
+    path = tmp_path_factory.mktemp("data") / "pool.jsonl"
+    write_jsonl(pool, path)
+    return pool, path
+
+
+def brute_force(tiny_model_dir, ckpt, recs, kind):
+    """One example at a time, no padding, plain autograd, LESS's formulas written out."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from less_ray.core.formatting import FormatConfig, tokenize_messages
+    from less_ray.models import load_model_and_tokenizer
+    base, tok = load_model_and_tokenizer(tiny_model_dir)
+    model = PeftModel.from_pretrained(base, str(ckpt), is_trainable=True).eval()
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    moments = load_file(str(ckpt / "optimizer_moments.safetensors"))
+    out = []
+    for r in recs:
+        ex = tokenize_messages(r.messages, tok, FormatConfig())
+        ids, labels = torch.tensor([ex.input_ids]), torch.tensor([ex.labels])
+        logits = model(input_ids=ids).logits[0, :-1]
+        tgt = labels[0, 1:]
+        keep = tgt != -100
+        loss = torch.nn.functional.cross_entropy(logits[keep], tgt[keep])  # mean over its label tokens
+        grads = torch.autograd.grad(loss, [p for _, p in params])
+        g = torch.cat([x.reshape(-1) for x in grads]).double()
+        if kind == "adam":
+            m = torch.cat([moments[f"{n}.exp_avg"].reshape(-1) for n, _ in params]).double()
+            v = torch.cat([moments[f"{n}.exp_avg_sq"].reshape(-1) for n, _ in params]).double()
+            m2, v2 = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+            g = m2 / torch.sqrt(v2 + 1e-8)
+        out.append((g / g.norm()).numpy())
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("kind", ["adam", "sgd"])
+def test_identity_store_equals_brute_force(ray_local, tiny_model_dir, ckpt, records, tmp_path, kind):
+    pool, path = records
+    stores = run_extract(ExtractConfig(data=str(path), checkpoint=str(ckpt), out=str(tmp_path), kind=kind,
+                                       projection="identity", dtype="float32", batch_size=7, shard_rows=25,
+                                       max_actors=2, actor_num_cpus=0.5))
+    (store,) = stores.values()
+    got = read_store(store, ("id", "features", "n_tokens", "loss"))
+    assert list(got["id"]) == [r.id for r in pool]  # input order, across shards
+    want = brute_force(tiny_model_dir, ckpt, pool, kind)
+    rel = np.linalg.norm(got["features"] - want, axis=1) / np.linalg.norm(want, axis=1)
+    assert rel.max() <= 1e-4, rel.max()
+    man = read_manifest(store)
+    assert (man.kind, man.count, man.projection.type, man.normalized) == (kind, 60, "identity", True)
+    assert man.avg_lr == 2e-5 and man.input["path"] == str(path) and len(man.shards) == 3
+    assert all(np.isfinite(got["loss"])) and (got["n_tokens"] > 0).all()
+
+
+def test_projected_store_several_dims_plain_arrow(ray_local, ckpt, records, tmp_path):
+    _, path = records
+    stores = run_extract(ExtractConfig(data=str(path), checkpoint=str(ckpt), out=str(tmp_path), kind="sgd",
+                                       dims=[64, 16], seed=3, shard_rows=30, actor_num_cpus=0.5))
+    assert sorted(stores) == [16, 64]
+    t = pq.read_table(stores[64] / "shards" / "part-00000.parquet")
+    ftype = t.schema.field("features").type
+    assert pa.types.is_fixed_size_list(ftype) and ftype.list_size == 64 and ftype.value_type == pa.float16()
+    f = read_store(stores[16])["features"]
+    np.testing.assert_allclose(np.linalg.norm(f, axis=1), 1, atol=2e-3)
+    assert read_manifest(stores[16]).projection.seed == 3
+
+
+def test_killed_actor_then_resume_equals_uninterrupted(ray_local, ckpt, records, tmp_path):
+    _, path = records
+    kw = dict(data=str(path), checkpoint=str(ckpt), kind="adam", dims=[32], shard_rows=10, batch_size=4,
+              max_actors=2, actor_num_cpus=0.5)
+    clean = run_extract(ExtractConfig(out=str(tmp_path / "clean"), **kw))[32]
+    (tmp_path / "hurt").mkdir()
+    (tmp_path / "hurt" / KILL_FILE).write_text("3")
+    try:
+        run_extract(ExtractConfig(out=str(tmp_path / "hurt"), **kw))
+    except Exception:
+        pass  # Ray may retry the dead actor's shard itself, or give up: either way, rerun
+    assert not (tmp_path / "hurt" / KILL_FILE).exists()  # the actor really died
+    hurt = run_extract(ExtractConfig(out=str(tmp_path / "hurt"), **kw))[32]
+    a, b = read_store(clean, ("id", "features", "norm")), read_store(hurt, ("id", "features", "norm"))
+    assert list(a["id"]) == list(b["id"]) and len(set(b["id"])) == 60
+    np.testing.assert_array_equal(a["features"], b["features"])
+    assert not list((hurt / "shards").glob(".tmp-*"))
+    assert json.loads((hurt / "manifest.json").read_text())["count"] == 60
