@@ -11,7 +11,6 @@ PENDING_STAGES = {
     "warmup": "warmup training on Ray Train + DeepSpeed (issue #3)",
     "train": "target-model training on Ray Train + DeepSpeed (issue #3)",
     "extract": "gradient datastore on Ray Data (issue #4)",
-    "pipeline": "the whole pipeline as one Ray job (issue #6)",
 }
 
 
@@ -92,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", nargs="+")
     p.add_argument("--out", help="results JSON")
 
+    p = stages.add_parser("pipeline", help="warmup -> extract -> score -> select -> train -> eval -> report")
+    p.add_argument("--config", required=True, help="YAML mapping onto PipelineConfig")
+    p.add_argument("--out", help="run folder")
+    p.add_argument("--address", help="Ray cluster address (default $RAY_ADDRESS, else embedded Ray)")
+
     for name, what in PENDING_STAGES.items():
         p = stages.add_parser(name, help=what)
         p.add_argument("--config")
@@ -163,6 +167,14 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_data(args)
         if args.stage == "model":
             return _cmd_model(args)
+        if args.stage == "pipeline":
+            from .config import load_config
+            from .pipeline import PipelineConfig, run_pipeline
+            cfg = load_config(PipelineConfig, args.config, {"out": args.out})
+            if args.address:
+                cfg.ray.address = args.address
+            print(json.dumps(run_pipeline(cfg), indent=2, default=str))
+            return 0
         if args.stage == "eval":
             from .config import load_config
             from .eval.runner import EvalConfig, run_eval

@@ -1,0 +1,225 @@
+"""`less-ray pipeline`: warmup -> extract -> score -> select -> train -> eval -> report, one run folder.
+
+    <out>/pipeline.config.yaml         the resolved config (replays the run)
+    <out>/warmup/                       checkpoints/epoch_<k>/, warmup_manifest.json
+    <out>/datastore/epoch_<k>/pool/dim<d>/, .../<task>/dim<d>/   gradient stores
+    <out>/scores/<task>/                scores.parquet, top_p*.jsonl, sorted.csv
+    <out>/train/<task>/                 the target model trained on the selection
+    <out>/eval/<task>.json              its evaluation
+    <out>/report.html
+    <out>/stages.json                   per stage: config hash, seconds, counts
+
+A stage whose artifact exists with the same config hash is skipped; an interrupted one is rerun
+and resumes where its own artifact allows (extraction per shard, training per epoch).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import config_hash, save_config
+from .eval.runner import EvalConfig, run_eval
+from .extract.job import ExtractConfig, run_extract
+from .scoring.job import ScoreConfig, TaskSpec, run_score
+from .scoring.report import ReportConfig, run_report
+from .scoring.select import SelectConfig, run_select, selection_name
+from .train.config import (DeepSpeedSettings, LoraSettings, OptimSettings, RaySettings, ScalingSettings,
+                           TrainConfig, WarmupConfig)
+
+log = logging.getLogger("less_ray")
+STAGES = ("warmup", "extract", "score", "select", "train", "eval", "report")
+
+
+@dataclass
+class WarmupOptions:
+    percentage: float = 0.05
+    data_seed: int = 3
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    optim: OptimSettings = field(default_factory=OptimSettings)
+    scaling: ScalingSettings = field(default_factory=ScalingSettings)
+    deepspeed: DeepSpeedSettings = field(default_factory=DeepSpeedSettings)
+
+
+@dataclass
+class ExtractOptions:
+    dim: int = 8192
+    projection: str = "rademacher"
+    seed: int = 0
+    dtype: str = "float16"
+    batch_size: int = 16
+    shard_rows: int = 2048
+    min_actors: int = 1
+    max_actors: int = 2
+    actor_num_cpus: float = 1.0
+    actor_num_gpus: float = 0.0
+
+
+@dataclass
+class ScoreOptions:
+    block_rows: int = 65536
+    min_actors: int = 1
+    max_actors: int = 2
+    actor_num_cpus: float = 1.0
+    top_p: float = 0.05
+
+
+@dataclass
+class TrainOptions:
+    model: str | None = None  # default: the warmup's base model (another one: LESS-T)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    optim: OptimSettings = field(default_factory=OptimSettings)
+    scaling: ScalingSettings = field(default_factory=ScalingSettings)
+    deepspeed: DeepSpeedSettings = field(default_factory=DeepSpeedSettings)
+
+
+@dataclass
+class EvalOptions:
+    tasks: dict[str, list[str]] = field(default_factory=dict)  # target task -> eval tasks (default: itself)
+    batch_size: int = 8
+    bbh_max_per_task: int | None = 40
+    bbh_max_new_tokens: int = 512
+    mmlu_max_per_subject: int | None = None
+    tydiqa_max_per_language: int | None = 200
+    max_prompt_tokens: int = 2048
+    demo_n: int = 100
+
+
+@dataclass
+class PipelineConfig:
+    out: str = ""
+    base_model: str = ""
+    pool: str = ""  # candidate pool (schema JSONL/Parquet)
+    targets: dict[str, str] = field(default_factory=dict)  # task name -> target examples file
+    seed: int = 0
+    chat_format: str = "tulu"
+    max_seq_length: int = 2048
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    warmup: WarmupOptions = field(default_factory=WarmupOptions)
+    extract: ExtractOptions = field(default_factory=ExtractOptions)
+    score: ScoreOptions = field(default_factory=ScoreOptions)
+    train: TrainOptions = field(default_factory=TrainOptions)
+    eval: EvalOptions = field(default_factory=EvalOptions)
+    ray: RaySettings = field(default_factory=RaySettings)
+
+
+class Run:
+    """The run folder and its stage ledger (stages.json)."""
+
+    def __init__(self, cfg: PipelineConfig):
+        self.cfg = cfg
+        self.root = Path(cfg.out).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.ledger_path = self.root / "stages.json"
+        self.ledger: dict[str, Any] = json.loads(self.ledger_path.read_text()) if self.ledger_path.exists() else {}
+
+    def stage(self, name: str, stage_cfg: Any, artifact: Path, fn: Callable[[], Any]) -> Any:
+        """Run `fn` unless `artifact` exists from a finished run of the same config."""
+        h = config_hash(stage_cfg)
+        done = self.ledger.get(name)
+        if done and done.get("config_hash") == h and artifact.exists():
+            log.info("stage %-8s skipped: %s is up to date (config %s)", name, artifact, h)
+            return done.get("result")
+        t0 = time.time()
+        result = fn()
+        self.ledger[name] = {"config_hash": h, "artifact": str(artifact), "seconds": round(time.time() - t0, 1),
+                             "result": _jsonable(result)}
+        self.ledger_path.write_text(json.dumps(self.ledger, indent=2))
+        log.info("stage %-8s done in %.1fs -> %s", name, time.time() - t0, artifact)
+        return self.ledger[name]["result"]
+
+
+def _jsonable(x: Any) -> Any:
+    return json.loads(json.dumps(x, default=str))
+
+
+def warmup_config(cfg: PipelineConfig, run: Run) -> WarmupConfig:
+    w = cfg.warmup
+    return WarmupConfig(pool=cfg.pool, out=str(run.root / "warmup"), base_model=cfg.base_model,
+                        percentage=w.percentage, data_seed=w.data_seed, seed=cfg.seed, chat_format=cfg.chat_format,
+                        max_seq_length=cfg.max_seq_length, lora=w.lora, optim=w.optim, scaling=w.scaling,
+                        deepspeed=w.deepspeed, ray=cfg.ray)
+
+
+def extract_config(cfg: PipelineConfig, ckpt: str, data: str, out: Path, kind: str) -> ExtractConfig:
+    e = cfg.extract
+    return ExtractConfig(data=data, checkpoint=ckpt, out=str(out), kind=kind, base_model=cfg.base_model,
+                         dims=[e.dim], projection=e.projection, seed=e.seed, dtype=e.dtype,
+                         chat_format=cfg.chat_format, max_seq_length=cfg.max_seq_length, batch_size=e.batch_size,
+                         shard_rows=e.shard_rows, min_actors=e.min_actors, max_actors=e.max_actors,
+                         actor_num_cpus=e.actor_num_cpus, actor_num_gpus=e.actor_num_gpus,
+                         address=cfg.ray.address, num_cpus=cfg.ray.num_cpus)
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
+    from .ray_runtime import ensure_ray
+    from .train.checkpoint import read_warmup_manifest
+    from .train.runner import run_train, run_warmup
+
+    unknown = set(cfg.stages) - set(STAGES)
+    if unknown or not cfg.out or not cfg.base_model or not cfg.pool or not cfg.targets:
+        raise ValueError(f"pipeline: out, base_model, pool and targets are required; stages must be from "
+                         f"{STAGES} (unknown: {sorted(unknown)})")
+    run = Run(cfg)
+    save_config(cfg, run.root / "pipeline.config.yaml")
+    ensure_ray(cfg.ray.address, cfg.ray.num_cpus)  # one Ray for every stage of the run
+    want = set(cfg.stages)
+    summary: dict[str, Any] = {"run": str(run.root)}
+
+    wcfg = warmup_config(cfg, run)
+    if "warmup" in want:
+        run.stage("warmup", wcfg, Path(wcfg.out) / "warmup_manifest.json", lambda: str(run_warmup(wcfg)))
+    ckpts = read_warmup_manifest(wcfg.out)["checkpoints"]
+
+    pool_stores, target_stores = [], {t: [] for t in cfg.targets}
+    for c in ckpts:
+        base = run.root / "datastore" / f"epoch_{c['epoch']}"
+        jobs = [("pool", cfg.pool, "adam")] + [(t, path, "sgd") for t, path in cfg.targets.items()]
+        for name, data, kind in jobs:
+            ecfg = extract_config(cfg, c["path"], data, base / name, kind)
+            if "extract" in want:
+                run.stage(f"extract/epoch_{c['epoch']}/{name}", ecfg, base / name / "_input.json",
+                          lambda ecfg=ecfg: {str(d): str(p) for d, p in run_extract(ecfg).items()})
+            (store,) = [m.parent for m in (base / name).glob("dim*/manifest.json")]  # one dim per run
+            (pool_stores if name == "pool" else target_stores[name]).append(str(store))
+
+    scores_dir = run.root / "scores"
+    scfg = ScoreConfig(pool_stores=pool_stores, tasks=[TaskSpec(t, s) for t, s in target_stores.items()],
+                       out=str(scores_dir), block_rows=cfg.score.block_rows, min_actors=cfg.score.min_actors,
+                       max_actors=cfg.score.max_actors, actor_num_cpus=cfg.score.actor_num_cpus,
+                       address=cfg.ray.address, num_cpus=cfg.ray.num_cpus)
+    if "score" in want:
+        run.stage("score", scfg, scores_dir / "score_summary.json", lambda: run_score(scfg))
+    sel = SelectConfig(scores=str(scores_dir), pool=cfg.pool, top_p=cfg.score.top_p)
+    if "select" in want:
+        first = scores_dir / next(iter(cfg.targets)) / selection_name(sel)
+        summary["select"] = run.stage("select", sel, first, lambda: run_select(sel))
+
+    for task in cfg.targets:
+        selection = scores_dir / task / selection_name(sel)
+        tcfg = TrainConfig(data=str(selection), out=str(run.root / "train" / task),
+                           base_model=cfg.train.model or cfg.base_model, seed=cfg.seed, chat_format=cfg.chat_format,
+                           max_seq_length=cfg.max_seq_length, lora=cfg.train.lora, optim=cfg.train.optim,
+                           scaling=cfg.train.scaling, deepspeed=cfg.train.deepspeed, ray=cfg.ray)
+        if "train" in want:
+            run.stage(f"train/{task}", tcfg, Path(tcfg.out) / "state.json", lambda tcfg=tcfg: str(run_train(tcfg)))
+        ev = cfg.eval
+        ecfg = EvalConfig(model=str(run.root / "train" / task / "model"), tasks=ev.tasks.get(task, [task]),
+                          out=str(run.root / "eval" / f"{task}.json"), chat_format=cfg.chat_format,
+                          batch_size=ev.batch_size, max_prompt_tokens=ev.max_prompt_tokens,
+                          bbh_max_per_task=ev.bbh_max_per_task, bbh_max_new_tokens=ev.bbh_max_new_tokens,
+                          mmlu_max_per_subject=ev.mmlu_max_per_subject,
+                          tydiqa_max_per_language=ev.tydiqa_max_per_language, demo_n=ev.demo_n, seed=cfg.seed)
+        if "eval" in want:
+            res = run.stage(f"eval/{task}", ecfg, Path(ecfg.out), lambda ecfg=ecfg: run_eval(ecfg))
+            summary.setdefault("eval", {})[task] = {t: r["score"] for t, r in res["tasks"].items()}
+
+    rcfg = ReportConfig(scores=str(scores_dir), out=str(run.root / "report.html"), pool=cfg.pool,
+                        top_p=cfg.score.top_p)
+    if "report" in want:
+        summary["report"] = run.stage("report", rcfg, Path(rcfg.out), lambda: str(run_report(rcfg)))
+    (run.root / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
