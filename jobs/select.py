@@ -1,0 +1,9 @@
+"""Ray job entrypoint: `ray job submit --working-dir . --runtime-env jobs/runtime_env.yaml -- python jobs/select.py --config X.yaml`.
+
+Inside a Ray job RAY_ADDRESS is set, so the stage joins the cluster instead of starting Ray.
+"""
+import sys
+
+from less_ray.cli import main
+
+sys.exit(main(["select", *sys.argv[1:]]))
