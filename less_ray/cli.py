@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = stages.add_parser("demo", help="the whole pipeline on built-in data and a tiny model")
     demo.add_argument("--config", help="YAML file mapping onto DemoConfig")
     demo.add_argument("--out", help="run folder (default ./less_ray_demo)")
+    demo.add_argument("--num-cpus", type=int, help="CPUs of the embedded Ray (default: all)")
 
     p = stages.add_parser("score", help="influence of every pool example on each target task (Ray Data)")
     p.add_argument("--config", required=True, help="YAML mapping onto ScoreConfig")
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.stage == "demo":
             from .demo import DemoConfig, run_demo
             from .config import load_config
-            run_demo(load_config(DemoConfig, args.config, {"out": args.out}))
+            run_demo(load_config(DemoConfig, args.config, {"out": args.out, "num_cpus": args.num_cpus}))
             return 0
         print(f"less-ray {args.stage}: not available yet — {PENDING_STAGES[args.stage]}.", file=sys.stderr)
         return 2

@@ -129,10 +129,11 @@ def evaluate_task(task: str, model, tok, cfg: EvalConfig, data_root: Path | None
         preds = [g.strip() for g in generate(items, model, tok, cfg, cfg.tydiqa_max_new_tokens, ["\n"])]
         return {"metric": "f1", **_summarise(items, [max_f1(p, i.gold) for p, i in zip(preds, items)], preds)}
     if task.startswith("demo:"):
-        from .demo_task import demo_items, demo_correct
+        from .demo_task import demo_correct, demo_items, demo_mean_loss
         items = demo_items(task.split(":", 1)[1], cfg.demo_n, cfg.seed)
         preds = [g.strip() for g in generate(items, model, tok, cfg, 48, ["\n"])]
-        return {"metric": "accuracy", **_summarise(items, [demo_correct(p, i) for p, i in zip(preds, items)], preds)}
+        return {"metric": "accuracy", **_summarise(items, [demo_correct(p, i) for p, i in zip(preds, items)], preds),
+                "answer_loss": demo_mean_loss(items, model, tok, cfg.chat_format, cfg.batch_size)}
     raise ValueError(f"unknown eval task {task!r}; expected bbh, mmlu, tydiqa or demo:<family>")
 
 
