@@ -6,14 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-# stage -> the issue that brings it; until then the stage says so and exits non-zero
-PENDING_STAGES = {
-    "warmup": "warmup training on Ray Train + DeepSpeed (issue #3)",
-    "train": "target-model training on Ray Train + DeepSpeed (issue #3)",
-    "extract": "gradient datastore on Ray Data (issue #4)",
-}
-
-
 def _add_convert(sub) -> None:
     p = sub.add_parser("convert", help="adapters, target builders or files -> one schema JSONL/Parquet file")
     p.add_argument("--config", help="YAML file mapping onto ConvertConfig")
@@ -97,9 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder")
     p.add_argument("--address", help="Ray cluster address (default $RAY_ADDRESS, else embedded Ray)")
 
-    for name, what in PENDING_STAGES.items():
+    for name, what in (("warmup", "LESS step 1: LoRA warmup on a seeded p%% of the pool (Ray Train + DeepSpeed)"),
+                       ("train", "train the target model on a selection (Ray Train + DeepSpeed)"),
+                       ("extract", "LESS step 2: gradient features of one checkpoint -> datastore (Ray Data)")):
         p = stages.add_parser(name, help=what)
-        p.add_argument("--config")
+        p.add_argument("--config", required=True, help="YAML mapping onto the stage's config dataclass")
+        p.add_argument("--out")
+        p.add_argument("--address", help="Ray cluster address (default $RAY_ADDRESS, else embedded Ray)")
     return parser
 
 
@@ -140,6 +136,23 @@ def _cmd_model(args) -> int:
         print(build_demo_model(args.out_dir, seed=args.seed))
         return 0
     raise AssertionError(args.action)
+
+
+def _cmd_training_or_extract(args) -> int:
+    from .config import load_config
+    if args.stage == "extract":
+        from .extract.job import ExtractConfig, run_extract
+        stores = run_extract(load_config(ExtractConfig, args.config, {"out": args.out, "address": args.address}))
+        print(json.dumps({str(d): str(p) for d, p in stores.items()}, indent=2))
+        return 0
+    from .train.config import TrainConfig, WarmupConfig
+    from .train.runner import run_train, run_warmup
+    cls, fn = (WarmupConfig, run_warmup) if args.stage == "warmup" else (TrainConfig, run_train)
+    cfg = load_config(cls, args.config, {"out": args.out})
+    if args.address:
+        cfg.ray.address = args.address
+    print(fn(cfg))
+    return 0
 
 
 def _cmd_scoring(args) -> int:
@@ -190,8 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             from .config import load_config
             run_demo(load_config(DemoConfig, args.config, {"out": args.out, "num_cpus": args.num_cpus}))
             return 0
-        print(f"less-ray {args.stage}: not available yet — {PENDING_STAGES[args.stage]}.", file=sys.stderr)
-        return 2
+        return _cmd_training_or_extract(args)
     except (ConfigError, DataFileError, FileNotFoundError, ValueError) as e:
         print(f"less-ray {args.stage}: error: {e}", file=sys.stderr)
         return 1

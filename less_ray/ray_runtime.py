@@ -18,6 +18,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, log_to_driver=True)
+        # "local": a new Ray here, even if another `ray start` head runs on this machine
+        ray.init(address="local", num_cpus=num_cpus, log_to_driver=True)
     log.info("ray: %s", ray.cluster_resources())
     return True

@@ -1,0 +1,279 @@
+"""Warmup / target training on Ray Train + DeepSpeed, checked against plain single-process torch.
+
+The reference loop below is written from the spec, not from less_ray.train: peft LoRA with
+the same seeded init, torch.optim.AdamW, HF's linear schedule, clipping, and the
+data-parallel split (each worker's micro-batch loss is its own token mean; DeepSpeed
+averages gradients over workers and accumulation steps).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from less_ray.config import load_config, save_config
+from less_ray.core.formatting import FormatConfig, collate, tokenize_records
+from less_ray.data.io import read_records, write_jsonl
+
+N_POOL, PERCENTAGE, DATA_SEED, SEED = 200, 0.11, 3, 0  # 22 warmup examples: a wrapped last step
+LR, EPOCHS, WARMUP_RATIO, CLIP = 1e-3, 2, 0.2, 0.4  # norms here are ~0.4: clipping acts on some steps
+PER_DEVICE, WORKERS, EFFECTIVE = 2, 2, 8  # accumulation 2
+MAX_LEN, R, ALPHA = 128, 8, 16
+TOL = 1e-5
+
+
+def _overrides(pool, out, model, stage, **extra):
+    cfg = {
+        "pool": str(pool), "out": str(out), "base_model": str(model), "percentage": PERCENTAGE,
+        "data_seed": DATA_SEED, "seed": SEED, "max_seq_length": MAX_LEN,
+        "lora": {"r": R, "alpha": ALPHA, "dropout": 0.0},
+        "optim": {"epochs": EPOCHS, "lr": LR, "warmup_ratio": WARMUP_RATIO, "max_grad_norm": CLIP},
+        "scaling": {"num_workers": WORKERS, "effective_batch_size": EFFECTIVE,
+                    "per_device_batch_size": PER_DEVICE, "cpus_per_worker": 1},
+        "deepspeed": {"zero_stage": stage},
+        "ray": {"max_failures": 1, "controller_failure_limit": 0},
+    }
+    cfg.update(extra)
+    return cfg
+
+
+# --- the independent reference -------------------------------------------------------------
+
+def reference_run(model_dir, examples, epochs, lora=True, seed=SEED):
+    """Plain torch: returns {epoch: (moments {name: (m, v)}, avg lr)} and final trainable weights."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, get_linear_schedule_with_warmup
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    if lora:
+        torch.manual_seed(seed)
+        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=R, lora_alpha=ALPHA, lora_dropout=0.0,
+                                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    model.train()
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    opt = torch.optim.AdamW(params, lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    n, batch = len(examples), PER_DEVICE * (EFFECTIVE // (PER_DEVICE * WORKERS)) * WORKERS
+    accumulation = EFFECTIVE // (PER_DEVICE * WORKERS)
+    steps = math.ceil(n / batch)
+    total = steps * epochs
+    sched = get_linear_schedule_with_warmup(opt, math.ceil(WARMUP_RATIO * total), total)
+    out = {}
+    for epoch in range(1, epochs + 1):
+        perm = np.random.default_rng([seed, epoch]).permutation(n)
+        order = np.concatenate([perm] * math.ceil(steps * batch / n))[: steps * batch]
+        lrs = []
+        for s in range(steps):
+            opt.zero_grad()
+            for a in range(accumulation):
+                for rank in range(WORKERS):
+                    at = s * batch + (a * WORKERS + rank) * PER_DEVICE
+                    b = collate([examples[i] for i in order[at:at + PER_DEVICE]], tok.pad_token_id)
+                    (model(**b).loss / (accumulation * WORKERS)).backward()
+            torch.nn.utils.clip_grad_norm_(params, CLIP)
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        out[epoch] = ({k: (opt.state[p]["exp_avg"].clone(), opt.state[p]["exp_avg_sq"].clone())
+                       for k, p in named}, sum(lrs) / len(lrs))
+    return out, {k: p.detach().clone() for k, p in named}
+
+
+def _rel(a, b):
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def _examples(path, model_dir):
+    from less_ray.models import load_tokenizer
+    kept, _ = tokenize_records(read_records(path).records, load_tokenizer(model_dir), FormatConfig("tulu", MAX_LEN))
+    return kept
+
+
+# --- fixtures -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+    env = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "180",  # fail, don't hang
+           "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",  # one actor process less per run
+           "DS_ACCELERATOR": "cpu"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update({k: os.environ.get(k, v) for k, v in env.items()})  # raylet and workers inherit
+    if ray.is_initialized():
+        ray.shutdown()
+    # no dashboard: it costs ~10 s of CPU at start; Ray Train then logs that its
+    # placement-group cleaner cannot reach the state API (harmless)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)  # never join a `ray start` head
+    yield
+    ray.shutdown()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+
+
+@pytest.fixture(scope="module")
+def pool_file(tmp_path_factory):
+    from less_ray.data.demo import generate_pool
+    path = tmp_path_factory.mktemp("pool") / "pool.jsonl"
+    write_jsonl(generate_pool(N_POOL, seed=0), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def warmup_reference(pool_file, tiny_model_dir, tmp_path_factory):
+    pool = read_records(pool_file).records
+    k = int(N_POOL * PERCENTAGE)
+    chosen = [pool[i] for i in np.sort(np.random.default_rng(DATA_SEED).permutation(N_POOL)[:k])]
+    path = tmp_path_factory.mktemp("ref") / "warmup.jsonl"
+    write_jsonl(chosen, path)
+    epochs, weights = reference_run(tiny_model_dir, _examples(path, tiny_model_dir), EPOCHS)
+    return {"records": chosen, "epochs": epochs, "weights": weights}
+
+
+# --- fast unit tests ------------------------------------------------------------------------
+
+def test_micro_batches_cover_every_example_each_epoch():
+    from less_ray.train.plan import micro_batches
+    n, world, acc, per = 22, 2, 2, 2
+    for epoch in (1, 2):
+        per_rank = [micro_batches(n, 0, epoch, per, acc, world, r) for r in range(world)]
+        assert len(per_rank[0]) == len(per_rank[1]) == 3 * acc  # ceil(22/8) steps
+        seen = [i for mbs in per_rank for mb in mbs for i in mb]
+        assert len(seen) == 24 and set(seen) == set(range(n))  # 2 wrapped around, none lost
+    assert micro_batches(n, 0, 1, per, acc, world, 0) != micro_batches(n, 0, 2, per, acc, world, 0)
+
+
+def test_lr_schedule_matches_hf():
+    from transformers import get_linear_schedule_with_warmup
+    from less_ray.train.plan import lr_factor, warmup_steps
+    total = 37
+    warm = warmup_steps(total, 0.03)
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = get_linear_schedule_with_warmup(opt, math.ceil(0.03 * total), total)
+    for step in range(total):
+        assert lr_factor(step, total, warm) == pytest.approx(opt.param_groups[0]["lr"], abs=1e-12)
+        opt.step()
+        sched.step()
+
+
+def test_draw_uses_the_seed():
+    from less_ray.data.demo import generate_pool
+    from less_ray.train.runner import draw_warmup
+    pool = generate_pool(100, seed=0)
+    a, b, c = draw_warmup(pool, 0.1, 3), draw_warmup(pool, 0.1, 3), draw_warmup(pool, 0.1, 4)
+    assert len(a) == 10 and a == b and a != c
+    assert [r.id for r in a] == [r.id for r in pool if r in a]  # pool order kept
+
+
+def test_accumulation_must_divide():
+    from less_ray.train.plan import accumulation_steps
+    assert accumulation_steps(128, 1, 4) == 32
+    with pytest.raises(ValueError, match="not a multiple"):
+        accumulation_steps(10, 2, 4)
+
+
+def test_example_configs_load_and_round_trip(tmp_path):
+    from pathlib import Path
+    from less_ray.train import TrainConfig, WarmupConfig
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for cls, name in ((WarmupConfig, "warmup_demo.yaml"), (TrainConfig, "train_demo.yaml")):
+        cfg = load_config(cls, root / name)
+        save_config(cfg, tmp_path / name)
+        assert load_config(cls, tmp_path / name) == cfg
+    defaults = load_config(WarmupConfig, None, {"pool": "p", "out": "o", "base_model": "m"})
+    assert (defaults.lora.r, defaults.lora.alpha, defaults.lora.dropout) == (128, 512, 0.1)
+    assert (defaults.optim.lr, defaults.optim.warmup_ratio, defaults.optim.epochs) == (2e-5, 0.03, 4)
+    assert (defaults.scaling.effective_batch_size, defaults.max_seq_length, defaults.percentage) == (128, 2048, 0.05)
+
+
+# --- Ray Train + DeepSpeed runs -------------------------------------------------------------
+
+def _check_warmup_against_reference(out, ref, model_dir, stage):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+    from less_ray.train import WarmupConfig, load_checkpoint_moments, read_state, read_warmup_manifest
+
+    drawn = read_records(out / "warmup_data.jsonl").records
+    assert drawn == ref["records"]
+    ids_hash = hashlib.sha256(b"".join(r.id.encode() + b"\n" for r in drawn)).hexdigest()[:16]
+    manifest = read_warmup_manifest(out)
+    assert [c["epoch"] for c in manifest["checkpoints"]] == list(range(1, EPOCHS + 1))
+    assert load_config(WarmupConfig, out / "config.yaml").deepspeed.zero_stage == stage
+    for c in manifest["checkpoints"]:
+        folder = out / "checkpoints" / f"epoch_{c['epoch']}"
+        assert sorted(p.name for p in folder.iterdir()) == sorted(
+            ["adapter_config.json", "adapter_model.safetensors", "optimizer_moments.safetensors", "state.json"])
+        want, want_lr = ref["epochs"][c["epoch"]]
+        state = read_state(folder)
+        assert state["epoch"] == c["epoch"] and state["global_step"] == 3 * c["epoch"]
+        assert state["avg_lr"] == pytest.approx(want_lr, rel=1e-9) and c["avg_lr"] == state["avg_lr"]
+        assert state["seed"] == SEED and state["data_hash"] == ids_hash and state["base_model"] == str(model_dir)
+        assert state["adam"] == {"betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0}
+        assert state["config"]["deepspeed"]["zero_stage"] == stage
+        got = load_checkpoint_moments(folder)
+        assert set(got) == set(want) and all(".lora_" in k for k in got)  # every LoRA param, both moments
+        for name, (m, v) in want.items():
+            gm, gv = got[name]
+            assert gm.dtype == torch.float32 and gm.shape == m.shape and gv.shape == v.shape
+            assert _rel(gm, m) <= TOL and _rel(gv, v) <= TOL, (name, _rel(gm, m), _rel(gv, v))
+    # the last adapter holds the trained weights, and peft loads it
+    last = out / "checkpoints" / f"epoch_{EPOCHS}"
+    saved = load_file(str(last / "adapter_model.safetensors"))
+    for name, w in ref["weights"].items():
+        assert _rel(saved[name.replace(".default", "")], w) <= TOL, name
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(model_dir)), str(last))
+
+
+@pytest.mark.parametrize("stage", [0, 2, 3])
+def test_warmup_moments_match_plain_adamw(stage, ray_local, pool_file, tiny_model_dir, warmup_reference, tmp_path):
+    from less_ray.train import WarmupConfig, run_warmup
+    out = run_warmup(load_config(WarmupConfig, None, _overrides(pool_file, tmp_path / "w", tiny_model_dir, stage)))
+    _check_warmup_against_reference(out, warmup_reference, tiny_model_dir, stage)
+
+
+def test_killed_worker_resumes_from_last_checkpoint(ray_local, pool_file, tiny_model_dir, warmup_reference,
+                                                    tmp_path, monkeypatch):
+    """Rank 1 exits mid-epoch 2 (ZeRO 1); Ray restarts the group from the epoch-1 checkpoint
+    and the finished run is exactly the uninterrupted one."""
+    from less_ray.train import WarmupConfig, run_warmup
+    from less_ray.train.runner import FAIL_AT_ENV
+    marker = tmp_path / "failed_once"
+    monkeypatch.setenv(FAIL_AT_ENV, f"1:2:3:{marker}")  # rank 1, epoch 2, micro-step 3 of 6
+    out = run_warmup(load_config(WarmupConfig, None, _overrides(pool_file, tmp_path / "w", tiny_model_dir, 1)))
+    assert marker.exists()
+    _check_warmup_against_reference(out, warmup_reference, tiny_model_dir, 1)
+
+
+def test_target_training_full_finetune_other_base(ray_local, pool_file, tmp_path):
+    """LESS-T: full fine-tune of a different (smaller) base on a selection, ZeRO 2."""
+    from transformers import AutoModelForCausalLM
+    from less_ray.demo import TinyModelConfig, build_demo_model
+    from less_ray.train import TrainConfig, read_state, run_train
+    base = build_demo_model(tmp_path / "base", seed=1, n_pool=400,
+                            model=TinyModelConfig(hidden_size=32, intermediate_size=64, num_heads=2))
+    selection = tmp_path / "selection.jsonl"
+    write_jsonl(read_records(pool_file).records[:16], selection)
+    over = _overrides(pool_file, tmp_path / "t", base, 2, data=str(selection), lora={"enabled": False})
+    del over["pool"], over["percentage"], over["data_seed"]
+    over["optim"]["epochs"] = 1
+    cfg = load_config(TrainConfig, None, over)
+    out = run_train(cfg)
+    assert load_config(TrainConfig, out / "config.yaml") == cfg
+    state = read_state(out)
+    assert state["epoch"] == 1 and state["global_step"] == 2 and state["base_model"] == str(base)
+    trained = AutoModelForCausalLM.from_pretrained(str(out / "model"), dtype=torch.float32)
+    assert (out / "model" / "tokenizer.json").exists()
+    _, want = reference_run(base, _examples(selection, base), epochs=1, lora=False)
+    got = dict(trained.named_parameters())
+    for name, w in want.items():
+        assert _rel(got[name].detach(), w) <= TOL, name
+    before = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    assert not torch.equal(before.lm_head.weight, got["lm_head.weight"])
+    assert json.loads((out / "state.json").read_text())["config"]["lora"]["enabled"] is False
