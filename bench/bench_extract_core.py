@@ -1,0 +1,282 @@
+"""Examples/s of the batched extractor vs a LESS-style loop (not a test).
+
+LESS-style loop (less/data_selection/collect_grad_reps.py, gradient_type adam): one
+example at a time, `model(**batch).loss.backward()`, concatenate `p.grad` of the LoRA
+parameters, Adam transform on the full vector, `zero_grad`, and project every 16 examples
+(`project_interval`) with the same RademacherProjector as ours. Ours: batches of similar
+length, one forward and one backward per batch, blocks transformed and projected as they
+arrive. Both see the same examples (demo-pool conversations of 1-6 turns, up to max_len).
+
+Two timings per method:
+- "gradients": everything but the projection (a stand-in projector only sums the blocks);
+- "end to end": with the d=8192 projection. Where one projection pass is too slow to run
+  (SmolLM2 with r=128: P*d ~ 1.2e11 matrix entries), `--proj sampled` times it on a slice
+  of rows and scales to P rows instead; both methods pay one pass per 16 examples.
+Each (model, method) runs in its own process so that peak RSS (getrusage) is its own.
+
+    python bench/bench_extract_core.py                   # tiny model, then SmolLM2 if /tmp/smol_model
+    python bench/bench_extract_core.py --models tiny --n 64 --threads 2
+    python bench/bench_extract_core.py --device cuda --proj full --threads 8
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SMOL = Path("/tmp/smol_model")
+PROJECT_INTERVAL = 16  # LESS's default
+BETAS, EPS = (0.9, 0.999), 1e-8
+
+
+def make_examples(tokenizer, n: int, max_len: int, seed: int = 0):
+    """Mixed-length multi-turn conversations: 1-6 demo-pool records joined, up to max_len tokens."""
+    from less_ray.core.formatting import FormatConfig, tokenize_messages
+    from less_ray.data.demo import generate_pool
+    pool = generate_pool(max(400, 8 * n), seed=seed)
+    rng = random.Random(seed)
+    out = []
+    while len(out) < n:
+        turns = [m for r in rng.sample(pool, rng.randint(1, 6)) for m in r.messages if m["role"] != "system"]
+        ex = tokenize_messages(turns, tokenizer, FormatConfig(max_seq_length=max_len), example_id=str(len(out)))
+        if hasattr(ex, "input_ids"):
+            out.append(ex)
+    return out
+
+
+def build_model(name: str, rank: int, workdir: Path, device: str):
+    """PeftModel (eval) with random lora_B and random Adam moments: (model, tokenizer, moments)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from less_ray.core.grads import Moments
+    from less_ray.models import load_model_and_tokenizer
+    if name == "tiny":
+        from less_ray.demo import build_demo_model
+        path = build_demo_model(workdir / "tiny", n_pool=400)
+    else:
+        path = SMOL
+    base, tok = load_model_and_tokenizer(path)
+    model = get_peft_model(base, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.1,
+                                            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    gen = torch.Generator().manual_seed(0)
+    names, m, v = [], [], []
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            if "lora_B" in n:
+                with torch.no_grad():
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+            names.append(n)
+            m.append(torch.randn(p.shape, generator=gen) * 1e-4)
+            v.append(torch.rand(p.shape, generator=gen) * 1e-8)
+    model.to(device).eval()
+    return model, tok, Moments(names, m, v).to(device)
+
+
+class NoProjection:
+    """Stand-in projector for the "gradients" timing: only sums each block."""
+
+    def __init__(self, dim_in):
+        self.dim_in, self.dims = dim_in, [1]
+
+    def new_accumulator(self, batch, device):
+        import torch
+        return torch.zeros(batch, 1, device=device)
+
+    def accumulate(self, acc, x_block, row_offset):
+        acc[:, 0] += x_block.sum(dim=1)  # uses the block, so nothing before it is skipped
+
+    def finish(self, acc):
+        return {1: acc}
+
+    def project(self, x):
+        return self.finish(x.sum(dim=1, keepdim=True))
+
+
+def less_loop(model, examples, moments, projector, device):
+    """Faithful to LESS's collect_grads (gradient_type adam), projection every 16 examples."""
+    import torch
+
+    from less_ray.core.grads import adam_feature
+    params = [p for p in model.parameters() if p.requires_grad]
+    m = torch.cat([t.reshape(-1) for t in moments.exp_avg])
+    v = torch.cat([t.reshape(-1) for t in moments.exp_avg_sq])
+    full, projected = [], []
+    for i, e in enumerate(examples):
+        loss = model(input_ids=torch.tensor([e.input_ids], device=device),
+                     labels=torch.tensor([e.labels], device=device)).loss
+        loss.backward()
+        g = torch.cat([p.grad.view(-1) for p in params if p.grad is not None])
+        full.append(adam_feature(g, m, v, BETAS, EPS))
+        model.zero_grad()
+        if len(full) == PROJECT_INTERVAL or i == len(examples) - 1:
+            out = projector.project(torch.stack(full))
+            projected.append({d: f / f.norm(dim=1, keepdim=True) for d, f in out.items()})
+            full = []
+    return {d: torch.cat([p[d] for p in projected]) for d in projected[0]}
+
+
+def batched(model, examples, moments, projector, batch_size, pad_id):
+    """Batches of similar length (as the extraction stage batches), results in input order."""
+    import torch
+
+    from less_ray.core.formatting import collate
+    from less_ray.core.grads import LoraGradientComputer
+    computer = LoraGradientComputer(model)
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    outs = []
+    for s in range(0, len(order), batch_size):
+        batch = collate([examples[i] for i in order[s:s + batch_size]], pad_id)
+        res = computer.features(batch, "adam", projector, moments=moments, betas=BETAS, eps=EPS)
+        outs.append(res["features"])
+    inverse = torch.argsort(torch.tensor(order)).to(outs[0][next(iter(outs[0]))].device)
+    return {d: torch.cat([o[d] for o in outs])[inverse] for d in outs[0]}
+
+
+def child(args) -> dict:
+    import torch
+
+    from less_ray.core.projection import RademacherProjector
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    cuda = args.device.startswith("cuda")
+    with tempfile.TemporaryDirectory() as tmp:
+        model, tok, moments = build_model(args.model, args.rank, Path(tmp), args.device)
+    examples = make_examples(tok, args.n, args.max_len)
+    P = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    def method(projector):
+        if args.method == "loop":
+            return lambda ex: less_loop(model, ex, moments, projector, args.device)
+        return lambda ex: batched(model, ex, moments, projector, args.batch_size, tok.pad_token_id)
+
+    def timed(run):
+        if cuda:
+            torch.cuda.synchronize()
+        wall, cpu = time.perf_counter(), time.process_time()
+        feats = run(examples)
+        if cuda:
+            torch.cuda.synchronize()
+        return feats, time.perf_counter() - wall, time.process_time() - cpu
+
+    rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    method(NoProjection(P))(examples[:2])  # warm-up (allocator, lazy init)
+    _, wall, cpu = timed(method(NoProjection(P)))
+    res = {"model": args.model, "method": args.method, "n": len(examples), "P": P,
+           "grad_s": wall, "grad_cpu_s": cpu,
+           "mean_len": sum(len(e.input_ids) for e in examples) / len(examples),
+           "max_len": max(len(e.input_ids) for e in examples)}
+    if args.proj == "full":
+        feats, res["full_s"], res["full_cpu_s"] = timed(method(RademacherProjector(P, args.dims, seed=0)))
+    else:
+        # agreement on a small real projection; the pass time from a slice of rows
+        feats = method(RademacherProjector(P, 64, seed=0))(examples[:8])
+        rows = min(P, args.sample_rows)
+        x = torch.randn(PROJECT_INTERVAL, rows, device=args.device)
+        t = time.perf_counter()
+        RademacherProjector(rows, args.dims, seed=0).project(x)
+        if cuda:
+            torch.cuda.synchronize()
+        res["pass_s"] = (time.perf_counter() - t) * P / rows
+    res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    res["rss_after_load_mib"] = rss_loaded
+    if cuda:
+        res["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
+    torch.save({d: f.cpu() for d, f in feats.items()}, args.feats_out)
+    return res
+
+
+def run_child(model, method, cli, feats_out) -> dict:
+    cmd = [sys.executable, __file__, "--child", "--model", model, "--method", method, "--n", str(cli.n),
+           "--rank", str(cli.rank if model == "smol" else cli.tiny_rank), "--max-len", str(cli.max_len),
+           "--batch-size", str(cli.batch_size), "--threads", str(cli.threads), "--device", cli.device,
+           "--proj", cli.proj if model == "smol" else "full",
+           "--sample-rows", str(cli.sample_rows), "--feats-out", feats_out, "--dims", *map(str, cli.dims)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def report(model, res, args, agree) -> None:
+    lo, ba = res["loop"], res["batched"]
+    rank = args.rank if model == "smol" else args.tiny_rank
+    print(f"\n== {model}: LoRA r={rank} q/k/v/o, P={ba['P']:,}, {ba['n']} examples, "
+          f"mean length {ba['mean_len']:.0f} (max {ba['max_len']}) ==")
+
+    def line(label, key):
+        n, cpu = ba["n"], key.replace("_s", "_cpu_s")
+        print(f"{label}: loop {n / lo[key]:.2f} ex/s ({lo[key]:.1f} s wall, {lo[cpu]:.1f} s CPU), "
+              f"batched {n / ba[key]:.2f} ex/s ({ba[key]:.1f} s wall, {ba[cpu]:.1f} s CPU) "
+              f"-> {lo[key] / ba[key]:.2f}x wall, {lo[cpu] / ba[cpu]:.2f}x CPU time")
+
+    line("gradients + adam, no projection", "grad_s")
+    if "full_s" in ba:
+        line(f"end to end, d={max(args.dims)}       ", "full_s")
+    else:
+        p = ba["pass_s"]
+        # CPU seconds: with one thread they are the work done, whatever else runs on the machine
+        per_loop = lo["grad_cpu_s"] / ba["n"] + p / PROJECT_INTERVAL
+        per_batched = ba["grad_cpu_s"] / ba["n"] + p / args.batch_size
+        print(f"projection: one pass (16 examples, d={max(args.dims)}) ~{p:.0f} s "
+              f"(timed on {min(ba['P'], args.sample_rows):,} rows, scaled to P)")
+        print(f"end to end, per example (gradient CPU time + projection): loop {per_loop:.1f} s, "
+              f"batched {per_batched:.1f} s -> {per_loop / per_batched:.2f}x")
+    for m in ("loop", "batched"):
+        gpu = f", peak GPU {res[m]['peak_gpu_mib']:.0f} MiB" if "peak_gpu_mib" in res[m] else ""
+        x = res[m]
+        print(f"peak RSS {m:8s} {x['peak_rss_mib']:.0f} MiB (after load {x['rss_after_load_mib']:.0f}){gpu}")
+    d0, detail = agree
+    print(f"max relative difference of the two methods' features: {detail} (d={d0})")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", nargs="+", default=["tiny", "smol"])
+    ap.add_argument("--n", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--rank", type=int, default=128, help="LoRA r for SmolLM2")
+    ap.add_argument("--tiny-rank", type=int, default=8)
+    ap.add_argument("--max-len", type=int, default=256)
+    ap.add_argument("--dims", type=int, nargs="+", default=[8192])
+    ap.add_argument("--proj", choices=["full", "sampled"], default="sampled", help="SmolLM2 projection timing")
+    ap.add_argument("--sample-rows", type=int, default=262144)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: steadier timings on a shared CPU, where OpenMP threads thrash)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--child", action="store_true")
+    ap.add_argument("--model", default="tiny")
+    ap.add_argument("--method", default="batched")
+    ap.add_argument("--feats-out", default="")
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args)))
+        return
+    import torch
+    print(f"{args.device} ({os.cpu_count()} CPU cores, shared), {args.threads} torch thread(s), "
+          f"torch {torch.__version__}; n={args.n}, batch {args.batch_size}, max_len {args.max_len}, "
+          f"d={args.dims}; the LESS loop projects every {PROJECT_INTERVAL}")
+    for model in args.models:
+        if model == "smol" and not (SMOL / "config.json").exists():
+            print(f"\nsmol: skipped ({SMOL} not found)")
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            res = {m: run_child(model, m, args, f"{tmp}/{m}.pt") for m in ("loop", "batched")}
+            fl, fb = torch.load(f"{tmp}/loop.pt"), torch.load(f"{tmp}/batched.pt")
+        d0 = next(iter(fl))
+        diff = max(((fl[d0][i] - fb[d0][i]).norm() / fl[d0][i].norm()).item() for i in range(len(fl[d0])))
+        detail = f"{diff:.1e}" + (f", first {len(fl[d0])} examples" if "pass_s" in res["batched"] else "")
+        report(model, res, args, (d0, detail))
+
+
+if __name__ == "__main__":
+    main()

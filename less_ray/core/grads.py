@@ -1,0 +1,257 @@
+"""Per-example LoRA gradients for a whole batch, and LESS's gradient features from them.
+
+LESS loops over examples one at a time (one backward each). Here one backward of
+sum_b loss_b gives every example's gradient at once: examples do not interact, so the
+gradient that reaches example b's activations is that of loss_b alone. For each LoRA
+Linear (y = x W^T), a forward hook keeps its input x and a tensor hook on y receives
+dy during the backward; example b's weight gradient is then sum_t dy[b,t]^T x[b,t].
+
+Each parameter's block [B, p_k] is handed on as soon as its dy arrives (adam transform,
+then projection), so memory is bounded by the largest block, not the full gradient. The
+backward asks autograd only for the gradient w.r.t. the input embeddings (made a leaf by
+a hook): that walks every LoRA layer without computing the summed parameter gradients,
+which nobody needs. A pre-hook on the lm_head keeps only the positions that predict a
+label, so logits are [N_labels, V], never [B, T, V].
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+
+from .formatting import IGNORE_INDEX
+from .projection import Projector
+
+FeatureKind = Literal["adam", "sgd"]
+BlockSink = Callable[[int, torch.Tensor], None]  # (parameter index, per-example block [B, p_k])
+
+
+@dataclass
+class Moments:
+    """Adam moments of a checkpoint, one fp32 tensor per trainable parameter, in model order."""
+    names: list[str]
+    exp_avg: list[torch.Tensor]
+    exp_avg_sq: list[torch.Tensor]
+
+    def to(self, device) -> "Moments":
+        return Moments(self.names, [t.to(device) for t in self.exp_avg], [t.to(device) for t in self.exp_avg_sq])
+
+
+def adam_feature(g: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> torch.Tensor:
+    """LESS's Adam feature: the next Adam step direction, no bias correction, eps inside the root."""
+    b1, b2 = betas
+    m_new = b1 * m + (1 - b1) * g
+    v_new = b2 * v + (1 - b2) * g * g
+    return m_new / torch.sqrt(v_new + eps)
+
+
+class LoraGradientComputer:
+    """Batched per-example gradients w.r.t. a (peft) model's trainable parameters.
+
+    Every trainable parameter must be the weight or bias of a torch.nn.Linear (LoRA's
+    lora_A / lora_B); anything else (DoRA magnitudes, trainable embeddings) is refused
+    by name. Blocks are flattened like `p.view(-1)` and ordered like `named_parameters()`.
+    Gradient checkpointing must be off (recomputation would fire the hooks twice).
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if not named:
+            raise ValueError("the model has no trainable parameters (load the adapter with is_trainable=True)")
+        self.names = [n for n, _ in named]
+        self.shapes = [tuple(p.shape) for _, p in named]
+        sizes = [p.numel() for _, p in named]
+        self.offsets = [sum(sizes[:k]) for k in range(len(sizes))]
+        self.sizes = sizes
+        self.num_params = sum(sizes)
+        index = {id(p): k for k, (_, p) in enumerate(named)}
+        # module -> (index of its weight, index of its bias or None)
+        self._linears: dict[torch.nn.Module, tuple[int | None, int | None]] = {}
+        covered = set()
+        for _, mod in model.named_modules():
+            if not isinstance(mod, torch.nn.Linear):
+                continue
+            w = index.get(id(mod.weight))
+            b = index.get(id(mod.bias)) if mod.bias is not None else None
+            if w is None and b is None:
+                continue
+            if w is None:
+                raise ValueError("a Linear with a trainable bias but a frozen weight is not supported")
+            self._linears[mod] = (w, b)
+            covered.update(k for k in (w, b) if k is not None)
+        missing = [self.names[k] for k in range(len(named)) if k not in covered]
+        if missing:
+            raise ValueError(f"trainable parameters that are not nn.Linear weights/biases (unsupported): "
+                             f"{missing[:5]}{' ...' if len(missing) > 5 else ''}")
+
+    # -- the batched backward --------------------------------------------------------------
+
+    def run(self, batch: dict[str, torch.Tensor], sink: BlockSink) -> dict[str, torch.Tensor]:
+        """One forward + one backward; `sink(k, block)` gets every parameter's [B, p_k] fp32
+        per-example gradient (zeros for parameters the forward did not use).
+        Returns loss [B] (mean token loss per example) and n_tokens [B]."""
+        device = next(self.model.parameters()).device
+        input_ids = batch["input_ids"].to(device)
+        attention = batch["attention_mask"].to(device)
+        labels = batch["labels"].to(device)
+        # position t predicts label t+1 (HF's shift); only those positions reach the lm_head
+        predicts = torch.zeros_like(labels, dtype=torch.bool)
+        predicts[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+        n_tokens = predicts.sum(dim=1)
+        if (n_tokens == 0).any():
+            bad = torch.nonzero(n_tokens == 0).flatten().tolist()
+            raise ValueError(f"examples at batch rows {bad} have no label tokens after the causal shift "
+                             f"(their mean loss is 0/0)")
+        state = _Capture(self, attention.bool(), predicts, sink)
+        was_training = self.model.training
+        self.model.eval()  # dropout off: features must be deterministic
+        try:
+            with torch.enable_grad(), state.hooks():
+                logits = self.model(input_ids=input_ids, attention_mask=attention).logits
+                if logits.shape[:-1] != (int(n_tokens.sum()),):
+                    raise RuntimeError(f"expected logits for the {int(n_tokens.sum())} label positions, got "
+                                       f"shape {tuple(logits.shape)}: the model does not apply its output "
+                                       f"embedding to the last hidden states as-is")
+                targets = labels[:, 1:][predicts[:, :-1]]
+                tok = F.cross_entropy(logits.float(), targets, reduction="none")
+                rows = torch.nonzero(predicts)[:, 0]
+                loss = torch.zeros(len(labels), device=device, dtype=tok.dtype).index_add(0, rows, tok)
+                loss = loss / n_tokens
+                if not state.anchors:
+                    raise RuntimeError("the input-embedding hook did not fire")
+                torch.autograd.grad(loss.sum(), state.anchors)
+        finally:
+            self.model.train(was_training)
+        state.flush_unused(input_ids.shape[0], device)
+        return {"loss": loss.detach(), "n_tokens": n_tokens}
+
+    def per_example_grads(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Full [B, P] gradients (audits and tests; P can be large)."""
+        out = {}
+
+        def sink(k, block):
+            if "grads" not in out:
+                out["grads"] = torch.zeros(block.shape[0], self.num_params, device=block.device)
+            out["grads"][:, self.offsets[k]:self.offsets[k] + self.sizes[k]] = block
+
+        res = self.run(batch, sink)
+        return {**res, "grads": out["grads"]}
+
+    def features(self, batch: dict[str, torch.Tensor], kind: FeatureKind, projector: Projector,
+                 moments: Moments | None = None, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> dict:
+        """LESS features: adam (pool) or sgd (targets), projected, L2-normalised.
+
+        Returns features {dim: [B, dim]} (unit rows), norms {dim: [B]} (before
+        normalising), loss [B], n_tokens [B]."""
+        if projector.dim_in != self.num_params:
+            raise ValueError(f"projector expects {projector.dim_in} inputs, the model has "
+                             f"{self.num_params} trainable parameters")
+        if kind == "adam":
+            if moments is None:
+                raise ValueError("adam features need the checkpoint's optimizer moments")
+            if len(moments.exp_avg) != len(self.names):
+                raise ValueError(f"moments for {len(moments.exp_avg)} parameters, model has {len(self.names)}")
+        elif kind != "sgd":
+            raise ValueError(f"unknown feature kind {kind!r}; expected adam or sgd")
+        acc = {}
+
+        def sink(k, g):
+            if not acc:
+                acc["a"] = projector.new_accumulator(g.shape[0], g.device)
+            if kind == "adam":
+                m = moments.exp_avg[k].to(g.device, torch.float32).reshape(1, -1)
+                v = moments.exp_avg_sq[k].to(g.device, torch.float32).reshape(1, -1)
+                g = adam_feature(g, m, v, betas, eps)
+            projector.accumulate(acc["a"], g, self.offsets[k])
+
+        res = self.run(batch, sink)
+        raw = projector.finish(acc["a"])
+        norms = {d: f.norm(dim=1) for d, f in raw.items()}
+        # a zero vector stays zero rather than becoming NaN
+        feats = {d: f / norms[d].clamp_min(torch.finfo(f.dtype).tiny)[:, None] for d, f in raw.items()}
+        return {"features": feats, "norms": norms, **res}
+
+
+class _Capture:
+    """Hook state for one batch: inputs kept at forward, blocks emitted at backward."""
+
+    def __init__(self, computer: LoraGradientComputer, token_mask: torch.Tensor, predicts: torch.Tensor,
+                 sink: BlockSink):
+        self.c = computer
+        self.mask = token_mask  # [B, T] real tokens
+        self.predicts = predicts  # [B, T] positions whose logits enter the loss
+        self.sink = sink
+        self.anchors: list[torch.Tensor] = []
+        self.pending: dict[torch.nn.Module, int] = {}  # calls whose dy has not arrived yet
+        self.partial: dict[int, torch.Tensor] = {}  # for modules called more than once
+        self.emitted: set[int] = set()
+
+    @contextmanager
+    def hooks(self):
+        handles = [self.c.model.get_input_embeddings().register_forward_hook(self._on_embed)]
+        head = self.c.model.get_output_embeddings()
+        if head is None:
+            raise ValueError("the model has no output embedding (lm_head) to hook")
+        handles.append(head.register_forward_pre_hook(self._on_head))
+        handles += [m.register_forward_hook(self._on_linear) for m in self.c._linears]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _on_head(self, module, args):
+        # logits only where a label is predicted: [N, V] instead of [B, T, V], and the
+        # lm_head's backward likewise (other positions have zero gradient anyway)
+        return (args[0][self.predicts],) + tuple(args[1:])
+
+    def _on_embed(self, module, args, out):
+        leaf = out if out.requires_grad else out.detach().requires_grad_(True)
+        self.anchors.append(leaf)
+        return leaf
+
+    def _on_linear(self, module, args, out):
+        x = args[0].detach()
+        self.pending[module] = self.pending.get(module, 0) + 1
+        out.register_hook(lambda dy: self._on_grad(module, x, dy))
+
+    def _per_example(self, x: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+        """[B, out, in]: sum over each example's own positions of dy^T x."""
+        B, T = self.mask.shape
+        x, dy = x.float().reshape(B, -1, x.shape[-1]), dy.float().reshape(B, -1, dy.shape[-1])
+        if x.shape[1] != T:
+            raise ValueError(f"a LoRA layer saw {x.shape[1]} positions per example, the batch has {T}")
+        # no loss depends on a padding position, so dy is 0 there already; zeroing it makes
+        # that explicit, whatever the attention implementation (padding x is finite: collate
+        # right-pads, so no attention row is fully masked)
+        dy = torch.where(self.mask[:, :, None], dy, 0.0)
+        return torch.bmm(dy.transpose(1, 2), x)
+
+    def _on_grad(self, module, x, dy):
+        w, b = self.c._linears[module]
+        blocks = {w: self._per_example(x, dy).reshape(self.mask.shape[0], -1)}  # [B, out*in]
+        if b is not None:
+            blocks[b] = torch.where(self.mask[:, :, None], dy.float().reshape(*self.mask.shape, -1), 0.0).sum(1)
+        self.pending[module] -= 1
+        for k, g in blocks.items():
+            if k in self.partial:
+                g = self.partial.pop(k) + g
+            if self.pending[module] > 0:
+                self.partial[k] = g
+            else:
+                self.emitted.add(k)
+                self.sink(k, g)
+
+    def flush_unused(self, batch: int, device) -> None:
+        if self.partial:
+            raise RuntimeError("some LoRA layers got fewer gradients than forward calls "
+                               "(gradient checkpointing on?)")
+        for k in range(len(self.c.names)):
+            if k not in self.emitted:
+                self.sink(k, torch.zeros(batch, self.c.sizes[k], device=device))

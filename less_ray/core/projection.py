@@ -1,0 +1,183 @@
+"""Random projections of gradient features, generated block by block.
+
+`RademacherProjector` multiplies by a seeded P x d matrix with entries +-1/sqrt(d) that is
+never held whole: each block of rows is rebuilt on the fly from a counter-based hash, so
+the matrix depends only on (seed, row, column) and is the same on CPU and on any GPU,
+whatever the batch or block size. (TRAK's CUDA kernel, which LESS uses, gives different
+matrices on GPUs with different SM counts.)
+
+The scheme, which the tests pin against a pure-Python reference:
+- one 32-bit word per (row, group of 32 columns): `mix32(row_key(seed, row) ^ group_key(group))`;
+- bit k of the word for group g is the sign of column 32*g + k (1 -> +1, 0 -> -1).
+All arithmetic is on int64 holding 32-bit values, masked with 0xFFFFFFFF; 32x32-bit
+products are split into 16-bit halves so that no int64 ever overflows (torch gives no
+wrap-around guarantee on signed overflow).
+
+Several output dims come from one pass: the d-dim projection uses the first d columns
+of the widest matrix, scaled by 1/sqrt(d). Each is a proper Rademacher projection; they
+are nested, which costs one matrix generation and one matmul for all dims.
+
+Projectors share a small interface (like TRAK's): `new_accumulator(batch, device)`,
+`accumulate(acc, x_block, row_offset)` for rows [row_offset, row_offset + width) of the
+full vector, `finish(acc) -> {dim: [batch, dim]}`, and `project(x)` for whole vectors.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Protocol, Sequence
+
+import torch
+
+MASK32 = 0xFFFFFFFF
+_GOLDEN = 0x9E3779B9  # 2^32 / phi: spreads consecutive counters before mixing
+_SEED_SALT = 0x5BD1E995
+# how many matrix entries one generated block holds: CPU wants it cache-sized, GPUs want
+# few large kernels; it changes speed only, never the matrix
+_BLOCK_ENTRIES = {"cpu": 1 << 21, "cuda": 1 << 26}
+
+
+def _mul32(h: torch.Tensor, c: int) -> torch.Tensor:
+    """(h * c) mod 2^32 for h in [0, 2^32), without int64 overflow."""
+    lo, hi = c & 0xFFFF, c >> 16
+    return (h * lo + (((h * hi) & 0xFFFF) << 16)) & MASK32
+
+
+def mix32(h: torch.Tensor) -> torch.Tensor:
+    """Chris Wellons' lowbias32 integer hash: a bijection of [0, 2^32) with strong avalanche."""
+    h = h ^ (h >> 16)
+    h = _mul32(h, 0x7FEB352D)
+    h = h ^ (h >> 15)
+    h = _mul32(h, 0x846CA68B)
+    return h ^ (h >> 16)
+
+
+@functools.lru_cache(maxsize=64)
+def _seed_key(seed: int) -> int:
+    s = seed & 0xFFFFFFFFFFFFFFFF
+    k = mix32(torch.tensor([(s & MASK32) ^ _SEED_SALT]))
+    return int(mix32(k ^ (s >> 32)).item())
+
+
+def row_keys(seed: int, rows: torch.Tensor) -> torch.Tensor:
+    """One 32-bit key per row (rows: int64, any non-negative value)."""
+    k = mix32(((rows & MASK32) ^ _seed_key(seed)) & MASK32)
+    return mix32(k ^ (rows >> 32))
+
+
+def group_keys(groups: torch.Tensor) -> torch.Tensor:
+    return mix32((groups * _GOLDEN + 1) & MASK32)
+
+
+def sign_words(seed: int, row_start: int, row_stop: int, n_groups: int,
+               device: torch.device | str = "cpu") -> torch.Tensor:
+    """[rows, n_groups] int64 words; bit k of word [r, g] is the sign of column 32g + k."""
+    rows = torch.arange(row_start, row_stop, dtype=torch.int64, device=device)
+    groups = torch.arange(n_groups, dtype=torch.int64, device=device)
+    return mix32(row_keys(seed, rows)[:, None] ^ group_keys(groups)[None, :])
+
+
+@functools.lru_cache(maxsize=16)
+def _byte_table(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """[256, 8] table whose row v holds the +-1 signs of v's bits (low bit first); byte shifts."""
+    v = torch.arange(256, device=device)
+    bits = (v[:, None] >> torch.arange(8, device=device)) & 1
+    return (bits * 2 - 1).to(dtype), torch.tensor([0, 8, 16, 24], device=device)
+
+
+def sign_block(seed: int, row_start: int, row_stop: int, n_cols: int,
+               device: torch.device | str = "cpu", dtype=torch.float32) -> torch.Tensor:
+    """[rows, n_cols] of +-1 (unscaled): rows [row_start, row_stop) of the sign matrix."""
+    n_groups = -(-n_cols // 32)
+    words = sign_words(seed, row_start, row_stop, n_groups, device)
+    # 4 bytes per word, each looked up as 8 signs: one pass writes the block (the
+    # bit-by-bit shift/and/convert takes ~3x longer on CPU)
+    table, shifts = _byte_table(words.device, dtype)
+    signs = torch.nn.functional.embedding((words[:, :, None] >> shifts) & 0xFF, table)
+    return signs.reshape(row_stop - row_start, n_groups * 32)[:, :n_cols]
+
+
+class Projector(Protocol):
+    dim_in: int
+    dims: list[int]
+
+    def new_accumulator(self, batch: int, device) -> torch.Tensor: ...
+    def accumulate(self, acc: torch.Tensor, x_block: torch.Tensor, row_offset: int) -> None: ...
+    def finish(self, acc: torch.Tensor) -> dict[int, torch.Tensor]: ...
+
+
+class _ProjectorBase:
+    def project(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Whole vectors [batch, dim_in] -> {dim: [batch, dim]}."""
+        acc = self.new_accumulator(x.shape[0], x.device)
+        self.accumulate(acc, x, 0)
+        return self.finish(acc)
+
+    def _check(self, x_block: torch.Tensor, row_offset: int) -> None:
+        if x_block.dim() != 2 or row_offset < 0 or row_offset + x_block.shape[1] > self.dim_in:
+            raise ValueError(f"block of shape {tuple(x_block.shape)} at row {row_offset} does not fit "
+                             f"a {self.dim_in}-dim input")
+
+
+class RademacherProjector(_ProjectorBase):
+    """x -> x @ R[:, :d] for each d in `dims`, R[i, j] = +-1/sqrt(d) from (seed, i, j).
+
+    block_rows: rows generated per step (None: by device); changes speed, not results
+    beyond float summation order.
+    """
+
+    def __init__(self, dim_in: int, dims: int | Sequence[int], seed: int = 0,
+                 block_rows: int | None = None):
+        self.dim_in = int(dim_in)
+        self.dims = sorted({int(d) for d in ([dims] if isinstance(dims, int) else dims)})
+        if not self.dims or self.dims[0] < 1:
+            raise ValueError(f"projection dims must be positive, got {dims}")
+        self.seed = int(seed)
+        self.block_rows = block_rows
+        self.width = self.dims[-1]
+
+    def _rows_per_block(self, device: torch.device) -> int:
+        if self.block_rows:
+            return self.block_rows
+        return max(1, _BLOCK_ENTRIES.get(device.type, 1 << 24) // self.width)
+
+    def new_accumulator(self, batch: int, device) -> torch.Tensor:
+        return torch.zeros(batch, self.width, device=device, dtype=torch.float32)
+
+    def accumulate(self, acc: torch.Tensor, x_block: torch.Tensor, row_offset: int) -> None:
+        self._check(x_block, row_offset)
+        x_block = x_block.to(acc.dtype)
+        step = self._rows_per_block(acc.device)
+        for s in range(0, x_block.shape[1], step):
+            e = min(s + step, x_block.shape[1])
+            signs = sign_block(self.seed, row_offset + s, row_offset + e, self.width, acc.device, acc.dtype)
+            acc.addmm_(x_block[:, s:e], signs)
+
+    def finish(self, acc: torch.Tensor) -> dict[int, torch.Tensor]:
+        return {d: acc[:, :d] / math.sqrt(d) for d in self.dims}
+
+    def matrix(self, dim: int, row_start: int = 0, row_stop: int | None = None,
+               device="cpu") -> torch.Tensor:
+        """Rows [row_start, row_stop) of the scaled dim_in x dim matrix (small cases: tests, audits)."""
+        if dim not in self.dims:
+            raise ValueError(f"dim {dim} is not one of {self.dims}")
+        stop = self.dim_in if row_stop is None else row_stop
+        return sign_block(self.seed, row_start, stop, dim, device) / math.sqrt(dim)
+
+
+class IdentityProjector(_ProjectorBase):
+    """No projection (audits): the feature is the full vector; its one dim is dim_in."""
+
+    def __init__(self, dim_in: int):
+        self.dim_in = int(dim_in)
+        self.dims = [self.dim_in]
+
+    def new_accumulator(self, batch: int, device) -> torch.Tensor:
+        return torch.zeros(batch, self.dim_in, device=device, dtype=torch.float32)
+
+    def accumulate(self, acc: torch.Tensor, x_block: torch.Tensor, row_offset: int) -> None:
+        self._check(x_block, row_offset)
+        acc[:, row_offset:row_offset + x_block.shape[1]] += x_block.to(acc.dtype)
+
+    def finish(self, acc: torch.Tensor) -> dict[int, torch.Tensor]:
+        return {self.dim_in: acc}

@@ -1,0 +1,211 @@
+"""Batched per-example LoRA gradients and LESS features against a one-at-a-time reference.
+
+The reference takes each example alone, unpadded, through HF's own loss and
+torch.autograd.grad, and applies the Adam/projection/normalisation formulas written
+out here independently of less_ray.core.grads.
+"""
+import pytest
+import torch
+
+from less_ray.core.checkpoints import MOMENTS_FILE, load_lora_checkpoint, load_moments
+from less_ray.core.formatting import IGNORE_INDEX, FormatConfig, TokenizedExample, collate, tokenize_records
+from less_ray.core.grads import LoraGradientComputer
+from less_ray.core.projection import IdentityProjector, RademacherProjector
+from less_ray.data.demo import generate_pool
+
+TOL = 1e-4
+PAD = 0  # not the pad token on purpose: whatever the padding id, nothing may leak from it
+BETAS, EPS = (0.9, 0.999), 1e-8
+
+
+@pytest.fixture(scope="module")
+def ckpt_dir(tiny_model_dir, tmp_path_factory):
+    """A warmup-style checkpoint: LoRA r=4 on q/k/v/o with random lora_B, random moments."""
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import save_file
+
+    from less_ray.models import load_model_and_tokenizer
+    base, _ = load_model_and_tokenizer(tiny_model_dir)
+    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.2,
+                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    model = get_peft_model(base, cfg)
+    gen = torch.Generator().manual_seed(0)
+    moments = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if "lora_B" in name:  # peft starts B at 0, which would make every lora_A gradient 0
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+        moments[name + ".exp_avg"] = torch.randn(p.shape, generator=gen) * 1e-3
+        moments[name + ".exp_avg_sq"] = (torch.randn(p.shape, generator=gen) * 1e-3) ** 2
+    out = tmp_path_factory.mktemp("ckpt")
+    model.save_pretrained(out)
+    save_file(moments, str(out / MOMENTS_FILE))
+    (out / "state.json").write_text("{}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir, ckpt_dir):
+    return load_lora_checkpoint(tiny_model_dir, ckpt_dir)[0]
+
+
+@pytest.fixture(scope="module")
+def moments(ckpt_dir, model):
+    return load_moments(ckpt_dir, model)
+
+
+@pytest.fixture(scope="module")
+def examples(tiny_tokenizer):
+    """Mixed lengths, two-turn conversations and a system message."""
+    pool = generate_pool(300)
+    multi = [r for r in pool if sum(m["role"] == "assistant" for m in r.messages) > 1]
+    system = [r for r in pool if r.messages[0]["role"] == "system"]
+    assert multi and system
+    kept, skipped = tokenize_records(pool[:3] + multi[:2] + system[:1], tiny_tokenizer,
+                                     FormatConfig(max_seq_length=96))
+    assert not skipped and len({len(e.input_ids) for e in kept}) >= 3
+    return kept
+
+
+def _params(model):
+    return [p for _, p in model.named_parameters() if p.requires_grad]
+
+
+def reference_grad(model, ex: TokenizedExample) -> tuple[torch.Tensor, float]:
+    """One example, unpadded: HF's mean token loss, plain autograd."""
+    loss = model(input_ids=torch.tensor([ex.input_ids]), labels=torch.tensor([ex.labels])).loss
+    grads = torch.autograd.grad(loss, _params(model))
+    return torch.cat([g.reshape(-1) for g in grads]), loss.item()
+
+
+def reference_feature(g, kind, moments, R):
+    if kind == "adam":
+        m = torch.cat([t.reshape(-1) for t in moments.exp_avg])
+        v = torch.cat([t.reshape(-1) for t in moments.exp_avg_sq])
+        m1 = BETAS[0] * m + (1 - BETAS[0]) * g
+        v1 = BETAS[1] * v + (1 - BETAS[1]) * g ** 2
+        g = m1 / (v1 + EPS).sqrt()
+    f = g @ R.double() if R is not None else g
+    return f / f.norm(), f.norm()
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+@pytest.fixture(scope="module")
+def references(model, examples):
+    model.eval()
+    return [reference_grad(model, e) for e in examples]
+
+
+def test_per_example_grads_match_one_at_a_time(model, examples, references):
+    computer = LoraGradientComputer(model)
+    out = computer.per_example_grads(collate(examples, PAD))
+    assert out["grads"].shape == (len(examples), computer.num_params)
+    for i, (e, (g, loss)) in enumerate(zip(examples, references)):
+        assert g.norm() > 0
+        assert rel(out["grads"][i], g) <= TOL, i
+        assert out["loss"][i].item() == pytest.approx(loss, rel=1e-5)
+        assert out["n_tokens"][i].item() == sum(x != IGNORE_INDEX for x in e.labels[1:])
+    # every block matters: lora_A and lora_B gradients are both non-zero
+    for k, name in enumerate(computer.names):
+        block = out["grads"][:, computer.offsets[k]:computer.offsets[k] + computer.sizes[k]]
+        assert block.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("kind", ["adam", "sgd"])
+@pytest.mark.parametrize("proj", ["rademacher", "identity"])
+def test_features_match_reference(model, moments, examples, references, kind, proj):
+    computer = LoraGradientComputer(model)
+    P = computer.num_params
+    if proj == "identity":
+        projector, mats = IdentityProjector(P), {P: None}
+    else:  # small blocks so one parameter spans several generated blocks
+        projector = RademacherProjector(P, [64, 256], seed=7, block_rows=100)
+        mats = {d: projector.matrix(d) for d in (64, 256)}
+    out = computer.features(collate(examples, PAD), kind, projector, moments=moments, betas=BETAS, eps=EPS)
+    assert set(out["features"]) == set(mats)
+    for d, R in mats.items():
+        feats, norms = out["features"][d], out["norms"][d]
+        assert feats.shape == (len(examples), d)
+        for i, (g, _) in enumerate(references):
+            ref, ref_norm = reference_feature(g.double(), kind, moments, R)
+            if kind == "adam":  # the moments must not drown the gradient, or the test is weak
+                assert rel(reference_feature(0 * g.double(), kind, moments, R)[0], ref) > 0.1
+            assert rel(feats[i], ref) <= TOL, (d, i)
+            assert norms[i].item() == pytest.approx(ref_norm.item(), rel=TOL)
+        assert torch.allclose(feats.norm(dim=1), torch.ones(len(examples)), atol=1e-5)
+
+
+def test_features_do_not_depend_on_batch_company(model, moments, examples):
+    computer = LoraGradientComputer(model)
+    projector = RademacherProjector(computer.num_params, 128, seed=1)
+    together = computer.features(collate(examples, PAD), "adam", projector, moments=moments)["features"][128]
+    for i in (0, len(examples) - 1):
+        alone = computer.features(collate([examples[i]], PAD), "adam", projector, moments=moments)
+        assert rel(together[i], alone["features"][128][0]) <= 1e-5
+
+
+def test_one_label_token_and_finite(model, moments, examples):
+    one = examples[0]
+    labels = [IGNORE_INDEX] * (len(one.labels) - 1) + [one.input_ids[-1]]
+    single = TokenizedExample("one", one.input_ids, labels, False)
+    batch = collate([single] + examples, PAD)
+    computer = LoraGradientComputer(model)
+    for kind in ("adam", "sgd"):
+        out = computer.features(batch, kind, RademacherProjector(computer.num_params, 64), moments=moments)
+        assert out["n_tokens"][0].item() == 1
+        assert all(torch.isfinite(t).all() for t in (out["features"][64], out["norms"][64], out["loss"]))
+    g, _ = reference_grad(model, single)
+    assert rel(computer.per_example_grads(batch)["grads"][0], g) <= TOL
+
+
+def test_no_label_tokens_is_an_error(model, examples):
+    e = examples[0]
+    empty = TokenizedExample("x", e.input_ids, [IGNORE_INDEX] * len(e.labels), False)
+    with pytest.raises(ValueError, match="no label tokens"):
+        LoraGradientComputer(model).per_example_grads(collate([e, empty], PAD))
+
+
+def test_dropout_is_off_and_mode_restored(model, examples, references):
+    computer = LoraGradientComputer(model)
+    model.train()  # lora_dropout is 0.2: in train mode the gradients would be random
+    try:
+        a = computer.per_example_grads(collate(examples[:2], PAD))["grads"]
+        assert model.training
+    finally:
+        model.eval()
+    assert rel(a[0], references[0][0]) <= TOL
+
+
+def test_checkpoint_loading(tiny_model_dir, ckpt_dir, model, moments, tmp_path):
+    from safetensors.torch import load_file, save_file
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert moments.names == names and len(names) == 2 * 4 * 2  # A and B, 4 modules, 2 layers
+    assert all(p.requires_grad for p in _params(model)) and not model.training
+    stored = load_file(str(ckpt_dir / MOMENTS_FILE))
+    assert torch.equal(moments.exp_avg_sq[3], stored[names[3] + ".exp_avg_sq"])
+    # a missing key is named
+    del stored[names[5] + ".exp_avg"]
+    save_file(stored, str(tmp_path / MOMENTS_FILE))
+    with pytest.raises(KeyError, match=names[5].replace(".", r"\.") + r"\.exp_avg"):
+        load_moments(tmp_path, model)
+
+
+def test_unsupported_trainable_parameter_is_named(model):
+    emb = model.get_input_embeddings().weight
+    emb.requires_grad_(True)
+    try:
+        with pytest.raises(ValueError, match="embed_tokens"):
+            LoraGradientComputer(model)
+    finally:
+        emb.requires_grad_(False)
+
+
+def test_projector_size_mismatch(model):
+    computer = LoraGradientComputer(model)
+    with pytest.raises(ValueError, match="trainable parameters"):
+        computer.features({}, "sgd", IdentityProjector(computer.num_params + 1))
