@@ -5,7 +5,9 @@ Inside a Ray job RAY_ADDRESS is set, so the stage joins the cluster instead of s
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the submitted working dir's less_ray
+# the submitted working dir's less_ray, and not this folder: jobs/select.py would shadow the
+# standard library's `select` for every import that follows
+sys.path[0] = str(Path(__file__).resolve().parents[1])
 from less_ray.cli import main  # noqa: E402
 
 sys.exit(main(["pipeline", *sys.argv[1:]]))

@@ -7,7 +7,6 @@ report's path and the selected share of the target family against its pool share
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,11 +69,19 @@ def demo_pipeline_config(cfg: DemoConfig, data: dict, model_dir: Path):
         ray=RaySettings(num_cpus=cfg.num_cpus))
 
 
-def family_shares(selection: Path, pool_counts: dict[str, int], family: str) -> dict[str, float]:
-    picked = Counter(json.loads(line)["source"] for line in selection.read_text().splitlines())
+def family_shares(selection: Path, pool_path: str, family: str, seed: int) -> dict[str, float]:
+    """Target-family share of the LESS selection, of a seeded random selection of the same size,
+    and of the pool."""
+    import random
+
+    from .data.io import read_records
+    pool = read_records(pool_path).records
+    picked = [json.loads(line)["source"] for line in selection.read_text().splitlines()]
+    rand = random.Random(seed).sample(pool, len(picked))
     source = f"demo/{family}"
-    return {"selected_share": picked[source] / max(1, sum(picked.values())),
-            "pool_share": pool_counts.get(source, 0) / max(1, sum(pool_counts.values()))}
+    return {"selected_share": picked.count(source) / max(1, len(picked)),
+            "random_share": sum(r.source == source for r in rand) / max(1, len(rand)),
+            "pool_share": sum(r.source == source for r in pool) / len(pool)}
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -92,10 +99,11 @@ def run_demo(cfg: DemoConfig) -> dict:
     from .scoring.select import SelectConfig
     task = f"demo_{cfg.target_family}"
     sel = Path(pcfg.out) / "scores" / task / selection_name(SelectConfig(top_p=pcfg.score.top_p))
-    shares = family_shares(sel, data["pool"]["counts"], cfg.target_family)
+    shares = family_shares(sel, data["pool"]["path"], cfg.target_family, cfg.seed)
     summary.update(shares)
     (Path(pcfg.out) / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print(f"report: {summary.get('report')}")
-    print(f"selected share of demo/{cfg.target_family}: {shares['selected_share']:.1%} "
-          f"(pool share {shares['pool_share']:.1%}); eval: {summary.get('eval')}", flush=True)
+    print(f"selected share of demo/{cfg.target_family}: LESS top {pcfg.score.top_p:.0%} {shares['selected_share']:.1%}, "
+          f"random {shares['random_share']:.1%}, pool {shares['pool_share']:.1%}; eval: {summary.get('eval')}",
+          flush=True)
     return summary

@@ -27,37 +27,60 @@ def head(tmp_path):
     ray_bin = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
-    gcs, dash = _free_port(), _free_port()
+    gcs, dash, agent, agent_grpc, metrics = (_free_port() for _ in range(5))
     temp = Path("/tmp") / f"ray_e2e_{os.getpid()}"  # short: Ray's socket paths have a length limit
+    # every port explicit: a fixed default (the job agent's 52365) held by another head on this
+    # machine would route our jobs to that head
     subprocess.run([ray_bin, "start", "--head", "--num-cpus", "2", "--port", str(gcs), "--dashboard-port", str(dash),
-                    "--include-dashboard", "true", "--temp-dir", str(temp), "--disable-usage-stats"],
-                   env=env, check=True, capture_output=True, text=True, timeout=180)
+                    "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(agent_grpc),
+                    "--metrics-export-port", str(metrics), "--include-dashboard", "true", "--temp-dir", str(temp),
+                    "--disable-usage-stats"], env=env, check=True, capture_output=True, text=True, timeout=180)
     yield ray_bin, f"http://127.0.0.1:{dash}", env
-    # stop only this head: its processes all live under its own temp dir's session
-    out = subprocess.run(["pgrep", "-f", str(temp)], capture_output=True, text=True).stdout.split()
-    for pid in map(int, out):
+    _stop_head(temp, gcs)
+
+
+def _stop_head(temp: Path, gcs_port: int) -> None:
+    """Stop only this head (`ray stop` would end every Ray of the user): its processes name its
+    temp dir or its GCS port on their command lines."""
+    import psutil
+    mine = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if p.pid != os.getpid() and (str(temp) in cmd or f"gcs_server_port={gcs_port}" in cmd
+                                     or f":{gcs_port}" in cmd and "ray" in cmd):
+            mine.append(p)
+    for p in mine:
         try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
+            p.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
             pass
-    time.sleep(2)
+    _, alive = psutil.wait_procs(mine, timeout=10)
+    for p in alive:
+        p.kill()
     shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_demo_pipeline_via_ray_job_submit(head, tmp_path):
+    """Also the synthetic selection check: on the planted-family pool LESS's top 5% is >= 90% the
+    target family, while a random 5% holds about its pool share."""
     ray_bin, address, env = head
     out = tmp_path / "demo"
     cmd = [ray_bin, "job", "submit", "--address", address, "--working-dir", str(REPO),
            "--runtime-env", str(REPO / "jobs" / "runtime_env.yaml"), "--",
            "python", "jobs/demo.py", "--out", str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500, cwd=REPO)
-    log = proc.stdout + proc.stderr
+    for _ in range(30):  # right after `ray start` the head's job agent may not be up yet
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500, cwd=REPO)
+        log = proc.stdout + proc.stderr
+        if "No available agent to submit job" not in log:
+            break
+        time.sleep(4)
     assert proc.returncode == 0, log[-4000:]
     assert "succeeded" in log and "selected share of demo/arithmetic" in log
     run = out / "run"
     summary = json.loads((run / "summary.json").read_text())
     assert Path(summary["report"]).exists() and (run / "report.html").exists()
     assert summary["selected_share"] >= 0.9 > summary["pool_share"]
+    assert abs(summary["random_share"] - summary["pool_share"]) <= 0.1  # 100 draws at p=0.1: sd 0.03
     stages = json.loads((run / "stages.json").read_text())
     assert {"warmup", "score", "select", "report"} <= set(stages)
     assert (run / "scores" / "demo_arithmetic" / "top_p0.05.jsonl").exists()
