@@ -172,8 +172,20 @@ def _cmd_scoring(args) -> int:
     return 0
 
 
+def _setup_logging() -> None:
+    """One line per stage event (counts, timings) on stderr, beside Ray's own progress output."""
+    import logging
+    logger = logging.getLogger("less_ray")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s less_ray %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _setup_logging()
     from .config import ConfigError
     from .data.schema import DataFileError
     try:

@@ -30,7 +30,7 @@ from .engine import check_moments_supported, resolve_dtype
 from .loop import FailAt, LoopSpec
 from .plan import accumulation_steps
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("less_ray")
 FAIL_AT_ENV = "LESS_RAY_FAIL_AT"  # testing: "rank:epoch:micro_step:marker_file"
 
 
