@@ -80,7 +80,9 @@ def _fit(cfg, spec: LoopSpec, out: Path, kind: str):
 
     s = cfg.scaling
     resources = {"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}
-    storage = Path(cfg.ray.storage_path or out / "ray").resolve()
+    given = cfg.ray.storage_path
+    # a URI (s3://, gs://) goes to Ray as is; a local path is made absolute for every worker
+    storage = given if given and "://" in given else Path(given or out / "ray").resolve()
     started = ensure_ray(cfg.ray.address, cfg.ray.num_cpus)
     try:
         trainer = TorchTrainer(
