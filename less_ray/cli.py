@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 def _add_convert(sub) -> None:
     p = sub.add_parser("convert", help="adapters, target builders or files -> one schema JSONL/Parquet file")
