@@ -89,11 +89,12 @@ def write_sorted_csv(path: Path, out: Path, block_rows: int) -> int:
 
 
 def pool_file(scores_dir: str, pool: str | None) -> str:
-    """The pool records file: given, else the one the pool store was extracted from."""
+    """The pool records file: given, else the one the score folder records (LESS: the pool store's input)."""
     if pool:
         return pool
-    man = json.loads((Path(scores_dir) / "manifests" / "pool_ckpt0.json").read_text())
-    path = man.get("input", {}).get("path")
+    mdir = Path(scores_dir) / "manifests"
+    found = [p for p in (mdir / "pool_ckpt0.json", mdir / "pool.json") if p.exists()]
+    path = json.loads(found[0].read_text()).get("input", {}).get("path") if found else None
     if not path:
         raise ValueError("select: the pool store records no input file; give `pool` explicitly")
     return path

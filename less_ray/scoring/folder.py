@@ -1,0 +1,77 @@
+"""The score folder: the one artifact every selector writes and `select` / `report` read.
+
+    <out>/score_summary.json        {"selector": ..., "pool_rows": N, "tasks": {task: {"scores": path, ...}}, ...}
+    <out>/<task>/scores.parquet     id string, source string, score float32, best_subtask string
+    <out>/manifests/pool.json       {"input": {"path": <pool records file>}} (lets select find the pool)
+
+LESS's `less-ray score` writes it; so does every other selector (random, RDS, k-center, EL2N, ...).
+A task-agnostic selector writes one task (named after the selector, or `all`). Rows come in
+blocks (one Parquet row group each, with statistics the report uses); a finite score is required
+for every row: a selector that cannot score a row must say so, not write NaN.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+SCHEMA_FIELDS = (("id", "string"), ("source", "string"), ("score", "float32"), ("best_subtask", "string"))
+
+
+class ScoreFolderWriter:
+    """Streams per-task score blocks into `<out>/<task>/scores.parquet`, atomically per file."""
+
+    def __init__(self, out: str | Path, tasks: Sequence[str], pool: str | None = None):
+        import pyarrow as pa
+        self.out = Path(out)
+        self.tasks = list(tasks)
+        self.pool = pool
+        self.schema = pa.schema([(n, getattr(pa, t)()) for n, t in SCHEMA_FIELDS])
+        self._writers: dict[str, Any] = {}
+        self._rows = {t: 0 for t in self.tasks}
+
+    def write(self, task: str, ids: Sequence[str], sources: Sequence[str], scores,
+              best_subtask: Sequence[str] | None = None) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        if task not in self._rows:
+            raise KeyError(f"task {task!r} is not one of {self.tasks}")
+        scores = np.asarray(scores, dtype=np.float32)
+        if not (len(ids) == len(sources) == len(scores)):
+            raise ValueError(f"{task}: {len(ids)} ids, {len(sources)} sources, {len(scores)} scores")
+        bad = np.flatnonzero(~np.isfinite(scores))
+        if len(bad):
+            raise ValueError(f"{task}: non-finite score for ids {[ids[i] for i in bad[:5]]} "
+                             f"({len(bad)} rows): refusing to write NaN/inf scores")
+        if task not in self._writers:
+            d = self.out / task
+            d.mkdir(parents=True, exist_ok=True)
+            self._writers[task] = pq.ParquetWriter(d / ".scores.parquet.tmp", self.schema)
+        best = list(best_subtask) if best_subtask is not None else [task] * len(ids)
+        self._writers[task].write_table(pa.table([pa.array(list(ids), pa.string()), pa.array(list(sources), pa.string()),
+                                                  pa.array(scores), pa.array(best, pa.string())], schema=self.schema))
+        self._rows[task] += len(ids)
+
+    def close(self, summary: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Rename the files into place and write score_summary.json (plus `summary`'s keys)."""
+        for task, w in self._writers.items():
+            w.close()
+            (self.out / task / ".scores.parquet.tmp").replace(self.out / task / "scores.parquet")
+        missing = [t for t in self.tasks if t not in self._writers]
+        if missing:
+            raise ValueError(f"no scores were written for task(s) {missing}")
+        rows = set(self._rows.values())
+        if len(rows) != 1:
+            raise ValueError(f"tasks hold different row counts: {self._rows}")
+        out = dict(summary or {})
+        out.setdefault("pool_rows", rows.pop())
+        out["tasks"] = {t: {**out.get("tasks", {}).get(t, {}), "scores": str(self.out / t / "scores.parquet")}
+                        for t in self.tasks}
+        if self.pool:
+            m = self.out / "manifests"
+            m.mkdir(parents=True, exist_ok=True)
+            (m / "pool.json").write_text(json.dumps({"input": {"path": str(self.pool)}}))
+        (self.out / "score_summary.json").write_text(json.dumps(out, indent=2, default=str))
+        return out
