@@ -91,9 +91,13 @@ class LoraGradientComputer:
 
     # -- the batched backward --------------------------------------------------------------
 
-    def run(self, batch: dict[str, torch.Tensor], sink: BlockSink) -> dict[str, torch.Tensor]:
+    def run(self, batch: dict[str, torch.Tensor], sink: BlockSink,
+            on_logits: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None
+            ) -> dict[str, torch.Tensor]:
         """One forward + one backward; `sink(k, block)` gets every parameter's [B, p_k] fp32
         per-example gradient (zeros for parameters the forward did not use).
+        `on_logits(logits [N, V], targets [N], rows [N])`, if given, sees the detached label-position
+        logits (row = example index), so other per-token statistics need no second forward.
         Returns loss [B] (mean token loss per example) and n_tokens [B]."""
         device = next(self.model.parameters()).device
         input_ids = batch["input_ids"].to(device)
@@ -120,6 +124,8 @@ class LoraGradientComputer:
                 targets = labels[:, 1:][predicts[:, :-1]]
                 tok = F.cross_entropy(logits.float(), targets, reduction="none")
                 rows = torch.nonzero(predicts)[:, 0]
+                if on_logits is not None:
+                    on_logits(logits.detach(), targets, rows)
                 loss = torch.zeros(len(labels), device=device, dtype=tok.dtype).index_add(0, rows, tok)
                 loss = loss / n_tokens
                 if not state.anchors:
