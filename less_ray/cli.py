@@ -77,6 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out")
     p.add_argument("--top-p", type=float)
 
+    p = stages.add_parser("selector", help="another selector (random, full, rds, kcenter, ...): score folder + top p%%")
+    p.add_argument("name", help="the selector ('list' names them all)")
+    p.add_argument("--config", help="YAML mapping onto the selector's config dataclass")
+    p.add_argument("--pool", help="candidate pool (schema JSONL/Parquet)")
+    p.add_argument("--targets", nargs="+", metavar="TASK=FILE", help="target examples per task (targeted selectors)")
+    p.add_argument("--out", help="the score folder")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--top-p", type=float, help="fraction to select after scoring")
+    p.add_argument("--address", help="Ray cluster address (default $RAY_ADDRESS, else embedded Ray)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the embedded Ray")
+
     p = stages.add_parser("eval", help="evaluate a model or adapter on BBH / MMLU / TydiQA / demo:<family>")
     p.add_argument("--config", help="YAML mapping onto EvalConfig")
     p.add_argument("--model", help="HF model folder or LoRA adapter folder")
@@ -171,6 +182,26 @@ def _cmd_scoring(args) -> int:
     return 0
 
 
+def _cmd_selector(args) -> int:
+    from .selectors import get_selector, load_selector_config, run_selector, selector_names
+    if args.name == "list":
+        for name in selector_names():
+            sel = get_selector(name)
+            print(f"{name:14s} {'targeted' if sel.targeted else 'task-agnostic':14s} {sel.help}")
+        return 0
+    targets = None
+    if args.targets:
+        bad = [t for t in args.targets if "=" not in t]
+        if bad:
+            raise ValueError(f"--targets takes TASK=FILE, got {bad}")
+        targets = dict(t.split("=", 1) for t in args.targets)
+    cfg = load_selector_config(args.name, args.config, {
+        "pool": args.pool, "targets": targets, "out": args.out, "seed": args.seed, "top_p": args.top_p,
+        "address": args.address, "num_cpus": args.num_cpus})
+    print(json.dumps(run_selector(args.name, cfg), indent=2, default=str))
+    return 0
+
+
 def _setup_logging() -> None:
     """One line per stage event (counts, timings) on stderr, beside Ray's own progress output."""
     import logging
@@ -207,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                  "out": args.out}))
             print(json.dumps({t: {k: v[k] for k in ("metric", "score", "n")} for t, v in res["tasks"].items()}, indent=2))
             return 0
+        if args.stage == "selector":
+            return _cmd_selector(args)
         if args.stage in ("score", "select", "report"):
             return _cmd_scoring(args)
         if args.stage == "demo":
