@@ -4,6 +4,7 @@
     <out>/warmup/                       checkpoints/epoch_<k>/, warmup_manifest.json
     <out>/datastore/epoch_<k>/pool/dim<d>/, .../<task>/dim<d>/   gradient stores
     <out>/scores/<task>/                scores.parquet, top_p*.jsonl, sorted.csv
+    <out>/selectors/<name>/             other selectors (`selectors:`), the same score folder layout
     <out>/train/<task>/                 the target model trained on the selection
     <out>/eval/<task>.json              its evaluation
     <out>/report.html
@@ -31,7 +32,7 @@ from .train.config import (DeepSpeedSettings, LoraSettings, OptimSettings, RaySe
                            TrainConfig, WarmupConfig)
 
 log = logging.getLogger("less_ray")
-STAGES = ("warmup", "extract", "score", "select", "train", "eval", "report")
+STAGES = ("warmup", "extract", "score", "select", "selectors", "train", "eval", "report")
 
 
 @dataclass
@@ -104,6 +105,10 @@ class PipelineConfig:
     train: TrainOptions = field(default_factory=TrainOptions)
     eval: EvalOptions = field(default_factory=EvalOptions)
     ray: RaySettings = field(default_factory=RaySettings)
+    # other selectors (less_ray.selectors) over the same pool: name -> options of its config; the
+    # pipeline fills pool, targets, out (<out>/selectors/<name>), seed, top_p, Ray settings, the
+    # base model and the last warmup checkpoint where the selector has such fields and leaves them unset
+    selectors: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class Run:
@@ -154,6 +159,41 @@ def extract_config(cfg: PipelineConfig, ckpt: str, data: str, out: Path, kind: s
                          address=cfg.ray.address, num_cpus=cfg.ray.num_cpus)
 
 
+def selector_config(cfg: PipelineConfig, run: Run, name: str, checkpoint: str | None) -> Any:
+    """The typed config of extra selector `name`: its options, then what the pipeline knows."""
+    import dataclasses
+
+    from .config import config_from_dict
+    from .selectors import SelectorConfig, get_selector
+    sel = get_selector(name)
+    fields = {f.name: f for f in dataclasses.fields(sel.config_cls)}
+    known = {"pool": cfg.pool, "out": str(run.root / "selectors" / name), "seed": cfg.seed,
+             "address": cfg.ray.address, "num_cpus": cfg.ray.num_cpus, "chat_format": cfg.chat_format,
+             "max_seq_length": cfg.max_seq_length, "model": cfg.base_model, "base_model": cfg.base_model,
+             "checkpoint": checkpoint}
+    if sel.targeted:
+        known["targets"] = dict(cfg.targets)
+    if fields["top_p"].default == SelectorConfig.top_p:  # a selector with its own default (full: 1) keeps it
+        known["top_p"] = cfg.score.top_p
+    data = {k: v for k, v in known.items() if k in fields and v is not None}
+    data.update(cfg.selectors[name] or {})
+    return config_from_dict(sel.config_cls, data, f"pipeline selectors.{name}")
+
+
+def run_selectors(cfg: PipelineConfig, run: Run) -> dict[str, Any]:
+    """Every selector in `cfg.selectors`, each a ledger stage `selector/<name>`."""
+    from .selectors import run_selector
+    from .train.checkpoint import read_warmup_manifest
+    manifest = run.root / "warmup" / "warmup_manifest.json"
+    checkpoint = read_warmup_manifest(manifest.parent)["checkpoints"][-1]["path"] if manifest.exists() else None
+    out = {}
+    for name in cfg.selectors:
+        scfg = selector_config(cfg, run, name, checkpoint)
+        out[name] = run.stage(f"selector/{name}", scfg, Path(scfg.out) / "score_summary.json",
+                              lambda name=name, scfg=scfg: run_selector(name, scfg))
+    return out
+
+
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     from .ray_runtime import ensure_ray
     from .train.checkpoint import read_warmup_manifest
@@ -168,6 +208,10 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     ensure_ray(cfg.ray.address, cfg.ray.num_cpus)  # one Ray for every stage of the run
     want = set(cfg.stages)
     summary: dict[str, Any] = {"run": str(run.root)}
+    if want == {"selectors"}:  # other selectors alone need no LESS stage
+        summary["selectors"] = run_selectors(cfg, run)
+        (run.root / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        return summary
 
     wcfg = warmup_config(cfg, run)
     if "warmup" in want:
@@ -197,6 +241,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     if "select" in want:
         first = scores_dir / next(iter(cfg.targets)) / selection_name(sel)
         summary["select"] = run.stage("select", sel, first, lambda: run_select(sel))
+    if "selectors" in want and cfg.selectors:
+        summary["selectors"] = run_selectors(cfg, run)
 
     for task in cfg.targets:
         selection = scores_dir / task / selection_name(sel)
