@@ -95,8 +95,10 @@ def generate(items: list[EvalItem], model, tok, cfg: EvalConfig, max_new_tokens:
     for lo in range(0, len(items), cfg.batch_size):
         batch = _encode([render(i, tok, cfg.chat_format) for i in items[lo:lo + cfg.batch_size]], tok,
                         cfg.max_prompt_tokens, cfg.chat_format)
+        # stop_strings ends the batch once every row has hit a stop (the cut below stays exact)
         gen = model.generate(**{k: v.to(model.device) for k, v in batch.items()}, max_new_tokens=max_new_tokens,
-                             do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                             do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                             stop_strings=stop, tokenizer=tok)
         for row in gen[:, batch["input_ids"].shape[1]:]:
             text = tok.decode(row, skip_special_tokens=True)
             for s in stop:
