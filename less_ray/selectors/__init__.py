@@ -12,6 +12,7 @@ SELECTOR_MODULES: dict[str, str] = {
     "rds": "rds",
     "kcenter": "kcenter",
     "kcenter_all": "kcenter",
+    "el2n": "loss_stats", "grand": "loss_stats", "perplexity": "loss_stats", "learnability": "loss_stats",
 }
 
 __all__ = ["ALL_TASK", "PoolScorer", "SELECTOR_MODULES", "Selector", "SelectorConfig", "get_selector",
