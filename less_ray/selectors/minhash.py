@@ -1,0 +1,182 @@
+"""`less-ray dedup`: near-duplicate filtering of a pool with MinHash LSH (datasketch), before any selector.
+
+Each record's text is its whole conversation ("role: content" per message), lower-cased and split
+into word tokens (`\\w+`); its shingles are the word n-grams (`ngram`, default 5; a text shorter
+than n words is one shingle). Signatures (`num_perm` MinHash values, datasketch's affine32 scheme,
+seeded) are computed on a Ray Data actor pool over the staged pool's shards. The driver then walks
+the pool in order: an LSH query (`threshold`) returns earlier KEPT records sharing a band; the
+record is a duplicate of the one with the highest estimated Jaccard (ties: the earliest) when that
+estimate is >= `threshold`, else it is kept and indexed. The bands favour recall (`recall_weight`
+0.95: a pair at the threshold becomes a candidate with probability ~0.95, at threshold + 0.06
+~0.997), since every candidate is verified by its estimated Jaccard anyway. So the first occurrence is kept, the
+result depends on pool order and seed only, and a dropped record always names a kept one.
+
+Outputs: `out` (the filtered pool, JSONL or Parquet by extension, records unchanged and in order),
+`<out>.duplicates.jsonl` (every dropped id with the kept id it duplicates and the estimated
+Jaccard), `<out>.dedup.json` (counts) and `<out>.dedup.config.yaml`. Memory on the driver: the
+kept records' signatures (4·num_perm bytes each), their ids and the LSH band tables — linear in
+the kept pool, not in its text.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..config import save_config
+from .base import ShardActor, map_shards, stage_records
+
+log = logging.getLogger("less_ray")
+WORD = re.compile(r"\w+")
+SCHEME = "affine32"
+
+
+@dataclass
+class DedupConfig:
+    pool: str = ""  # records (schema JSONL/Parquet)
+    out: str = ""  # the filtered pool (.jsonl or .parquet)
+    threshold: float = 0.8  # estimated Jaccard of shingle sets at or above which a record is a duplicate
+    ngram: int = 5  # words per shingle
+    num_perm: int = 128
+    seed: int = 1  # MinHash permutation seed
+    recall_weight: float = 0.95  # LSH band/row choice: weight of missed pairs vs false candidates
+    work_dir: str | None = None  # staged pool + signatures; default <out>.dedup_work
+    shard_rows: int = 4096
+    min_actors: int = 1
+    max_actors: int = 2
+    actor_num_cpus: float = 1.0
+    actor_num_gpus: float = 0.0
+    address: str | None = None
+    num_cpus: int | None = None
+
+
+def conversation_text(messages: Sequence[dict]) -> str:
+    return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+
+
+def shingles(text: str, n: int) -> set[bytes]:
+    """Word n-grams of the lower-cased text (one shingle if it has fewer than n words)."""
+    words = WORD.findall(text.lower())
+    if len(words) < n:
+        return {" ".join(words).encode()}
+    return {" ".join(words[i:i + n]).encode() for i in range(len(words) - n + 1)}
+
+
+def signatures(texts: Sequence[str], ngram: int, num_perm: int, seed: int) -> np.ndarray:
+    """[len(texts), num_perm] uint32 MinHash values (one permutation set for all texts)."""
+    from datasketch import MinHash
+    if not texts:
+        return np.zeros((0, num_perm), np.uint32)
+    sigs = MinHash.bulk([shingles(t, ngram) for t in texts], num_perm=num_perm, seed=seed, scheme=SCHEME)
+    return np.stack([m.hashvalues for m in sigs]).astype(np.uint32, copy=False)
+
+
+class SignatureActor(ShardActor):
+    def __init__(self, staged: str, sig_dir: str, ngram: int, num_perm: int, seed: int):
+        super().__init__(staged)
+        self.sig_dir, self.ngram, self.num_perm, self.seed = Path(sig_dir), ngram, num_perm, seed
+
+    def process(self, shard: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        sig = signatures([conversation_text(r["messages"]) for r in rows], self.ngram, self.num_perm, self.seed)
+        tmp = self.sig_dir / f".tmp-{shard:05d}.npy"
+        with open(tmp, "wb") as fh:
+            np.save(fh, sig)
+        tmp.rename(self.sig_dir / f"{shard:05d}.npy")
+        return {"shard": shard, "rows": len(rows)}
+
+
+class NearDuplicateIndex:
+    """Keep-first near-duplicate detection over signatures given in pool order."""
+
+    def __init__(self, threshold: float, num_perm: int, seed: int, recall_weight: float = 0.95):
+        from datasketch import MinHashLSH
+        if not 0 < threshold <= 1 or not 0 < recall_weight < 1:
+            raise ValueError(f"threshold must be in (0, 1] and recall_weight in (0, 1), got {threshold}, {recall_weight}")
+        self.threshold, self.num_perm, self.seed = threshold, num_perm, seed
+        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(1 - recall_weight, recall_weight))
+        self.kept_sigs: list[np.ndarray] = []
+        self.kept_ids: list[str] = []
+
+    def add(self, rid: str, sig: np.ndarray) -> tuple[str, float] | None:
+        """None if `rid` is kept (and indexed), else (the kept id it duplicates, estimated Jaccard)."""
+        from datasketch import LeanMinHash
+        m = LeanMinHash(seed=self.seed, hashvalues=sig, scheme=SCHEME)
+        cands = sorted(self.lsh.query(m))
+        if cands:
+            est = np.array([np.mean(self.kept_sigs[c] == sig) for c in cands])
+            best = int(np.argmax(est))  # first maximum: the earliest kept record among equals
+            if est[best] >= self.threshold:
+                return self.kept_ids[cands[best]], float(est[best])
+        self.lsh.insert(len(self.kept_ids), m, check_duplication=False)
+        self.kept_sigs.append(np.array(sig, np.uint32))
+        self.kept_ids.append(rid)
+        return None
+
+
+def run_dedup(cfg: DedupConfig) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+
+    from ..data.io import iter_records, write_records
+    if not cfg.pool or not cfg.out:
+        raise ValueError("dedup: 'pool' and 'out' are required")
+    if cfg.ngram < 1 or cfg.num_perm < 2:
+        raise ValueError(f"dedup: ngram must be >= 1 and num_perm >= 2 (got {cfg.ngram}, {cfg.num_perm})")
+    t0 = time.time()
+    out = Path(cfg.out)
+    work = Path(cfg.work_dir or f"{out}.dedup_work").resolve()
+    staged, n_rows, n_shards, digest = stage_records(cfg.pool, work, cfg.shard_rows)
+    sig_dir = work / f"sig_n{cfg.ngram}_p{cfg.num_perm}_s{cfg.seed}"
+    sig_dir.mkdir(parents=True, exist_ok=True)
+    if (work / "signatures.json").exists() and json.loads((work / "signatures.json").read_text()) != digest:
+        for f in sig_dir.glob("*.npy"):  # signatures of another pool file
+            f.unlink()
+    (work / "signatures.json").write_text(json.dumps(digest))
+    todo = [s for s in range(n_shards) if not (sig_dir / f"{s:05d}.npy").exists()]
+    log.info("dedup: %d records in %d shards, %d to sign", n_rows, n_shards, len(todo))
+    map_shards(cfg, SignatureActor, {"staged": str(staged), "sig_dir": str(sig_dir), "ngram": cfg.ngram,
+                                     "num_perm": cfg.num_perm, "seed": cfg.seed}, todo)
+    t_sign = time.time() - t0
+
+    index = NearDuplicateIndex(cfg.threshold, cfg.num_perm, cfg.seed, cfg.recall_weight)
+    keep = np.zeros(n_rows, dtype=bool)
+    dup_path = Path(f"{out}.duplicates.jsonl")
+    dup_path.parent.mkdir(parents=True, exist_ok=True)
+    staged_file = pq.ParquetFile(staged)
+    n_dup, row = 0, 0
+    with open(dup_path.with_name(dup_path.name + ".tmp"), "w", encoding="utf-8") as fh:
+        for s in range(n_shards):
+            t = staged_file.read_row_group(s, columns=["id", "source"])
+            ids, sources = t.column("id").to_pylist(), t.column("source").to_pylist()
+            sig = np.load(sig_dir / f"{s:05d}.npy")
+            if len(sig) != len(ids):
+                raise RuntimeError(f"dedup: {sig_dir}/{s:05d}.npy has {len(sig)} rows, shard {s} has {len(ids)}")
+            for rid, src, h in zip(ids, sources, sig):
+                hit = index.add(rid, h)
+                if hit is None:
+                    keep[row] = True
+                else:
+                    fh.write(json.dumps({"id": rid, "source": src, "duplicate_of": hit[0],
+                                         "jaccard": round(hit[1], 4)}, ensure_ascii=False) + "\n")
+                    n_dup += 1
+                row += 1
+    dup_path.with_name(dup_path.name + ".tmp").replace(dup_path)
+    t_index = time.time() - t0 - t_sign
+    flags = iter(keep)
+    n_kept = write_records((r for r in iter_records(cfg.pool) if next(flags)), out)
+    if n_kept + n_dup != n_rows:
+        raise RuntimeError(f"dedup: {n_kept} kept + {n_dup} duplicates != {n_rows} records")
+    summary = {"pool": cfg.pool, "pool_sha256": digest, "records": n_rows, "kept": n_kept, "duplicates": n_dup,
+               "out": str(out), "duplicates_file": str(dup_path),
+               "seconds": {"signatures": round(t_sign, 2), "index": round(t_index, 2),
+                           "total": round(time.time() - t0, 2)}}
+    Path(f"{out}.dedup.json").write_text(json.dumps(summary, indent=2))
+    save_config(cfg, f"{out}.dedup.config.yaml")
+    log.info("dedup: %d records -> %d kept, %d near-duplicates dropped (%.1fs)", n_rows, n_kept, n_dup,
+             time.time() - t0)
+    return summary
