@@ -116,9 +116,19 @@ def test_per_example_grads_match_one_at_a_time(model, examples, references):
         assert block.abs().sum() > 0, name
 
 
+def _grouped(computer, examples, *args, **kw):
+    """features_grouped over uneven batches, its per-batch results stitched back together."""
+    parts = computer.features_grouped([collate(examples[a:b], PAD) for a, b in ((0, 2), (2, 3), (3, None))],
+                                      *args, **kw)
+    assert [len(p["loss"]) for p in parts] == [2, 1, len(examples) - 3]
+    return {key: {d: torch.cat([p[key][d] for p in parts]) for d in parts[0][key]}
+            for key in ("features", "norms")}
+
+
 @pytest.mark.parametrize("kind", ["adam", "sgd"])
 @pytest.mark.parametrize("proj", ["rademacher", "identity"])
-def test_features_match_reference(model, moments, examples, references, kind, proj):
+@pytest.mark.parametrize("grouped", [False, True])
+def test_features_match_reference(model, moments, examples, references, kind, proj, grouped):
     computer = LoraGradientComputer(model)
     P = computer.num_params
     if proj == "identity":
@@ -126,7 +136,10 @@ def test_features_match_reference(model, moments, examples, references, kind, pr
     else:  # small blocks so one parameter spans several generated blocks
         projector = RademacherProjector(P, [64, 256], seed=7, block_rows=100)
         mats = {d: projector.matrix(d) for d in (64, 256)}
-    out = computer.features(collate(examples, PAD), kind, projector, moments=moments, betas=BETAS, eps=EPS)
+    if grouped:  # several batches, one projection pass
+        out = _grouped(computer, examples, kind, projector, moments=moments, betas=BETAS, eps=EPS)
+    else:
+        out = computer.features(collate(examples, PAD), kind, projector, moments=moments, betas=BETAS, eps=EPS)
     assert set(out["features"]) == set(mats)
     for d, R in mats.items():
         feats, norms = out["features"][d], out["norms"][d]

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from less_ray.core.projection import IdentityProjector, RademacherProjector, sign_block, sign_words
+from less_ray.core.projection import (IdentityProjector, RademacherProjector, _sign_words_torch, sign_block,
+                                      sign_words)
 
 M32 = 0xFFFFFFFF
 
@@ -39,6 +40,22 @@ def test_matches_python_reference(seed):
 def test_golden_words():
     # frozen: stored features are only comparable while these stay the same
     assert sign_words(0, 0, 2, 2).tolist() == [[1262928398, 3445026882], [2725460522, 2145693655]]
+
+
+@pytest.mark.parametrize("seed,start", [(0, 0), (7, 12345), (2 ** 40 + 7, 2 ** 33 - 100)])
+def test_numpy_and_torch_words_agree(seed, start):
+    # CPU words come from numpy uint32 (wrapping), other devices' from torch int64 (masked):
+    # the same words, also across the 2^32 row boundary
+    assert torch.equal(sign_words(seed, start, start + 300, 70), _sign_words_torch(seed, start, start + 300, 70, "cpu"))
+
+
+def test_projector_tiles_match_the_matrix():
+    # the CPU projector multiplies tile by tile (rows x 256 columns); the result must be x @ R
+    p = RademacherProjector(5000, [100, 700], seed=4)
+    x = torch.randn(3, 5000)
+    out = p.project(x)
+    for d in (100, 700):
+        assert rel(out[d], x.double() @ p.matrix(d).double()) <= 1e-5  # fp32 sums of 5000 terms
 
 
 def test_matrix_independent_of_block_size():

@@ -9,9 +9,11 @@ matrices on GPUs with different SM counts.)
 The scheme, which the tests pin against a pure-Python reference:
 - one 32-bit word per (row, group of 32 columns): `mix32(row_key(seed, row) ^ group_key(group))`;
 - bit k of the word for group g is the sign of column 32*g + k (1 -> +1, 0 -> -1).
-All arithmetic is on int64 holding 32-bit values, masked with 0xFFFFFFFF; 32x32-bit
-products are split into 16-bit halves so that no int64 ever overflows (torch gives no
-wrap-around guarantee on signed overflow).
+On CPU the words are computed in numpy uint32, whose arithmetic wraps mod 2^32 by
+definition (~50x faster than the int64 form); elsewhere in torch int64 holding 32-bit
+values, masked with 0xFFFFFFFF, 32x32-bit products split into 16-bit halves so that no
+int64 ever overflows (torch gives no wrap-around guarantee on signed overflow). The tests
+check both forms against a pure-Python reference and against each other.
 
 Several output dims come from one pass: the d-dim projection uses the first d columns
 of the widest matrix, scaled by 1/sqrt(d). Each is a proper Rademacher projection; they
@@ -25,16 +27,22 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from typing import Protocol, Sequence
 
+import numpy as np
 import torch
 
 MASK32 = 0xFFFFFFFF
 _GOLDEN = 0x9E3779B9  # 2^32 / phi: spreads consecutive counters before mixing
 _SEED_SALT = 0x5BD1E995
-# how many matrix entries one generated block holds: CPU wants it cache-sized, GPUs want
-# few large kernels; it changes speed only, never the matrix
+# how many matrix entries one generated block holds: GPUs want few large kernels; it changes
+# speed only, never the matrix
 _BLOCK_ENTRIES = {"cpu": 1 << 21, "cuda": 1 << 26}
+# CPU tiles (rows, columns): generated and multiplied while still in cache; tall and narrow,
+# so the GEMM's inner dimension stays long (measured on Zen3/AVX2, see bench/results)
+_CPU_TILE = (2048, 256)
+_NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
 
 def _mul32(h: torch.Tensor, c: int) -> torch.Tensor:
@@ -72,9 +80,91 @@ def group_keys(groups: torch.Tensor) -> torch.Tensor:
 def sign_words(seed: int, row_start: int, row_stop: int, n_groups: int,
                device: torch.device | str = "cpu") -> torch.Tensor:
     """[rows, n_groups] int64 words; bit k of word [r, g] is the sign of column 32g + k."""
+    if torch.device(device).type == "cpu":
+        words = _words_np(_row_keys_np(seed, row_start, row_stop), _group_keys_np(n_groups))
+        return torch.from_numpy(words.astype(np.int64))
+    return _sign_words_torch(seed, row_start, row_stop, n_groups, device)
+
+
+def _sign_words_torch(seed: int, row_start: int, row_stop: int, n_groups: int, device) -> torch.Tensor:
     rows = torch.arange(row_start, row_stop, dtype=torch.int64, device=device)
     groups = torch.arange(n_groups, dtype=torch.int64, device=device)
     return mix32(row_keys(seed, rows)[:, None] ^ group_keys(groups)[None, :])
+
+
+# -- the same scheme in numpy uint32 (CPU) --------------------------------------------------
+
+_C1, _C2 = np.uint32(0x7FEB352D), np.uint32(0x846CA68B)
+
+
+def _mix32_np(h: np.ndarray, tmp: np.ndarray | None = None) -> np.ndarray:
+    """mix32 in place on a uint32 array (products wrap mod 2^32)."""
+    tmp = np.empty_like(h) if tmp is None else tmp
+    np.right_shift(h, 16, out=tmp)
+    h ^= tmp
+    np.multiply(h, _C1, out=h)
+    np.right_shift(h, 15, out=tmp)
+    h ^= tmp
+    np.multiply(h, _C2, out=h)
+    np.right_shift(h, 16, out=tmp)
+    h ^= tmp
+    return h
+
+
+def _row_keys_np(seed: int, row_start: int, row_stop: int) -> np.ndarray:
+    rows = np.arange(row_start, row_stop, dtype=np.uint64)
+    k = _mix32_np((rows & MASK32).astype(np.uint32) ^ np.uint32(_seed_key(seed)))
+    k ^= (rows >> np.uint64(32)).astype(np.uint32)
+    return _mix32_np(k)
+
+
+@functools.lru_cache(maxsize=8)
+def _group_keys_np(n_groups: int) -> np.ndarray:
+    g = np.arange(n_groups, dtype=np.uint32)
+    g *= np.uint32(_GOLDEN)
+    g += np.uint32(1)
+    out = _mix32_np(g)
+    out.flags.writeable = False
+    return out
+
+
+def _words_np(rk: np.ndarray, gk: np.ndarray, out: np.ndarray | None = None,
+              tmp: np.ndarray | None = None) -> np.ndarray:
+    out = np.empty((len(rk), len(gk)), np.uint32) if out is None else out
+    np.bitwise_xor(rk[:, None], gk[None, :], out=out)
+    return _mix32_np(out, tmp)
+
+
+@functools.lru_cache(maxsize=4)
+def _byte_table_np(dtype) -> np.ndarray:
+    return _byte_table(torch.device("cpu"), _TORCH_OF[dtype])[0].numpy()
+
+
+_TORCH_OF = {v: k for k, v in _NP_DTYPES.items()}
+
+
+class _CpuSigns:
+    """Scratch buffers for CPU sign tiles, reused so that no tile allocates (and page-faults)."""
+
+    def __init__(self):
+        self.shape, self.bufs = None, None
+
+    def tile(self, rk: np.ndarray, gk: np.ndarray, dtype) -> np.ndarray:
+        """[rows, 32 * groups] signs (+-1) for row keys rk and group keys gk."""
+        r, g = len(rk), len(gk)
+        if self.shape != (r, g, dtype):
+            self.shape = (r, g, dtype)
+            self.bufs = (np.empty((r, g), np.uint32), np.empty((r, g), np.uint32),
+                         np.empty((r, 4 * g, 8), dtype))
+        words, tmp, signs = self.bufs
+        _words_np(rk, gk, words, tmp)
+        # 4 bytes per word (low byte first: columns 32g..32g+7), each looked up as 8 signs
+        np.take(_byte_table_np(dtype), _le_bytes(words), axis=0, out=signs)
+        return signs.reshape(r, 32 * g)
+
+
+def _le_bytes(words: np.ndarray) -> np.ndarray:
+    return (words if sys.byteorder == "little" else words.byteswap()).view(np.uint8)
 
 
 @functools.lru_cache(maxsize=16)
@@ -89,7 +179,11 @@ def sign_block(seed: int, row_start: int, row_stop: int, n_cols: int,
                device: torch.device | str = "cpu", dtype=torch.float32) -> torch.Tensor:
     """[rows, n_cols] of +-1 (unscaled): rows [row_start, row_stop) of the sign matrix."""
     n_groups = -(-n_cols // 32)
-    words = sign_words(seed, row_start, row_stop, n_groups, device)
+    if torch.device(device).type == "cpu" and dtype in _NP_DTYPES:
+        tile = _CpuSigns().tile(_row_keys_np(seed, row_start, row_stop), _group_keys_np(n_groups),
+                                _NP_DTYPES[dtype])
+        return torch.from_numpy(tile)[:, :n_cols]
+    words = _sign_words_torch(seed, row_start, row_stop, n_groups, device)
     # 4 bytes per word, each looked up as 8 signs: one pass writes the block (the
     # bit-by-bit shift/and/convert takes ~3x longer on CPU)
     table, shifts = _byte_table(words.device, dtype)
@@ -135,6 +229,7 @@ class RademacherProjector(_ProjectorBase):
         self.seed = int(seed)
         self.block_rows = block_rows
         self.width = self.dims[-1]
+        self._cpu = _CpuSigns()
 
     def _rows_per_block(self, device: torch.device) -> int:
         if self.block_rows:
@@ -147,11 +242,25 @@ class RademacherProjector(_ProjectorBase):
     def accumulate(self, acc: torch.Tensor, x_block: torch.Tensor, row_offset: int) -> None:
         self._check(x_block, row_offset)
         x_block = x_block.to(acc.dtype)
+        if acc.device.type == "cpu" and acc.dtype in _NP_DTYPES:
+            return self._accumulate_cpu(acc, x_block, row_offset)
         step = self._rows_per_block(acc.device)
         for s in range(0, x_block.shape[1], step):
             e = min(s + step, x_block.shape[1])
             signs = sign_block(self.seed, row_offset + s, row_offset + e, self.width, acc.device, acc.dtype)
             acc.addmm_(x_block[:, s:e], signs)
+
+    def _accumulate_cpu(self, acc: torch.Tensor, x_block: torch.Tensor, row_offset: int) -> None:
+        rows, cols = (self.block_rows, self.width) if self.block_rows else _CPU_TILE
+        dtype = _NP_DTYPES[acc.dtype]
+        gk = _group_keys_np(-(-self.width // 32))
+        for s in range(0, x_block.shape[1], rows):
+            e = min(s + rows, x_block.shape[1])
+            rk, xs = _row_keys_np(self.seed, row_offset + s, row_offset + e), x_block[:, s:e]
+            for c in range(0, self.width, cols):
+                c_end = min(c + cols, self.width)
+                tile = self._cpu.tile(rk, gk[c // 32:-(-c_end // 32)], dtype)
+                acc[:, c:c_end].addmm_(xs, torch.from_numpy(tile)[:, :c_end - c])
 
     def finish(self, acc: torch.Tensor) -> dict[int, torch.Tensor]:
         return {d: acc[:, :d] / math.sqrt(d) for d in self.dims}

@@ -43,6 +43,11 @@ class ExtractConfig:
     chat_format: str = "tulu"
     max_seq_length: int = 2048
     batch_size: int = 16  # examples per forward/backward
+    # examples projected together: one generation of the projection matrix serves them all,
+    # their fp32 gradients held whole meanwhile (N x P x 4 bytes); None: as many as fit in
+    # projection_buffer_gb, in whole batches (changes speed and memory, not the features)
+    projection_batch: int | None = None
+    projection_buffer_gb: float = 4.0
     shard_rows: int = 2048  # examples per shard (the unit of work and of resumption)
     min_actors: int = 1
     max_actors: int = 2
@@ -120,6 +125,14 @@ def stage_input(data: str, out: Path, shard_rows: int) -> tuple[int, int, str]:
     return rows, shards, digest
 
 
+def projection_batch(cfg: ExtractConfig, num_params: int) -> int:
+    """Examples per projection pass: the configured number, or what the buffer budget holds."""
+    if cfg.projection_batch:
+        return max(cfg.projection_batch, cfg.batch_size)
+    fits = int(cfg.projection_buffer_gb * 2 ** 30 // (4 * num_params))
+    return max(cfg.batch_size, fits // cfg.batch_size * cfg.batch_size)
+
+
 def store_dir(out: str | Path, dim: int) -> Path:
     return Path(out) / f"dim{dim}"
 
@@ -144,6 +157,7 @@ class ShardExtractor:
             RademacherProjector(n, cfg.dims, seed=cfg.seed)
         self.dims = self.projector.dims
         self.fmt = FormatConfig(cfg.chat_format, cfg.max_seq_length)
+        self.projection_batch = projection_batch(cfg, n)
 
     def extract_shard(self, shard: int) -> dict[str, Any]:
         import pyarrow.parquet as pq
@@ -160,17 +174,15 @@ class ShardExtractor:
         norms = {d: np.zeros(len(examples), np.float32) for d in self.dims}
         loss = np.zeros(len(examples), np.float32)
         n_tok = np.zeros(len(examples), np.int32)
-        for lo in range(0, len(order), self.cfg.batch_size):
-            idx = order[lo:lo + self.cfg.batch_size]
-            batch = collate([examples[i][1] for i in idx], self.tok.pad_token_id)
-            res = self.computer.features(batch, self.cfg.kind, self.projector, self.moments,
-                                         tuple(self.cfg.betas), self.cfg.eps)
-            for d in self.dims:
-                f = res["features"][d] if self.cfg.normalize else res["features"][d] * res["norms"][d][:, None]
-                out[d][idx] = f.detach().float().cpu().numpy()
-                norms[d][idx] = res["norms"][d].detach().float().cpu().numpy()
-            loss[idx] = res["loss"].detach().float().cpu().numpy()
-            n_tok[idx] = res["n_tokens"].detach().cpu().numpy()
+        bs = self.cfg.batch_size
+        for lo in range(0, len(order), self.projection_batch):
+            group = order[lo:lo + self.projection_batch]
+            idxs = [group[b:b + bs] for b in range(0, len(group), bs)]
+            batches = [collate([examples[i][1] for i in idx], self.tok.pad_token_id) for idx in idxs]
+            results = self.computer.features_grouped(batches, self.cfg.kind, self.projector, self.moments,
+                                                     tuple(self.cfg.betas), self.cfg.eps)
+            for idx, res in zip(idxs, results):
+                self._store(res, idx, out, norms, loss, n_tok)
         recs = [r for r, _ in examples]
         targets = self.cfg.kind == "sgd"
         for d in self.dims:
@@ -183,6 +195,14 @@ class ShardExtractor:
             side.write_text(json.dumps([{"id": s.id, "reason": s.reason} for _, s in skipped]))
             write_shard(sd, shard, table)  # last: the shard becomes visible complete, or not at all
         return {"shard": shard, "rows": len(recs), "skipped": len(skipped)}
+
+    def _store(self, res: dict, idx: list[int], out, norms, loss, n_tok) -> None:
+        for d in self.dims:
+            f = res["features"][d] if self.cfg.normalize else res["features"][d] * res["norms"][d][:, None]
+            out[d][idx] = f.detach().float().cpu().numpy()
+            norms[d][idx] = res["norms"][d].detach().float().cpu().numpy()
+        loss[idx] = res["loss"].detach().float().cpu().numpy()
+        n_tok[idx] = res["n_tokens"].detach().cpu().numpy()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         done = []
