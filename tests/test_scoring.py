@@ -98,6 +98,28 @@ def test_scores_and_selection_equal_dense_numpy(ray_local, world, tmp_path):
     assert (tmp_path / "score.config.yaml").exists() and len(list((tmp_path / "manifests").iterdir())) == 9
 
 
+def test_compressed_pool_shards_score_the_same(ray_local, world, tmp_path):
+    """A pool store written with pyarrow's defaults (snappy, dictionary) and other row groups is
+    read by pyarrow's decoder, the others straight from their pages: same scores as dense numpy."""
+    import shutil
+
+    import pyarrow.parquet as pq
+    from less_ray.scoring.stores import shard_files
+    from less_ray.store_raw import FeaturePages
+    cfg = _cfg(world, tmp_path / "out")
+    snappy = tmp_path / "pool_c1"
+    shutil.copytree(cfg.pool_stores[1], snappy)
+    for f in shard_files(str(snappy)):
+        pq.write_table(pq.read_table(f), f, row_group_size=37)
+        assert FeaturePages.open(f) is None
+    cfg.pool_stores[1] = str(snappy)
+    run_score(cfg)
+    for task in TASKS:
+        table = pq.read_table(tmp_path / "out" / task / "scores.parquet").to_pydict()
+        assert table["id"] == world["ids"]
+        np.testing.assert_allclose(table["score"], dense(world, task)[0], rtol=1e-5, atol=1e-6)
+
+
 def test_ties_are_broken_by_id(ray_local, world, tmp_path):
     run_score(_cfg(world, tmp_path))
     sc, _, _ = dense(world, "beta")
@@ -124,7 +146,7 @@ def test_mismatched_stores_are_refused(world, tmp_path, change, message):
         run_score(cfg)
 
 
-def test_wrong_dim_checkpoint_and_duplicates_are_refused(world, tmp_path):
+def test_wrong_dim_checkpoint_and_duplicates_are_refused(ray_local, world, tmp_path):
     rng = np.random.default_rng(0)
     cfg = _cfg(world, tmp_path / "o")
     cfg.pool_stores = [str(write_store(tmp_path / "d", world["ids"], _unit(rng, N, 8), kind="adam",
