@@ -32,7 +32,7 @@ import numpy as np
 
 from ..store import (Projection, StoreManifest, features_table, library_versions, read_manifest, remove_temp_files,
                      verified_shard, write_manifest, write_shard)
-from .base import SelectorConfig, ShardActor, map_shards, stage_records
+from .base import SelectorConfig, map_shards, stage_records
 
 log = logging.getLogger("less_ray")
 ENCODERS = ("minilm", "model")
@@ -130,27 +130,33 @@ class TextEncoder:
         return out / norms[:, None], norms, np.array([len(x) for x in ids], np.int32)
 
 
-class _EmbedShards(ShardActor):
-    def __init__(self, staged: str, store: str, encoder: dict[str, Any], batch_size: int, targets: bool):
-        super().__init__(staged)
-        self.store, self.targets = store, targets
+class _EmbedShards:
+    """Ray Data actor: the encoder loaded once; one batch row = one (file, shard) work item."""
+
+    def __init__(self, items: list[tuple[str, str, int, bool]], encoder: dict[str, Any], batch_size: int):
+        self.items = items  # (staged file, store, shard, targets) per global index
         self.enc = TextEncoder(encoder["encoder"], encoder["model"], encoder["max_tokens"],
                                encoder["chat_format"] or "tulu", batch_size)
 
-    def process(self, shard: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def process(self, staged: str, store: str, shard: int, targets: bool) -> int:
+        import pyarrow.parquet as pq
+        rows = pq.ParquetFile(staged).read_row_group(shard).to_pylist()
         emb, norms, n_tok = self.enc.embed(rows)
         table = features_table([r["id"] for r in rows], [r["source"] for r in rows], emb, norms, n_tok,
                                np.zeros(len(rows), np.float32), "float32",
-                               tasks=[r["task"] for r in rows] if self.targets else None,
-                               subtasks=[r["subtask"] for r in rows] if self.targets else None)
-        write_shard(self.store, shard, table)
-        return {"shard": shard, "rows": len(rows), "dim": emb.shape[1]}
+                               tasks=[r["task"] for r in rows] if targets else None,
+                               subtasks=[r["subtask"] for r in rows] if targets else None)
+        write_shard(store, shard, table)
+        return len(rows)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = [self.process(*self.items[int(i)]) for i in batch["shard"]]
+        return {"shard": batch["shard"], "rows": np.array(rows)}
 
 
-def embed_file(cfg: EmbedConfig, data: str, store: str | Path, targets: bool = False) -> Path:
-    """The embedding store of one records file (built, resumed or reused)."""
-    store = Path(store).resolve()
-    ident = encoder_identity(cfg)
+def _prepare(cfg: EmbedConfig, ident: dict[str, Any], data: str, store: Path) -> tuple[Path, int, str, bool]:
+    """Stage one file into its store folder; drop shards built for another input or encoder.
+    Returns (staged file, shards, input sha256, already complete)."""
     staged, n_rows, n_shards, digest = stage_records(data, store, cfg.shard_rows)
     key = {"input_sha256": digest, "shard_rows": cfg.shard_rows, **ident}
     key_file = store / "_encoder.json"
@@ -159,19 +165,15 @@ def embed_file(cfg: EmbedConfig, data: str, store: str | Path, targets: bool = F
         shutil.rmtree(store / "shards", ignore_errors=True)
         (store / "manifest.json").unlink(missing_ok=True)
     key_file.write_text(json.dumps(key))
-    if (store / "manifest.json").exists():
-        return store
     remove_temp_files(store)
-    todo = [i for i in range(n_shards) if verified_shard(store, i) is None]
-    t0 = time.time()
-    log.info("embeddings %s: %d rows in %d shards, %d to do (%s)", Path(data).name, n_rows, n_shards, len(todo),
-             cfg.encoder)
-    map_shards(cfg, _EmbedShards, {"staged": str(staged), "store": str(store), "encoder": ident,
-                                   "batch_size": cfg.embed_batch_size, "targets": targets}, todo)
+    return staged, n_shards, digest, (store / "manifest.json").exists()
+
+
+def _finish(ident: dict[str, Any], data: str, store: Path, n_shards: int, digest: str, seconds: float) -> None:
+    import pyarrow.parquet as pq
     entries = [verified_shard(store, i) for i in range(n_shards)]
     if any(e is None for e in entries):
         raise RuntimeError(f"embeddings {store}: shards {[i for i, e in enumerate(entries) if e is None][:10]} missing")
-    import pyarrow.parquet as pq
     dim = pq.ParquetFile(store / entries[0]["file"]).schema_arrow.field("features").type.list_size
     write_manifest(store, StoreManifest(
         kind="embedding", checkpoint=ident["model"], checkpoint_hash=ident["weights"], model=ident["model"],
@@ -179,8 +181,28 @@ def embed_file(cfg: EmbedConfig, data: str, store: str | Path, targets: bool = F
         count=sum(e["rows"] for e in entries), shards=entries,
         input={"path": str(data), "sha256": digest}, versions=library_versions(),
         extra={"encoder": ident, "pooling": "mean over non-padding tokens, then L2-normalised",
-               "loss": "not computed (0)", "seconds": round(time.time() - t0, 2)}))
-    return store
+               "loss": "not computed (0)", "seconds": round(seconds, 2)}))
+
+
+def embed_files(cfg: EmbedConfig, files: list[tuple[str, Path, bool]]) -> list[Path]:
+    """Embedding stores of several records files ((data, store, is_targets) each), built, resumed or
+    reused, in one Ray Data job (one encoder load per actor for all of them)."""
+    ident = encoder_identity(cfg)
+    t0 = time.time()
+    prepared, items = [], []
+    for data, store, targets in files:
+        store = Path(store).resolve()
+        staged, n_shards, digest, done = _prepare(cfg, ident, data, store)
+        prepared.append((data, store, n_shards, digest, done))
+        if not done:
+            items += [(str(staged), str(store), i, targets) for i in range(n_shards) if verified_shard(store, i) is None]
+    log.info("embeddings: %d files, %d shards to do (%s)", len(files), len(items), cfg.encoder)
+    map_shards(cfg, _EmbedShards, {"items": items, "encoder": ident, "batch_size": cfg.embed_batch_size},
+               list(range(len(items))))
+    for data, store, n_shards, digest, done in prepared:
+        if not done:
+            _finish(ident, data, store, n_shards, digest, time.time() - t0)
+    return [p[1] for p in prepared]
 
 
 def embedding_root(cfg: EmbedConfig) -> Path:
@@ -190,8 +212,9 @@ def embedding_root(cfg: EmbedConfig) -> Path:
 def embed_pool_and_targets(cfg: EmbedConfig) -> tuple[Path, dict[str, Path]]:
     """Embedding stores of the pool and of each task's targets (under `embedding_root`)."""
     root = embedding_root(cfg)
-    pool = embed_file(cfg, cfg.pool, root / "pool")
-    return pool, {t: embed_file(cfg, path, root / f"targets_{t}", targets=True) for t, path in cfg.targets.items()}
+    stores = embed_files(cfg, [(cfg.pool, root / "pool", False)] +
+                         [(path, root / f"targets_{t}", True) for t, path in cfg.targets.items()])
+    return stores[0], dict(zip(cfg.targets, stores[1:]))
 
 
 def check_same_encoder(pool: Path, others: list[Path]) -> int:

@@ -140,33 +140,36 @@ def _without_targets(cfg: KCenterAllConfig) -> KCenterAllConfig:
     return dataclasses.replace(cfg, targets={})
 
 
+def targeted_scores(x: np.ndarray, targets: dict[str, np.ndarray], cfg: KCenterConfig) -> tuple[
+        dict[str, np.ndarray], dict[str, list[str]], dict[str, Any]]:
+    """Per task: scores over the pool rows `x` (K-Means, the targets' clusters, greedy in them)."""
+    km = fit_kmeans(x, cfg)
+    labels = km.labels_
+    budget = budget_for(cfg, len(x))
+    scores, best, info = {}, {}, {"cluster_sizes": np.bincount(labels, minlength=cfg.n_clusters).tolist()}
+    for task, t in targets.items():
+        chosen, counts = target_cluster_choice(km.predict(t), cfg.n_clusters, cfg.target_clusters)
+        inside = np.isin(labels, chosen)
+        s = np.empty(len(x), np.float32)
+        s[inside], info[task] = greedy_scores(x[inside], budget, cfg.seed)
+        if (~inside).any():  # below every candidate: -(1 + distance to the nearest chosen centroid)
+            xr, c = x[~inside], km.cluster_centers_[chosen].astype(x.dtype)
+            d2 = (xr * xr).sum(1)[:, None] - 2 * xr @ c.T + (c * c).sum(1)[None]
+            s[~inside] = -(1.0 + np.sqrt(np.maximum(d2, 0).min(1)))
+        scores[task] = s
+        best[task] = [f"cluster{c}" for c in labels.tolist()]
+        info[task].update({"chosen_clusters": chosen, "target_cluster_counts": counts})
+    return scores, best, info
+
+
 @register("kcenter", KCenterConfig, "K-Means, the targets' most frequent cluster(s), k-center greedy in them",
           targeted=True)
 def run_kcenter(cfg: KCenterConfig) -> dict[str, Any]:
     pool_store, target_stores = embed_pool_and_targets(cfg)
     check_same_encoder(pool_store, list(target_stores.values()))
     pool = read_store(pool_store, ("id", "source", "features"))
-    x = pool["features"]
-    km = fit_kmeans(x, cfg)
-    labels = km.labels_
-    budget = budget_for(cfg, len(x))
-    scores, best, info = {}, {}, {}
-    for task, store in target_stores.items():
-        t = read_store(store, ("features",))["features"]
-        chosen, counts = target_cluster_choice(km.predict(t), cfg.n_clusters, cfg.target_clusters)
-        cand = np.flatnonzero(np.isin(labels, chosen))
-        s = np.empty(len(x), np.float32)
-        s[cand], info[task] = greedy_scores(x[cand], budget, cfg.seed)
-        rest = np.flatnonzero(~np.isin(labels, chosen))
-        if len(rest):
-            centers = km.cluster_centers_[chosen].astype(np.float32)
-            xr = x[rest]
-            d2 = (xr * xr).sum(1)[:, None] - 2 * xr @ centers.T + (centers * centers).sum(1)[None]
-            s[rest] = -(1.0 + np.sqrt(np.maximum(d2, 0).min(1)))
-        scores[task] = s
-        best[task] = [f"cluster{c}" for c in labels.tolist()]
-        info[task].update({"chosen_clusters": chosen, "target_cluster_counts": counts})
+    targets = {t: read_store(s, ("features",))["features"] for t, s in target_stores.items()}
+    scores, best, info = targeted_scores(pool["features"], targets, cfg)
+    sizes = info.pop("cluster_sizes")
     return _write(cfg, pool, scores, best, {"selector": "kcenter", "encoder": cfg.encoder,
-                                            "n_clusters": cfg.n_clusters,
-                                            "cluster_sizes": np.bincount(labels, minlength=cfg.n_clusters).tolist(),
-                                            "tasks": info})
+                                            "n_clusters": cfg.n_clusters, "cluster_sizes": sizes, "tasks": info})
