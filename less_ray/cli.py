@@ -71,6 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", help="pool records file (default: the pool store's input)")
     p.add_argument("--top-p", type=float)
     p.add_argument("--top-n", type=int)
+    p.add_argument("--diverse", type=float, metavar="COS",
+                   help="diversity-aware top-k: skip a candidate whose feature cosine to a selected one exceeds COS")
+    p.add_argument("--diverse-config", help="YAML mapping onto DiverseSelectConfig (feature stores, window, out)")
+    p = stages.add_parser("dedup", help="MinHash LSH near-duplicate filter of a pool (keep first): filtered pool + duplicates")
+    p.add_argument("--config", help="YAML mapping onto DedupConfig")
+    p.add_argument("--pool", help="pool records (schema JSONL/Parquet)")
+    p.add_argument("--out", help="the filtered pool (.jsonl or .parquet)")
+    p.add_argument("--threshold", type=float, help="estimated Jaccard at or above which a record is a duplicate")
+    p.add_argument("--ngram", type=int, help="words per shingle")
+    p.add_argument("--num-perm", type=int)
+    p.add_argument("--address", help="Ray cluster address (default $RAY_ADDRESS, else embedded Ray)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the embedded Ray")
     p = stages.add_parser("report", help="one self-contained HTML page about the selection")
     p.add_argument("--config", help="YAML mapping onto ReportConfig")
     p.add_argument("--scores", help="the score stage's output folder")
@@ -170,6 +182,18 @@ def _cmd_scoring(args) -> int:
     if args.stage == "score":
         from .scoring.job import ScoreConfig, run_score
         result = run_score(load_config(ScoreConfig, args.config, {"out": args.out, "address": args.address}))
+    elif args.stage == "select" and (args.diverse is not None or args.diverse_config):
+        from .selectors.diverse_topk import DiverseSelectConfig, run_diverse_select
+        result = run_diverse_select(load_config(DiverseSelectConfig, args.diverse_config, {
+            "scores": args.scores, "pool": args.pool, "top_p": args.top_p, "top_n": args.top_n,
+            "threshold": args.diverse}))
+    elif args.stage == "dedup":
+        from .selectors.minhash import DedupConfig, run_dedup
+        result = run_dedup(load_config(DedupConfig, args.config, {
+            "pool": args.pool, "out": args.out, "threshold": args.threshold, "ngram": args.ngram,
+            "num_perm": args.num_perm, "address": args.address, "num_cpus": args.num_cpus}))
+        print(f"dedup: {result['records']} records -> {result['kept']} kept, {result['duplicates']} near-duplicates "
+              f"dropped ({result['duplicates_file']})", file=sys.stderr)
     elif args.stage == "select":
         from .scoring.select import SelectConfig, run_select
         result = run_select(load_config(SelectConfig, args.config, {
@@ -240,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.stage == "selector":
             return _cmd_selector(args)
-        if args.stage in ("score", "select", "report"):
+        if args.stage in ("score", "select", "report", "dedup"):
             return _cmd_scoring(args)
         if args.stage == "demo":
             from .demo import DemoConfig, run_demo

@@ -50,6 +50,10 @@ def hand(tmp_path):
 
 
 def test_duplicate_of_top_item_skipped(hand):
+    from less_ray.cli import main
+    assert main(["select", "--scores", str(hand), "--top-n", "5", "--diverse", "0.9"]) == 0
+    r = json.loads((hand / "diverse_t0.9" / "diverse_summary.json").read_text())
+    assert selected(hand / "diverse_t0.9", "top_n5.jsonl") == ["a", "b", "c", "x0", "z"]
     r = run_diverse_select(DiverseSelectConfig(scores=str(hand), out=str(hand / "d"), top_n=5, top_p=None,
                                                threshold=0.9))
     assert selected(hand / "d", "top_n5.jsonl") == ["a", "b", "c", "x0", "z"]  # x0 before x1: tie by id

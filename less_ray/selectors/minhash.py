@@ -133,10 +133,12 @@ def run_dedup(cfg: DedupConfig) -> dict[str, Any]:
     staged, n_rows, n_shards, digest = stage_records(cfg.pool, work, cfg.shard_rows)
     sig_dir = work / f"sig_n{cfg.ngram}_p{cfg.num_perm}_s{cfg.seed}"
     sig_dir.mkdir(parents=True, exist_ok=True)
-    if (work / "signatures.json").exists() and json.loads((work / "signatures.json").read_text()) != digest:
-        for f in sig_dir.glob("*.npy"):  # signatures of another pool file
+    key = {"pool_sha256": digest, "shard_rows": cfg.shard_rows}
+    key_file = sig_dir / "key.json"
+    if not key_file.exists() or json.loads(key_file.read_text()) != key:
+        for f in sig_dir.glob("*.npy"):  # signatures of another pool file or shard layout
             f.unlink()
-    (work / "signatures.json").write_text(json.dumps(digest))
+    key_file.write_text(json.dumps(key))
     todo = [s for s in range(n_shards) if not (sig_dir / f"{s:05d}.npy").exists()]
     log.info("dedup: %d records in %d shards, %d to sign", n_rows, n_shards, len(todo))
     map_shards(cfg, SignatureActor, {"staged": str(staged), "sig_dir": str(sig_dir), "ngram": cfg.ngram,
