@@ -60,7 +60,7 @@ def reference(setup, tiny_tokenizer):
 
 def _cfg(setup, name, **kw):
     return LossStatsConfig(pool=setup["pool_path"], out=str(setup["tmp"] / name), checkpoint=setup["ckpt"],
-                           stats=str(setup["tmp"] / "stats"), max_seq_length=MAX_LEN, shard_rows=12,
+                           max_seq_length=MAX_LEN, shard_rows=12,
                            batch_size=5, top_p=0.2, max_actors=1, num_cpus=2, **kw)
 
 
@@ -85,7 +85,9 @@ def _check(setup, name, summary, expected: dict[str, float]):
 def test_loss_selectors_round_trip(setup, reference):
     from less_ray.selectors.loss_stats import compute_stats
     ref = reference
-    compute_stats(_cfg(setup, "prefetch"), ["base", "grad"])  # one Ray job; the selectors below share it
+    # one Ray job; the selectors below (sibling folders) share its default stats folder
+    stats, _ = compute_stats(_cfg(setup, "prefetch"), ["base", "grad"])
+    assert stats.parent == setup["tmp"] / "_loss_stats"
     s = run_selector("learnability", _cfg(setup, "learnability"))
     _check(setup, "learnability", s, {i: r["loss_base"] - r["loss_ckpt"] for i, r in ref.items()})
     s = run_selector("el2n", _cfg(setup, "el2n"))  # reuses the stats folder's ckpt pass
@@ -98,7 +100,9 @@ def test_loss_selectors_round_trip(setup, reference):
         med = float(np.median(losses))
         fn = {"mid": lambda x: -abs(x - med), "low": lambda x: -x, "high": lambda x: x}[keep]
         _check(setup, f"ppl_{keep}", s, {i: fn(r["loss_base"]) for i, r in ref.items()})
-    assert s["median_loss"] == pytest.approx(med, rel=1e-5) if keep == "mid" else True
+        assert s["stats"] == str(stats) and s["passes"] == ["base"]
+        if keep == "mid":
+            assert s["median_loss"] == pytest.approx(med, rel=1e-5)
 
 
 def test_grand_from_store_norms(setup, tmp_path):

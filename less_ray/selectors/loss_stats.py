@@ -14,7 +14,9 @@ checkpoint, on a Ray Data actor pool; each selector turns them into a score wher
                 distribution, as Marion et al. 2023 found best), low (score = −loss) or high (loss);
 - learnability: loss_base − loss_checkpoint (LoBaSS): what the warmup learnt most, first.
 
-The statistics are computed once into `stats` (default `<out>/_stats`) in passes — `base`
+The statistics are computed once into `stats` (default `<out>/../_loss_stats/<key>`, key = a hash
+of pool file, base model, checkpoint and formatting, so sibling selector folders — the pipeline's
+`selectors/<name>` — share it) in passes — `base`
 (forward, adapter off), `ckpt` (forward), `grad` (forward + backward: loss, EL2N and GraNd at the
 checkpoint) — one part per shard and pass, so the four selectors pointed at one `stats` folder
 share work and a killed run redoes only missing parts. Examples whose assistant tokens are all
@@ -117,17 +119,23 @@ class StatsActor(ShardActor):
         return {"shard": shard, "rows": len(rows), "skipped": len(rows) - len(ok)}
 
 
+def _key_hash(key: dict[str, Any]) -> str:
+    import hashlib
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def compute_stats(cfg: LossStatsConfig, passes: list[str]) -> tuple[Path, int]:
     """Make sure `passes` exist in the stats folder; returns (folder, shard count)."""
     from ..extract.job import checkpoint_hash
-    stats = Path(cfg.stats or Path(cfg.out) / "_stats").resolve()
+    from ..store import sha256_file
     if any(p != "base" for p in passes) and not cfg.checkpoint:
         raise ValueError(f"loss selectors: passes {passes} need a warmup checkpoint")
     base = _resolve_base(cfg)
-    staged, n_rows, n_shards, digest = stage_records(cfg.pool, stats / "_staged", cfg.shard_rows)
-    key = {"pool_sha256": digest, "base_model": base, "checkpoint": cfg.checkpoint,
+    key = {"pool_sha256": sha256_file(cfg.pool), "base_model": base, "checkpoint": cfg.checkpoint,
            "checkpoint_hash": checkpoint_hash(cfg.checkpoint) if cfg.checkpoint else None,
            "chat_format": cfg.chat_format, "max_seq_length": cfg.max_seq_length, "shard_rows": cfg.shard_rows}
+    stats = Path(cfg.stats or Path(cfg.out).resolve().parent / "_loss_stats" / _key_hash(key)).resolve()
+    staged, n_rows, n_shards, _ = stage_records(cfg.pool, stats / "_staged", cfg.shard_rows)
     key_file = stats / "stats.json"
     if key_file.exists() and json.loads(key_file.read_text()) != key:
         log.info("loss stats: %s holds statistics of another pool/model/checkpoint; recomputing", stats)
