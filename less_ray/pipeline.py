@@ -107,7 +107,8 @@ class PipelineConfig:
     ray: RaySettings = field(default_factory=RaySettings)
     # other selectors (less_ray.selectors) over the same pool: name -> options of its config; the
     # pipeline fills pool, targets, out (<out>/selectors/<name>), seed, top_p, Ray settings, the
-    # base model and the last warmup checkpoint where the selector has such fields and leaves them unset
+    # base model, the last warmup checkpoint and one shared embedding folder where the selector has
+    # such fields and leaves them unset
     selectors: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -170,7 +171,7 @@ def selector_config(cfg: PipelineConfig, run: Run, name: str, checkpoint: str | 
     known = {"pool": cfg.pool, "out": str(run.root / "selectors" / name), "seed": cfg.seed,
              "address": cfg.ray.address, "num_cpus": cfg.ray.num_cpus, "chat_format": cfg.chat_format,
              "max_seq_length": cfg.max_seq_length, "model": cfg.base_model, "base_model": cfg.base_model,
-             "checkpoint": checkpoint}
+             "checkpoint": checkpoint, "embeddings": str(run.root / "selectors" / "embeddings")}
     if sel.targeted:
         known["targets"] = dict(cfg.targets)
     if fields["top_p"].default == SelectorConfig.top_p:  # a selector with its own default (full: 1) keeps it

@@ -45,7 +45,7 @@ class EmbedConfig(SelectorConfig):
     chat_format: str = "tulu"  # encoder=model: the rendering LESS trains on
     embed_max_tokens: int = 256
     embed_batch_size: int = 32
-    embeddings: str | None = None  # folder of embedding stores to keep and reuse (default <out>/embeddings)
+    embeddings: str | None = None  # folder of embedding stores to share and reuse (default <out>/embeddings)
 
 
 def minilm_dir() -> Path:
@@ -206,7 +206,11 @@ def embed_files(cfg: EmbedConfig, files: list[tuple[str, Path, bool]]) -> list[P
 
 
 def embedding_root(cfg: EmbedConfig) -> Path:
-    return Path(cfg.embeddings) if cfg.embeddings else Path(cfg.out) / "embeddings"
+    """`<embeddings or out/embeddings>/<encoder>-<hash of its identity>`: selectors sharing a folder
+    share the stores of one encoder, and stores of different encoders never overwrite each other."""
+    ident = json.dumps(encoder_identity(cfg), sort_keys=True)
+    base = Path(cfg.embeddings) if cfg.embeddings else Path(cfg.out) / "embeddings"
+    return base / f"{cfg.encoder}-{hashlib.sha256(ident.encode()).hexdigest()[:10]}"
 
 
 def embed_pool_and_targets(cfg: EmbedConfig) -> tuple[Path, dict[str, Path]]:
