@@ -71,6 +71,13 @@ def main(argv=None) -> int:
     less_seconds = sum(v["seconds"] for k, v in ledger.items() if k.split("/")[0] in ("warmup", "extract", "score", "select"))
     n, share = shares(run / "scores" / task / f"top_p{pcfg.score.top_p:g}.jsonl", family)
     rows.append(("LESS", "gradients (warmup LoRA, 4 checkpoints)", n, share, less_seconds))
+    from less_ray.selectors.diverse_topk import DiverseSelectConfig, run_diverse_select
+    t2 = time.time()
+    div = run_diverse_select(DiverseSelectConfig(scores=str(run / "scores"), top_p=pcfg.score.top_p, threshold=0.9,
+                                                 features="all"))["tasks"][task]
+    n, share = shares(Path(div["file"]), family)
+    rows.append(("LESS diverse", f"LESS's top-k skipping candidates with feature cosine > 0.9 to a selected one "
+                 f"({div['skipped']} skipped)", n, share, time.time() - t2))
     for name in args.selectors + ["rds_model"]:
         folder = run / "selectors" / name
         sel = get_selector("rds" if name == "rds_model" else name)
