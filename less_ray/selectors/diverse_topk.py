@@ -11,7 +11,8 @@ checkpoint's (unit) features and re-normalises, so the cosine is the mean of the
 cosines.
 
 Memory: the k selected feature rows (float32, k·D·4 bytes) plus one candidate window. A window is
-the next `window_factor`·k candidates by score; their features are gathered in one streamed pass
+the next `window_factor`·k candidates by score (one pass over the scores, keeping the best that
+rank below the previous window); their features are gathered in one streamed pass
 over the store shards into an on-disk float16 array in rank order, then walked `chunk` rows at a
 time (one [chunk, selected] product, then the few survivors against each other in order). Should
 the window run out before k are selected, the next window is gathered the same way.
@@ -66,13 +67,19 @@ def default_stores(scores: str) -> list[str]:
     return [str(s) for s in stores]
 
 
-def ranked_window(scores_path: Path, start: int, stop: int, block_rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """Ids and scores of ranks [start, stop) in (score desc, id asc) order: a top-`stop` pass."""
-    top = TopK(stop)
+def ranked_window(scores_path: Path, size: int, after: tuple[float, str] | None,
+                  block_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """The next `size` ids and scores in (score desc, id asc) order, after rank (score, id) `after`:
+    a top-`size` pass over the rows that rank below it (memory: `size` + one block)."""
+    top = TopK(size)
     for blk in _score_blocks(scores_path, block_rows):
-        top.push(blk["score"], blk["id"])
+        ids, scores = blk["id"], blk["score"]
+        if after is not None:
+            below = (scores < after[0]) | ((scores == after[0]) & (ids > after[1]))
+            ids, scores = ids[below], scores[below]
+        top.push(scores, ids)
     s, ids, _ = top.result()
-    return ids[start:stop], s[start:stop]
+    return ids, s
 
 
 def gather_features(stores: list[str], ids: np.ndarray, path: Path, block_rows: int) -> np.memmap:
@@ -153,10 +160,10 @@ def diverse_select_task(cfg: DiverseSelectConfig, task: str, stores: list[str], 
     task_dir = out / task
     task_dir.mkdir(parents=True, exist_ok=True)
     window = max(1, int(math.ceil(cfg.window_factor * k)))
-    walk, start, windows = None, 0, 0
+    walk, start, windows, after = None, 0, 0, None
     while k and start < n and (walk is None or not walk.done):
-        stop = min(n, start + window)
-        ids, scores = ranked_window(scores_path, start, stop, cfg.block_rows)
+        ids, scores = ranked_window(scores_path, window, after, cfg.block_rows)
+        stop, after = start + len(ids), (float(scores[-1]), str(ids[-1]))
         feats = gather_features(stores, ids, task_dir / ".window.npy", cfg.block_rows)
         if walk is None:
             walk = DiverseWalk(k, feats.shape[1], cfg.threshold)
