@@ -3,15 +3,19 @@
 LESS-style loop (less/data_selection/collect_grad_reps.py, gradient_type adam): one
 example at a time, `model(**batch).loss.backward()`, concatenate `p.grad` of the LoRA
 parameters, Adam transform on the full vector, `zero_grad`, and project every 16 examples
-(`project_interval`) with the same RademacherProjector as ours. Ours: batches of similar
-length, one forward and one backward per batch, blocks transformed and projected as they
-arrive. Both see the same examples (demo-pool conversations of 1-6 turns, up to max_len).
+(`project_interval`, LESS's own default) with the same RademacherProjector as ours. Ours:
+batches of similar length, one forward and one backward per batch; the per-example
+(adam) gradients of `--proj-batch` examples (several batches) are kept in one fp32
+buffer and projected in one pass (`features_grouped`), so each generation of the matrix
+serves proj-batch examples instead of 16. Both see the same examples (demo-pool
+conversations of 1-6 turns, up to max_len).
 
 Two timings per method:
-- "gradients": everything but the projection (a stand-in projector only sums the blocks);
+- "gradients": everything but the projection (a stand-in projector only sums the vectors);
 - "end to end": with the d=8192 projection. Where one projection pass is too slow to run
-  (SmolLM2 with r=128: P*d ~ 1.2e11 matrix entries), `--proj sampled` times it on a slice
-  of rows and scales to P rows instead; both methods pay one pass per 16 examples.
+  (SmolLM2 with r=128: P*d ~ 1.2e11 matrix entries), `--proj sampled` times one pass of 16
+  examples (the loop's) and one of proj-batch examples (ours) on a slice of rows, scaled
+  to P rows; the gradient CPU time plus pass/16 (loop) or pass/proj-batch (ours) per example.
 Each (model, method) runs in its own process so that peak RSS (getrusage) is its own.
 
     python bench/bench_extract_core.py                   # tiny model, then SmolLM2 if /tmp/smol_model
@@ -127,8 +131,9 @@ def less_loop(model, examples, moments, projector, device):
     return {d: torch.cat([p[d] for p in projected]) for d in projected[0]}
 
 
-def batched(model, examples, moments, projector, batch_size, pad_id):
-    """Batches of similar length (as the extraction stage batches), results in input order."""
+def batched(model, examples, moments, projector, batch_size, proj_batch, pad_id):
+    """Batches of similar length, proj_batch examples per projection pass (as the extraction
+    stage does), results in input order."""
     import torch
 
     from less_ray.core.formatting import collate
@@ -136,10 +141,12 @@ def batched(model, examples, moments, projector, batch_size, pad_id):
     computer = LoraGradientComputer(model)
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
     outs = []
-    for s in range(0, len(order), batch_size):
-        batch = collate([examples[i] for i in order[s:s + batch_size]], pad_id)
-        res = computer.features(batch, "adam", projector, moments=moments, betas=BETAS, eps=EPS)
-        outs.append(res["features"])
+    for g in range(0, len(order), proj_batch):
+        group = order[g:g + proj_batch]
+        batches = [collate([examples[i] for i in group[s:s + batch_size]], pad_id)
+                   for s in range(0, len(group), batch_size)]
+        for res in computer.features_grouped(batches, "adam", projector, moments=moments, betas=BETAS, eps=EPS):
+            outs.append(res["features"])
     inverse = torch.argsort(torch.tensor(order)).to(outs[0][next(iter(outs[0]))].device)
     return {d: torch.cat([o[d] for o in outs])[inverse] for d in outs[0]}
 
@@ -156,10 +163,10 @@ def child(args) -> dict:
     examples = make_examples(tok, args.n, args.max_len)
     P = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    def method(projector):
+    def method(projector, batch_size=args.batch_size, proj_batch=args.proj_batch):
         if args.method == "loop":
             return lambda ex: less_loop(model, ex, moments, projector, args.device)
-        return lambda ex: batched(model, ex, moments, projector, args.batch_size, tok.pad_token_id)
+        return lambda ex: batched(model, ex, moments, projector, batch_size, proj_batch, tok.pad_token_id)
 
     def timed(run):
         if cuda:
@@ -180,15 +187,21 @@ def child(args) -> dict:
     if args.proj == "full":
         feats, res["full_s"], res["full_cpu_s"] = timed(method(RademacherProjector(P, args.dims, seed=0)))
     else:
-        # agreement on a small real projection; the pass time from a slice of rows
-        feats = method(RademacherProjector(P, 64, seed=0))(examples[:8])
+        # agreement on a small real projection (ours: two batches of 4, one pass); the pass
+        # time from a slice of rows, in CPU seconds (with one thread: the work done,
+        # whatever else runs on the machine)
+        feats = method(RademacherProjector(P, 64, seed=0), batch_size=4, proj_batch=8)(examples[:8])
         rows = min(P, args.sample_rows)
-        x = torch.randn(PROJECT_INTERVAL, rows, device=args.device)
-        t = time.perf_counter()
-        RademacherProjector(rows, args.dims, seed=0).project(x)
+        n_pass = PROJECT_INTERVAL if args.method == "loop" else args.proj_batch
+        x = torch.randn(n_pass, rows, device=args.device)
+        projector = RademacherProjector(rows, args.dims, seed=0)
+        projector.project(x[:, :4096])  # warm-up
+        t = time.process_time() if not cuda else time.perf_counter()
+        projector.project(x)
         if cuda:
             torch.cuda.synchronize()
-        res["pass_s"] = (time.perf_counter() - t) * P / rows
+        res["pass_s"] = ((time.process_time() if not cuda else time.perf_counter()) - t) * P / rows
+        res["pass_examples"] = n_pass
     res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     res["rss_after_load_mib"] = rss_loaded
     if cuda:
@@ -197,10 +210,33 @@ def child(args) -> dict:
     return res
 
 
+def generation_costs(threads: int) -> str:
+    """CPU ns per matrix entry: our sign tiles, and (for scale) TRAK's BasicProjector way,
+    the projector LESS falls back to off-GPU: bernoulli_ then *2-1 on a float block."""
+    import numpy as np
+    import torch
+
+    from less_ray.core.projection import _CPU_TILE, _CpuSigns, _group_keys_np, _row_keys_np
+    torch.set_num_threads(threads)
+    (rows, width), cols = _CPU_TILE, 8192
+    signs, rk, gk = _CpuSigns(), _row_keys_np(0, 10 ** 6, 10 ** 6 + rows), _group_keys_np(cols // 32)
+    signs.tile(rk, gk[:width // 32], np.float32)  # warm, as in the projector: buffers reused
+    t = time.process_time()
+    for c in range(0, cols // 32, width // 32):
+        signs.tile(rk, gk[c:c + width // 32], np.float32)
+    ours = (time.process_time() - t) / (rows * cols) * 1e9
+    block, gen = torch.empty(rows * cols // 128, 128), torch.Generator().manual_seed(0)
+    t = time.process_time()
+    block.bernoulli_(0.5, generator=gen).mul_(2.0).sub_(1.0)
+    trak = (time.process_time() - t) / block.numel() * 1e9
+    return f"matrix generation, CPU ns per entry: ours {ours:.2f}, TRAK-style bernoulli_ {trak:.2f}"
+
+
 def run_child(model, method, cli, feats_out) -> dict:
     cmd = [sys.executable, __file__, "--child", "--model", model, "--method", method, "--n", str(cli.n),
            "--rank", str(cli.rank if model == "smol" else cli.tiny_rank), "--max-len", str(cli.max_len),
-           "--batch-size", str(cli.batch_size), "--threads", str(cli.threads), "--device", cli.device,
+           "--batch-size", str(cli.batch_size), "--proj-batch", str(cli.proj_batch),
+           "--threads", str(cli.threads), "--device", cli.device,
            "--proj", cli.proj if model == "smol" else "full",
            "--sample-rows", str(cli.sample_rows), "--feats-out", feats_out, "--dims", *map(str, cli.dims)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -223,14 +259,16 @@ def report(model, res, args, agree) -> None:
     if "full_s" in ba:
         line(f"end to end, d={max(args.dims)}       ", "full_s")
     else:
-        p = ba["pass_s"]
         # CPU seconds: with one thread they are the work done, whatever else runs on the machine
-        per_loop = lo["grad_cpu_s"] / ba["n"] + p / PROJECT_INTERVAL
-        per_batched = ba["grad_cpu_s"] / ba["n"] + p / args.batch_size
-        print(f"projection: one pass (16 examples, d={max(args.dims)}) ~{p:.0f} s "
-              f"(timed on {min(ba['P'], args.sample_rows):,} rows, scaled to P)")
-        print(f"end to end, per example (gradient CPU time + projection): loop {per_loop:.1f} s, "
-              f"batched {per_batched:.1f} s -> {per_loop / per_batched:.2f}x")
+        per_loop = lo["grad_cpu_s"] / ba["n"] + lo["pass_s"] / lo["pass_examples"]
+        per_batched = ba["grad_cpu_s"] / ba["n"] + ba["pass_s"] / ba["pass_examples"]
+        print(f"projection, one pass at d={max(args.dims)} (CPU s, timed on {min(ba['P'], args.sample_rows):,} "
+              f"rows, scaled to P): loop {lo['pass_s']:.0f} s per {lo['pass_examples']} examples "
+              f"({lo['pass_s'] / lo['pass_examples']:.2f} s/ex), batched {ba['pass_s']:.0f} s per "
+              f"{ba['pass_examples']} examples ({ba['pass_s'] / ba['pass_examples']:.2f} s/ex)")
+        print(f"end to end, per example (gradient CPU time + projection): loop {per_loop:.2f} s "
+              f"({1 / per_loop:.3f} ex/s), batched {per_batched:.2f} s ({1 / per_batched:.3f} ex/s) "
+              f"-> {per_loop / per_batched:.2f}x")
     for m in ("loop", "batched"):
         gpu = f", peak GPU {res[m]['peak_gpu_mib']:.0f} MiB" if "peak_gpu_mib" in res[m] else ""
         x = res[m]
@@ -244,6 +282,8 @@ def main():
     ap.add_argument("--models", nargs="+", default=["tiny", "smol"])
     ap.add_argument("--n", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--proj-batch", type=int, default=64,
+                    help="examples per projection pass, ours (buffer proj-batch x P x 4 bytes)")
     ap.add_argument("--rank", type=int, default=128, help="LoRA r for SmolLM2")
     ap.add_argument("--tiny-rank", type=int, default=8)
     ap.add_argument("--max-len", type=int, default=256)
@@ -263,8 +303,12 @@ def main():
         return
     import torch
     print(f"{args.device} ({os.cpu_count()} CPU cores, shared), {args.threads} torch thread(s), "
-          f"torch {torch.__version__}; n={args.n}, batch {args.batch_size}, max_len {args.max_len}, "
-          f"d={args.dims}; the LESS loop projects every {PROJECT_INTERVAL}")
+          f"torch {torch.__version__}; n={args.n}, batch {args.batch_size}, projection batch "
+          f"{args.proj_batch}, max_len {args.max_len}, d={args.dims}; the LESS loop projects every "
+          f"{PROJECT_INTERVAL} (LESS's project_interval)")
+    print(f"load average {open('/proc/loadavg').read().split()[:3]}")
+    if args.device == "cpu":
+        print(generation_costs(args.threads))
     for model in args.models:
         if model == "smol" and not (SMOL / "config.json").exists():
             print(f"\nsmol: skipped ({SMOL} not found)")
