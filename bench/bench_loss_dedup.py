@@ -6,7 +6,8 @@ Pool: as bench_selectors.py — every candidate adapter but GSM8K train, a seede
 - el2n / grand / perplexity / learnability: `run_selector` on the first --model-n examples of the
   sample (a model pass costs the same per token whatever the pool size) with SmolLM2-135M-Instruct
   (or --model-dir) and a LESS-shaped LoRA checkpoint (r=128, alpha=512, q/k/v/o; random lora_B,
-  since only the cost is measured), scaled to 10,000. Each selector runs cold (its own stats
+  since only the cost is measured), scaled to 10,000 twice: the whole call (with the fixed Ray
+  and model start-up, which dominates a small sample) and the actors' model passes alone. Each selector runs cold (its own stats
   folder), so its line is its full cost; selectors sharing a stats folder pay each pass once.
 - diverse top-k: over a synthetic LESS score folder of --n rows (random scores, 8192-d float16
   unit features, 5% of rows planted as near-copies of higher-scored rows) vs plain `select`.
@@ -98,9 +99,12 @@ def loss_lines(args, sample, work: Path, common: dict) -> None:
         t = time.time()
         s = run_selector(name, load_selector_config(name, None, opts))
         secs = time.time() - t
+        actor = sum(j["actor_seconds"] for j in s["stats_jobs"])
         print(f"{name:24s} {secs:8.1f} s  {secs * 10000 / m:8.1f} s / 10k examples  (on {m} examples, "
               f"{Path(model).name}, passes {s['passes']}, max_seq_length {args.max_seq_length}, "
-              f"{s['skipped']['count']} truncated away)", flush=True)
+              f"{s['skipped']['count']} truncated away); model passes alone: {actor:.1f} actor-s = "
+              f"{actor * 10000 / m:.0f} actor-s / 10k examples (wall / 10k = that / actors; the rest of "
+              f"the line above is Ray and model start-up, paid once per run)", flush=True)
 
 
 def diverse_lines(n: int, work: Path, seed: int) -> None:

@@ -86,7 +86,7 @@ def test_loss_selectors_round_trip(setup, reference):
     from less_ray.selectors.loss_stats import compute_stats
     ref = reference
     # one Ray job; the selectors below (sibling folders) share its default stats folder
-    stats, _ = compute_stats(_cfg(setup, "prefetch"), ["base", "grad"])
+    stats = compute_stats(_cfg(setup, "prefetch"), ["base", "grad"]).folder
     assert stats.parent == setup["tmp"] / "_loss_stats"
     s = run_selector("learnability", _cfg(setup, "learnability"))
     _check(setup, "learnability", s, {i: r["loss_base"] - r["loss_ckpt"] for i, r in ref.items()})
@@ -100,7 +100,7 @@ def test_loss_selectors_round_trip(setup, reference):
         med = float(np.median(losses))
         fn = {"mid": lambda x: -abs(x - med), "low": lambda x: -x, "high": lambda x: x}[keep]
         _check(setup, f"ppl_{keep}", s, {i: fn(r["loss_base"]) for i, r in ref.items()})
-        assert s["stats"] == str(stats) and s["passes"] == ["base"]
+        assert s["stats"] == str(stats) and s["passes"] == ["base"] and s["stats_jobs"] == []  # nothing recomputed
         if keep == "mid":
             assert s["median_loss"] == pytest.approx(med, rel=1e-5)
 

@@ -28,9 +28,10 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -93,6 +94,7 @@ class StatsActor(ShardActor):
         import pyarrow.parquet as pq
 
         from ..core.formatting import SkippedExample, collate, tokenize_messages
+        t0 = time.perf_counter()
         toks = [tokenize_messages(r["messages"], self.tok, self.fmt, example_id=r["id"]) for r in rows]
         ok = [i for i, t in enumerate(toks) if not isinstance(t, SkippedExample)]
         order = sorted(ok, key=lambda i: len(toks[i].input_ids))  # length-sorted batches: little padding
@@ -116,7 +118,8 @@ class StatsActor(ShardActor):
             tmp = d / f".tmp-{shard:05d}.parquet"
             pq.write_table(table, tmp)
             tmp.rename(d / f"part-{shard:05d}.parquet")  # a part is there complete or not at all
-        return {"shard": shard, "rows": len(rows), "skipped": len(rows) - len(ok)}
+        return {"shard": shard, "rows": len(rows), "skipped": len(rows) - len(ok),
+                "seconds": time.perf_counter() - t0}
 
 
 def _key_hash(key: dict[str, Any]) -> str:
@@ -124,8 +127,14 @@ def _key_hash(key: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def compute_stats(cfg: LossStatsConfig, passes: list[str]) -> tuple[Path, int]:
-    """Make sure `passes` exist in the stats folder; returns (folder, shard count)."""
+class Stats(NamedTuple):
+    folder: Path
+    shards: int
+    jobs: list[dict[str, Any]]  # what this call computed: passes, shards, rows, actor seconds, wall seconds
+
+
+def compute_stats(cfg: LossStatsConfig, passes: list[str]) -> Stats:
+    """Make sure `passes` exist in the stats folder (computing only missing parts)."""
     from ..extract.job import checkpoint_hash
     from ..store import sha256_file
     if any(p != "base" for p in passes) and not cfg.checkpoint:
@@ -153,14 +162,19 @@ def compute_stats(cfg: LossStatsConfig, passes: list[str]) -> tuple[Path, int]:
             if part_file(stats, p, s) is None:
                 todo.setdefault(s, []).append(p)
     # one job per distinct set of missing passes (normally one: all shards miss the same passes)
+    jobs = []
     for need in sorted({tuple(v) for v in todo.values()}):
+        t0 = time.time()
         shards = [s for s, v in todo.items() if tuple(v) == need]
         log.info("loss stats: passes %s over %d of %d shards (%d rows)", list(need), len(shards), n_shards, n_rows)
-        map_shards(cfg, StatsActor, {"staged": str(staged), "stats": str(stats), "passes": list(need),
+        done = map_shards(cfg, StatsActor, {"staged": str(staged), "stats": str(stats), "passes": list(need),
                                      "base_model": base, "checkpoint": cfg.checkpoint,
                                      "chat_format": cfg.chat_format, "max_seq_length": cfg.max_seq_length,
                                      "batch_size": cfg.batch_size, "use_gpu": cfg.actor_num_gpus > 0}, shards)
-    return stats, n_shards
+        jobs.append({"passes": list(need), "shards": len(shards), "rows": sum(int(d["rows"]) for d in done),
+                     "actor_seconds": round(sum(float(d["seconds"]) for d in done), 2),
+                     "wall_seconds": round(time.time() - t0, 2)})
+    return Stats(stats, n_shards, jobs)
 
 
 def part_file(stats: Path, name: str, shard: int) -> Path | None:
@@ -189,13 +203,13 @@ def iter_stats(stats: Path, n_shards: int, passes: list[str]):
 
 # ---- the selectors -----------------------------------------------------------------------------
 
-def _write_folder(cfg: LossStatsConfig, selector: str, stats: Path, n_shards: int, passes: list[str],
+def _write_folder(cfg: LossStatsConfig, selector: str, st: Stats, passes: list[str],
                   score_fn, extra: dict[str, Any]) -> dict[str, Any]:
     from ..scoring.folder import ScoreFolderWriter
     out = Path(cfg.out)
     writer = ScoreFolderWriter(out, [ALL_TASK], pool=cfg.pool)
     skipped = []
-    for blk in iter_stats(stats, n_shards, passes):
+    for blk in iter_stats(st.folder, st.shards, passes):
         score = np.asarray(score_fn(blk), dtype=np.float64)
         bad = np.asarray([r is not None for r in blk["skipped"]])
         if not np.isfinite(score[~bad]).all():
@@ -205,7 +219,7 @@ def _write_folder(cfg: LossStatsConfig, selector: str, stats: Path, n_shards: in
         skipped += [{"id": blk["id"][i], "reason": blk["skipped"][i]} for i in np.flatnonzero(bad)]
         writer.write(ALL_TASK, blk["id"], blk["source"], score)
     (out / "skipped.jsonl").write_text("".join(json.dumps(s) + "\n" for s in skipped))
-    return writer.close({"selector": selector, "stats": str(stats), "passes": passes,
+    return writer.close({"selector": selector, "stats": str(st.folder), "passes": passes, "stats_jobs": st.jobs,
                          "skipped": {"count": len(skipped), "file": "skipped.jsonl", "score": UNSCORED},
                          "config_hash": config_hash(cfg), **extra})
 
@@ -221,27 +235,26 @@ def _on(cfg: LossStatsConfig, default: str) -> str:
 def run_el2n(cfg: LossStatsConfig) -> dict[str, Any]:
     on = _on(cfg, "checkpoint")
     p, col = ("ckpt", "el2n_ckpt") if on == "checkpoint" else ("base", "el2n_base")
-    stats, n = compute_stats(cfg, [p])
-    return _write_folder(cfg, "el2n", stats, n, [p], lambda b: b[col], {"on": on})
+    return _write_folder(cfg, "el2n", compute_stats(cfg, [p]), [p], lambda b: b[col], {"on": on})
 
 
 @register("grand", LossStatsConfig, "per-example LoRA gradient norm at the warmup checkpoint (GraNd); high first")
 def run_grand(cfg: LossStatsConfig) -> dict[str, Any]:
     if cfg.grand_store:
         return _grand_from_store(cfg)
-    stats, n = compute_stats(cfg, ["grad"])
-    return _write_folder(cfg, "grand", stats, n, ["grad"], lambda b: b["grand"], {"grand_source": "exact"})
+    return _write_folder(cfg, "grand", compute_stats(cfg, ["grad"]), ["grad"], lambda b: b["grand"],
+                         {"grand_source": "exact"})
 
 
 @register("perplexity", LossStatsConfig, "mean token loss under the base model; keep mid (default), low or high")
 def run_perplexity(cfg: LossStatsConfig) -> dict[str, Any]:
     on = _on(cfg, "base")
     p, col = ("base", "loss_base") if on == "base" else ("ckpt", "loss_ckpt")
-    stats, n = compute_stats(cfg, [p])
+    st = compute_stats(cfg, [p])
     extra: dict[str, Any] = {"on": on, "keep": cfg.perplexity_keep}
     if cfg.perplexity_keep == "mid":
         # one float per example: the only pool-sized array any loss selector holds
-        losses = np.concatenate([b[col] for b in iter_stats(stats, n, [p])])
+        losses = np.concatenate([b[col] for b in iter_stats(st.folder, st.shards, [p])])
         median = float(np.nanmedian(losses)) if np.isfinite(losses).any() else 0.0
         extra["median_loss"] = median
         fn = lambda b: -np.abs(b[col] - median)  # noqa: E731
@@ -251,13 +264,12 @@ def run_perplexity(cfg: LossStatsConfig) -> dict[str, Any]:
         fn = lambda b: b[col]  # noqa: E731
     else:
         raise ValueError(f"perplexity_keep must be mid, low or high, not {cfg.perplexity_keep!r}")
-    return _write_folder(cfg, "perplexity", stats, n, [p], fn, extra)
+    return _write_folder(cfg, "perplexity", st, [p], fn, extra)
 
 
 @register("learnability", LossStatsConfig, "loss under the base model minus loss under the warmup checkpoint (LoBaSS)")
 def run_learnability(cfg: LossStatsConfig) -> dict[str, Any]:
-    stats, n = compute_stats(cfg, ["base", "ckpt"])
-    return _write_folder(cfg, "learnability", stats, n, ["base", "ckpt"],
+    return _write_folder(cfg, "learnability", compute_stats(cfg, ["base", "ckpt"]), ["base", "ckpt"],
                          lambda b: b["loss_base"] - b["loss_ckpt"], {})
 
 
