@@ -17,7 +17,7 @@ from less_ray.testing.fake_checkpoint import make_lora_checkpoint
 @pytest.fixture(scope="module")
 def ray_local():
     import ray
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)  # never join another Ray on this machine
     yield
     ray.shutdown()
 

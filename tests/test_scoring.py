@@ -20,7 +20,7 @@ TASKS = {"alpha": ["x"] * 2 + ["y"] * 5 + ["z"] * 1, "beta": ["only"] * 3}
 @pytest.fixture(scope="module")
 def ray_local():
     import ray
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)  # never join another Ray on this machine
     yield
     ray.shutdown()
 
