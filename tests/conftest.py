@@ -37,3 +37,15 @@ def smollm2_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("smollm2")
     assert main(["model", "smollm2", str(out)]) == 0  # the user's path: less-ray model smollm2 DIR
     return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _ray_per_module():
+    """Stop whatever Ray a module started (stages call ensure_ray, which starts an embedded
+    one), so the next module's own `ray.init` starts fresh instead of failing as a re-init."""
+    yield
+    import sys
+    if "ray" in sys.modules:
+        import ray
+        if ray.is_initialized():
+            ray.shutdown()
