@@ -48,6 +48,9 @@ def parse_args(argv=None):
     p.add_argument("--extract-batch", type=int, default=32)
     p.add_argument("--shard-rows", type=int, default=64, help="extraction shard size (the unit each actor takes)")
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--micro-batch-size", type=int, default=None,
+                   help="per-device batch of the random/full trainings (default: batch-size / workers); "
+                        "the effective batch stays --batch-size")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="random-selection seeds")
     p.add_argument("--bbh-per-task", type=int, default=3)
     p.add_argument("--bbh-new-tokens", type=int, default=128)
@@ -134,6 +137,8 @@ def train_and_eval(args, name: str, data: str, out: Path, model_dir: Path, epoch
     from less_ray.train.config import OptimSettings, TrainConfig
     from less_ray.train.runner import run_train
     lora, scaling, optim, ds, ray = settings(args)
+    if args.micro_batch_size:
+        scaling.per_device_batch_size = args.micro_batch_size
     tcfg = TrainConfig(data=data, out=str(out / "train"), base_model=str(model_dir), seed=0,
                        chat_format=args.chat_format, max_seq_length=args.max_seq_length, lora=lora,
                        optim=OptimSettings(lr=args.lr, epochs=epochs), scaling=scaling, deepspeed=ds, ray=ray)
