@@ -134,14 +134,15 @@ def run_less(args, out: Path, paths: dict[str, str], model_dir: Path) -> dict:
 
 
 def train_and_eval(args, name: str, data: str, out: Path, model_dir: Path, epochs: int) -> dict:
-    from less_ray.train.config import OptimSettings, TrainConfig
+    from less_ray.train.config import TrainConfig
     from less_ray.train.runner import run_train
     lora, scaling, optim, ds, ray = settings(args)
+    optim.epochs = epochs  # the full pool may train for fewer epochs than the selections
     if args.micro_batch_size:
         scaling.per_device_batch_size = args.micro_batch_size
     tcfg = TrainConfig(data=data, out=str(out / "train"), base_model=str(model_dir), seed=0,
                        chat_format=args.chat_format, max_seq_length=args.max_seq_length, lora=lora,
-                       optim=OptimSettings(lr=args.lr, epochs=epochs), scaling=scaling, deepspeed=ds, ray=ray)
+                       optim=optim, scaling=scaling, deepspeed=ds, ray=ray)
     if not (out / "train" / "state.json").exists():
         t0 = time.time()
         run_train(tcfg)
