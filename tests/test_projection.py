@@ -4,8 +4,9 @@ import math
 import pytest
 import torch
 
-from less_ray.core.projection import (IdentityProjector, RademacherProjector, _sign_words_torch, sign_block,
-                                      sign_words)
+from less_ray.core.projection import (IdentityProjector, RademacherProjector, _group_keys_np, _row_keys_np,
+                                      _sign_words_torch, _words_np, sign_block, sign_words)
+from less_ray.core.sign_lookup import BAG_ROWS, STEP_ROWS, SignLookup
 
 M32 = 0xFFFFFFFF
 
@@ -88,6 +89,43 @@ def test_projection_independent_of_batch_and_block_size():
         for d in (96, 300):
             assert rel(pieces[d], whole[d]) <= 1e-6
             assert rel(one[d][0], whole[d][2]) <= 1e-6
+
+
+def test_lookup_patterns_are_the_matrix_bits():
+    # the lookup kernel's index: byte [bag, column j, chunk c], bit k = sign of row 512*bag + 8c + k
+    n_cols, seed, start = 200, 5, 3 * STEP_ROWS + 64  # columns not a multiple of 64
+    kernel = SignLookup(n_cols, 2, torch.float32)
+    words, scratch = kernel.words_for(2 * BAG_ROWS)
+    _words_np(_row_keys_np(seed, start, start + len(words)), _group_keys_np(2 * kernel.n_blocks), words, scratch)
+    patterns = torch.from_numpy(kernel._patterns(2).astype("int64"))[:, :n_cols]  # [bag, column, chunk]
+    bits = (patterns[..., None] >> torch.arange(8)) & 1  # [bag, column, chunk, k]
+    signs = sign_block(seed, start, start + 2 * BAG_ROWS, n_cols)  # [row, column]
+    expected = (signs > 0).long().reshape(2, BAG_ROWS // 8, 8, n_cols).permute(0, 3, 1, 2)
+    assert torch.equal(bits, expected)
+
+
+@pytest.mark.parametrize("kernel", ["lookup", "matmul"])
+def test_cpu_kernels_match_the_matrix(kernel):
+    # more rows than one generation step, row counts and offsets off every alignment (8, 64,
+    # 512, 4096), widths off 64, batch 1 and 5, accumulators of either layout
+    gen = torch.Generator().manual_seed(1)
+    dim_in, dims = STEP_ROWS + 1500, [70, 333]
+    x = torch.randn(5, dim_in, generator=gen, dtype=torch.float64)
+    p = RademacherProjector(dim_in, dims, seed=8, cpu_kernel=kernel)
+    ref = {d: x @ p.matrix(d).double() for d in dims}
+    whole = p.project(x.float())
+    cuts = [0, 3, 700, 701, 4096 + 13, dim_in]
+    plain = torch.zeros(5, p.width)  # a caller's own [batch, width] accumulator
+    for acc in (p.new_accumulator(5, "cpu"), plain):
+        for s, e in zip(cuts[:-1], cuts[1:]):
+            p.accumulate(acc, x[:, s:e].float(), s)
+        pieces = p.finish(acc)
+        for d in dims:
+            assert rel(whole[d], ref[d]) <= 1e-5 and rel(pieces[d], ref[d]) <= 1e-5  # fp32 sums
+    one = p.project(x[4:5].float())
+    assert rel(one[333][0], ref[333][4]) <= 1e-5
+    with pytest.raises(ValueError, match="cpu_kernel"):
+        RademacherProjector(10, 4, cpu_kernel="fft")
 
 
 def test_entries_and_balance():
