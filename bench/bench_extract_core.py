@@ -3,7 +3,8 @@
 LESS-style loop (less/data_selection/collect_grad_reps.py, gradient_type adam): one
 example at a time, `model(**batch).loss.backward()`, concatenate `p.grad` of the LoRA
 parameters, Adam transform on the full vector, `zero_grad`, and project every 16 examples
-(`project_interval`, LESS's own default) with the same RademacherProjector as ours. Ours:
+(`project_interval`, LESS's own default) with the same RademacherProjector as ours
+(`--cpu-kernel`: its lookup or matmul CPU kernel, for both). Ours:
 batches of similar length, one forward and one backward per batch; the per-example
 (adam) gradients of `--proj-batch` examples (several batches) are kept in one fp32
 buffer and projected in one pass (`features_grouped`), so each generation of the matrix
@@ -185,16 +186,18 @@ def child(args) -> dict:
            "mean_len": sum(len(e.input_ids) for e in examples) / len(examples),
            "max_len": max(len(e.input_ids) for e in examples)}
     if args.proj == "full":
-        feats, res["full_s"], res["full_cpu_s"] = timed(method(RademacherProjector(P, args.dims, seed=0)))
+        projector = RademacherProjector(P, args.dims, seed=0, cpu_kernel=args.cpu_kernel)
+        feats, res["full_s"], res["full_cpu_s"] = timed(method(projector))
     else:
         # agreement on a small real projection (ours: two batches of 4, one pass); the pass
         # time from a slice of rows, in CPU seconds (with one thread: the work done,
         # whatever else runs on the machine)
-        feats = method(RademacherProjector(P, 64, seed=0), batch_size=4, proj_batch=8)(examples[:8])
+        small = RademacherProjector(P, 64, seed=0, cpu_kernel=args.cpu_kernel)
+        feats = method(small, batch_size=4, proj_batch=8)(examples[:8])
         rows = min(P, args.sample_rows)
         n_pass = PROJECT_INTERVAL if args.method == "loop" else args.proj_batch
         x = torch.randn(n_pass, rows, device=args.device)
-        projector = RademacherProjector(rows, args.dims, seed=0)
+        projector = RademacherProjector(rows, args.dims, seed=0, cpu_kernel=args.cpu_kernel)
         projector.project(x[:, :4096])  # warm-up
         t = time.process_time() if not cuda else time.perf_counter()
         projector.project(x)
@@ -210,33 +213,39 @@ def child(args) -> dict:
     return res
 
 
-def generation_costs(threads: int) -> str:
-    """CPU ns per matrix entry: our sign tiles, and (for scale) TRAK's BasicProjector way,
-    the projector LESS falls back to off-GPU: bernoulli_ then *2-1 on a float block."""
-    import numpy as np
+def kernel_costs(threads: int, rows: int = 131072, width: int = 8192) -> list[str]:
+    """CPU ns per matrix entry of one projection pass, both CPU kernels side by side (the
+    float-tile matmul, the sign lookup), and for scale TRAK's BasicProjector generation, the
+    projector LESS falls back to off-GPU (bernoulli_ then *2-1 on a float block)."""
     import torch
 
-    from less_ray.core.projection import _CPU_TILE, _CpuSigns, _group_keys_np, _row_keys_np
+    from less_ray.core.projection import RademacherProjector
     torch.set_num_threads(threads)
-    (rows, width), cols = _CPU_TILE, 8192
-    signs, rk, gk = _CpuSigns(), _row_keys_np(0, 10 ** 6, 10 ** 6 + rows), _group_keys_np(cols // 32)
-    signs.tile(rk, gk[:width // 32], np.float32)  # warm, as in the projector: buffers reused
-    t = time.process_time()
-    for c in range(0, cols // 32, width // 32):
-        signs.tile(rk, gk[c:c + width // 32], np.float32)
-    ours = (time.process_time() - t) / (rows * cols) * 1e9
-    block, gen = torch.empty(rows * cols // 128, 128), torch.Generator().manual_seed(0)
+    lines = []
+    for batch in (PROJECT_INTERVAL, 64):
+        x, cost = torch.randn(batch, rows), {}
+        for kernel in ("matmul", "lookup"):
+            p = RademacherProjector(rows, width, seed=0, cpu_kernel=kernel)
+            p.project(x[:, :4096])  # warm: buffers
+            t = time.process_time()
+            p.project(x)
+            cost[kernel] = (time.process_time() - t) / (rows * width) * 1e9
+        lines.append(f"projection pass of {batch} examples, CPU ns per matrix entry ({rows:,} x {width}): "
+                     f"matmul kernel {cost['matmul']:.2f}, lookup kernel {cost['lookup']:.2f} "
+                     f"-> {cost['matmul'] / cost['lookup']:.2f}x")
+    block, gen = torch.empty(1 << 17, 128), torch.Generator().manual_seed(0)
     t = time.process_time()
     block.bernoulli_(0.5, generator=gen).mul_(2.0).sub_(1.0)
-    trak = (time.process_time() - t) / block.numel() * 1e9
-    return f"matrix generation, CPU ns per entry: ours {ours:.2f}, TRAK-style bernoulli_ {trak:.2f}"
+    lines.append(f"for scale, TRAK-style generation alone (bernoulli_): "
+                 f"{(time.process_time() - t) / block.numel() * 1e9:.2f} ns per entry")
+    return lines
 
 
 def run_child(model, method, cli, feats_out) -> dict:
     cmd = [sys.executable, __file__, "--child", "--model", model, "--method", method, "--n", str(cli.n),
            "--rank", str(cli.rank if model == "smol" else cli.tiny_rank), "--max-len", str(cli.max_len),
            "--batch-size", str(cli.batch_size), "--proj-batch", str(cli.proj_batch),
-           "--threads", str(cli.threads), "--device", cli.device,
+           "--threads", str(cli.threads), "--device", cli.device, "--cpu-kernel", cli.cpu_kernel,
            "--proj", cli.proj if model == "smol" else "full",
            "--sample-rows", str(cli.sample_rows), "--feats-out", feats_out, "--dims", *map(str, cli.dims)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -293,6 +302,8 @@ def main():
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: steadier timings on a shared CPU, where OpenMP threads thrash)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--cpu-kernel", choices=["lookup", "matmul"], default="lookup",
+                    help="the projector's CPU kernel, for both methods")
     ap.add_argument("--child", action="store_true")
     ap.add_argument("--model", default="tiny")
     ap.add_argument("--method", default="batched")
@@ -304,11 +315,10 @@ def main():
     import torch
     print(f"{args.device} ({os.cpu_count()} CPU cores, shared), {args.threads} torch thread(s), "
           f"torch {torch.__version__}; n={args.n}, batch {args.batch_size}, projection batch "
-          f"{args.proj_batch}, max_len {args.max_len}, d={args.dims}; the LESS loop projects every "
+          f"{args.proj_batch}, max_len {args.max_len}, d={args.dims}, CPU kernel {args.cpu_kernel}; "
+          f"the LESS loop projects every "
           f"{PROJECT_INTERVAL} (LESS's project_interval)")
     print(f"load average {open('/proc/loadavg').read().split()[:3]}")
-    if args.device == "cpu":
-        print(generation_costs(args.threads))
     for model in args.models:
         if model == "smol" and not (SMOL / "config.json").exists():
             print(f"\nsmol: skipped ({SMOL} not found)")
@@ -320,6 +330,8 @@ def main():
         diff = max(((fl[d0][i] - fb[d0][i]).norm() / fl[d0][i].norm()).item() for i in range(len(fl[d0])))
         detail = f"{diff:.1e}" + (f", first {len(fl[d0])} examples" if "pass_s" in res["batched"] else "")
         report(model, res, args, (d0, detail))
+    if args.device == "cpu":  # after the children: a child's peak RSS counts its parent's at the fork
+        print("\n" + "\n".join(kernel_costs(args.threads)))
 
 
 if __name__ == "__main__":
