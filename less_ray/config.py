@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 from pathlib import Path
 from typing import Any, TypeVar
@@ -54,7 +55,11 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: dict[st
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+    """Plain JSON types; a config's own fields before those it inherits (shared settings such
+    as the actor pool's), so a resolved config reads as its stage first."""
+    data = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+    order = [k for c in type(cfg).__mro__ for k in inspect.get_annotations(c) if k in data]
+    return {k: data[k] for k in dict.fromkeys(order + list(data))}
 
 
 def config_hash(cfg: Any) -> str:

@@ -25,6 +25,7 @@ from typing import Any, Callable
 from .config import config_hash, save_config
 from .eval.runner import EvalConfig, run_eval
 from .extract.job import ExtractConfig, run_extract
+from .ray_runtime import ActorPool, ensure_ray
 from .scoring.job import ScoreConfig, TaskSpec, run_score
 from .scoring.report import ReportConfig, run_report
 from .scoring.select import SelectConfig, run_select, selection_name
@@ -46,25 +47,18 @@ class WarmupOptions:
 
 
 @dataclass
-class ExtractOptions:
+class ExtractOptions(ActorPool):
     dim: int = 8192
     projection: str = "rademacher"
     seed: int = 0
     dtype: str = "float16"
     batch_size: int = 16
     shard_rows: int = 2048
-    min_actors: int = 1
-    max_actors: int = 2
-    actor_num_cpus: float = 1.0
-    actor_num_gpus: float = 0.0
 
 
 @dataclass
-class ScoreOptions:
+class ScoreOptions(ActorPool):
     block_rows: int = 65536
-    min_actors: int = 1
-    max_actors: int = 2
-    actor_num_cpus: float = 1.0
     top_p: float = 0.05
 
 
@@ -107,8 +101,8 @@ class PipelineConfig:
     ray: RaySettings = field(default_factory=RaySettings)
     # other selectors (less_ray.selectors) over the same pool: name -> options of its config; the
     # pipeline fills pool, targets, out (<out>/selectors/<name>), seed, top_p, Ray settings, the
-    # base model, the last warmup checkpoint and one shared embedding folder where the selector has
-    # such fields and leaves them unset
+    # base model, a warmup checkpoint (the first for el2n/grand, else the last) and one shared
+    # embedding folder where the selector has such fields and leaves them unset
     selectors: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -155,19 +149,27 @@ def extract_config(cfg: PipelineConfig, ckpt: str, data: str, out: Path, kind: s
     return ExtractConfig(data=data, checkpoint=ckpt, out=str(out), kind=kind, base_model=cfg.base_model,
                          dims=[e.dim], projection=e.projection, seed=e.seed, dtype=e.dtype,
                          chat_format=cfg.chat_format, max_seq_length=cfg.max_seq_length, batch_size=e.batch_size,
-                         shard_rows=e.shard_rows, min_actors=e.min_actors, max_actors=e.max_actors,
-                         actor_num_cpus=e.actor_num_cpus, actor_num_gpus=e.actor_num_gpus,
+                         shard_rows=e.shard_rows, **e.pool_settings(),
                          address=cfg.ray.address, num_cpus=cfg.ray.num_cpus)
 
 
-def selector_config(cfg: PipelineConfig, run: Run, name: str, checkpoint: str | None) -> Any:
-    """The typed config of extra selector `name`: its options, then what the pipeline knows."""
+def score_config(cfg: PipelineConfig, pool_stores: list[str], target_stores: dict[str, list[str]],
+                 out: Path) -> ScoreConfig:
+    return ScoreConfig(pool_stores=pool_stores, tasks=[TaskSpec(t, s) for t, s in target_stores.items()],
+                       out=str(out), block_rows=cfg.score.block_rows, **cfg.score.pool_settings(),
+                       address=cfg.ray.address, num_cpus=cfg.ray.num_cpus)
+
+
+def selector_config(cfg: PipelineConfig, run: Run, name: str, checkpoints: list[str]) -> Any:
+    """The typed config of extra selector `name`: its options, then what the pipeline knows
+    (`checkpoints`: the warmup's, in epoch order; the selector says whether it wants the first)."""
     import dataclasses
 
     from .config import config_from_dict
     from .selectors import SelectorConfig, get_selector
     sel = get_selector(name)
     fields = {f.name: f for f in dataclasses.fields(sel.config_cls)}
+    checkpoint = (checkpoints[0] if sel.warmup_checkpoint == "first" else checkpoints[-1]) if checkpoints else None
     known = {"pool": cfg.pool, "out": str(run.root / "selectors" / name), "seed": cfg.seed,
              "address": cfg.ray.address, "num_cpus": cfg.ray.num_cpus, "chat_format": cfg.chat_format,
              "max_seq_length": cfg.max_seq_length, "model": cfg.base_model, "base_model": cfg.base_model,
@@ -186,17 +188,16 @@ def run_selectors(cfg: PipelineConfig, run: Run) -> dict[str, Any]:
     from .selectors import run_selector
     from .train.checkpoint import read_warmup_manifest
     manifest = run.root / "warmup" / "warmup_manifest.json"
-    checkpoint = read_warmup_manifest(manifest.parent)["checkpoints"][-1]["path"] if manifest.exists() else None
+    checkpoints = [c["path"] for c in read_warmup_manifest(manifest.parent)["checkpoints"]] if manifest.exists() else []
     out = {}
     for name in cfg.selectors:
-        scfg = selector_config(cfg, run, name, checkpoint)
+        scfg = selector_config(cfg, run, name, checkpoints)
         out[name] = run.stage(f"selector/{name}", scfg, Path(scfg.out) / "score_summary.json",
                               lambda name=name, scfg=scfg: run_selector(name, scfg))
     return out
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
-    from .ray_runtime import ensure_ray
     from .train.checkpoint import read_warmup_manifest
     from .train.runner import run_train, run_warmup
 
@@ -232,10 +233,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
             (pool_stores if name == "pool" else target_stores[name]).append(str(store))
 
     scores_dir = run.root / "scores"
-    scfg = ScoreConfig(pool_stores=pool_stores, tasks=[TaskSpec(t, s) for t, s in target_stores.items()],
-                       out=str(scores_dir), block_rows=cfg.score.block_rows, min_actors=cfg.score.min_actors,
-                       max_actors=cfg.score.max_actors, actor_num_cpus=cfg.score.actor_num_cpus,
-                       address=cfg.ray.address, num_cpus=cfg.ray.num_cpus)
+    scfg = score_config(cfg, pool_stores, target_stores, scores_dir)
     if "score" in want:
         run.stage("score", scfg, scores_dir / "score_summary.json", lambda: run_score(scfg))
     sel = SelectConfig(scores=str(scores_dir), pool=cfg.pool, top_p=cfg.score.top_p)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass, fields
+from typing import Any
 
 log = logging.getLogger("less_ray")
 
@@ -22,3 +24,32 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
         ray.init(address="local", num_cpus=num_cpus, log_to_driver=True)
     log.info("ray: %s", ray.cluster_resources())
     return True
+
+
+@dataclass(kw_only=True)
+class ActorPool:
+    """A Ray Data stage's actor pool, autoscaling between min and max actors, and what each
+    actor reserves (fractional CPUs on CPU clusters, 1 GPU per actor on GPU clusters)."""
+    min_actors: int = 1
+    max_actors: int = 2
+    actor_num_cpus: float = 1.0
+    actor_num_gpus: float = 0.0
+
+    def pool_settings(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(ActorPool)}
+
+    def map_batches_args(self) -> dict[str, Any]:
+        """The `Dataset.map_batches` arguments that place a callable class on this pool."""
+        import ray
+        return {"compute": ray.data.ActorPoolStrategy(min_size=self.min_actors, max_size=self.max_actors),
+                "num_cpus": self.actor_num_cpus, "num_gpus": self.actor_num_gpus}
+
+
+@dataclass(kw_only=True)
+class RayStage(ActorPool):
+    """An actor pool and the Ray it runs on."""
+    address: str | None = None  # Ray cluster; default $RAY_ADDRESS, else an embedded Ray
+    num_cpus: int | None = None  # embedded Ray only
+
+    def join_ray(self) -> bool:
+        return ensure_ray(self.address, self.num_cpus)

@@ -37,6 +37,39 @@ def test_yaml_maps_onto_nested_dataclasses_and_replays(tmp_path):
     assert config_hash(Outer()) != config_hash(cfg)
 
 
+@pytest.mark.parametrize("stage", ["extract", "score", "selector", "dedup"])
+def test_ray_stages_share_flat_pool_settings(stage, tmp_path):
+    # every Ray Data stage reads the same actor-pool and Ray keys at its top level, places its
+    # actors with them, and writes its own options first in the resolved config
+    from less_ray.extract.job import ExtractConfig
+    from less_ray.scoring.job import ScoreConfig
+    from less_ray.selectors.base import SelectorConfig
+    from less_ray.selectors.minhash import DedupConfig
+    cls = {"extract": ExtractConfig, "score": ScoreConfig, "selector": SelectorConfig, "dedup": DedupConfig}[stage]
+    path = tmp_path / "c.yaml"
+    path.write_text("out: o\nmin_actors: 2\nmax_actors: 5\nactor_num_cpus: 0.5\nactor_num_gpus: 1\n"
+                    "address: auto\n", encoding="utf-8")
+    cfg = load_config(cls, path)
+    args = cfg.map_batches_args()
+    assert (args["num_cpus"], args["num_gpus"]) == (0.5, 1.0) and cfg.address == "auto"
+    assert (args["compute"].min_size, args["compute"].max_size) == (2, 5)
+    saved = save_config(cfg, tmp_path / "resolved.yaml")
+    keys = [ln.split(":")[0] for ln in saved.read_text().splitlines() if ln and not ln.startswith(("#", " ", "-"))]
+    assert keys.index("out") < keys.index("address") < keys.index("min_actors")
+    assert load_config(cls, saved) == cfg
+
+
+def test_pipeline_pool_options_reach_the_stages(tmp_path):
+    from less_ray.pipeline import PipelineConfig, extract_config, score_config
+    cfg = load_config(PipelineConfig, None, {"extract": {"max_actors": 7, "actor_num_gpus": 1},
+                                             "score": {"min_actors": 3, "actor_num_gpus": 0.5},
+                                             "ray": {"address": "auto"}})
+    e = extract_config(cfg, "ckpt", "data.jsonl", tmp_path, "adam")
+    assert (e.max_actors, e.actor_num_gpus, e.address) == (7, 1.0, "auto")
+    s = score_config(cfg, ["pool0"], {"bbh": ["t0"]}, tmp_path)
+    assert (s.min_actors, s.actor_num_gpus, s.address, s.tasks[0].name) == (3, 0.5, "auto", "bbh")
+
+
 @pytest.mark.parametrize("text, fragment", [
     ("nme: typo\n", "nme"),
     ("inner:\n  r: many\n", "inner.r"),

@@ -36,3 +36,15 @@ def test_stage_is_skipped_only_when_artifact_and_config_match(tmp_path):
     except RuntimeError:
         pass
     assert "t" not in Run(PipelineConfig(out=str(tmp_path / "run"))).ledger
+
+
+def test_selector_configs_get_the_warmup_checkpoint_they_want(tmp_path):
+    # EL2N and GraNd score early in training: the first epoch's checkpoint; the others the last;
+    # a checkpoint given in the selector's options wins
+    from less_ray.pipeline import selector_config
+    cfg = PipelineConfig(out=str(tmp_path / "run"), base_model="m", pool="pool.jsonl",
+                         selectors={"el2n": {}, "grand": {}, "learnability": {}, "perplexity": {"checkpoint": "mine"}})
+    run, ckpts = Run(cfg), ["ep1", "ep2", "ep3"]
+    got = {name: selector_config(cfg, run, name, ckpts).checkpoint for name in cfg.selectors}
+    assert got == {"el2n": "ep1", "grand": "ep1", "learnability": "ep3", "perplexity": "mine"}
+    assert selector_config(cfg, run, "el2n", []).checkpoint is None  # no warmup ran

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..config import config_hash, save_config
+from ..ray_runtime import RayStage
 from ..store import (Projection, StoreManifest, features_table, library_versions, remove_temp_files,
                      sha256_file, sha256_files, verified_shard, write_manifest, write_shard)
 
@@ -29,7 +30,7 @@ STAGED = "_input.parquet"
 
 
 @dataclass
-class ExtractConfig:
+class ExtractConfig(RayStage):
     data: str = ""  # records (schema JSONL/Parquet): the pool (kind adam) or targets (kind sgd)
     checkpoint: str = ""  # a warmup checkpoint folder (adapter + moments + state.json)
     out: str = ""  # one store per projection dim: <out>/dim<d>
@@ -49,14 +50,8 @@ class ExtractConfig:
     projection_batch: int | None = None
     projection_buffer_gb: float = 4.0
     shard_rows: int = 2048  # examples per shard (the unit of work and of resumption)
-    min_actors: int = 1
-    max_actors: int = 2
-    actor_num_cpus: float = 1.0
-    actor_num_gpus: float = 0.0  # 1 per actor on GPU clusters
     betas: tuple[float, float] | None = None  # default: the checkpoint's AdamW betas
     eps: float | None = None
-    address: str | None = None
-    num_cpus: int | None = None  # embedded Ray only
 
 
 def checkpoint_hash(ckpt: str | Path) -> str:
@@ -264,7 +259,6 @@ def finalize(cfg: ExtractConfig, n_shards: int, input_digest: str, dims: list[in
 def run_extract(cfg: ExtractConfig) -> dict[int, Path]:
     import ray
 
-    from ..ray_runtime import ensure_ray
     t0 = time.time()
     cfg = resolve(cfg)
     out = Path(cfg.out)
@@ -274,11 +268,10 @@ def run_extract(cfg: ExtractConfig) -> dict[int, Path]:
     log.info("extract %s: %d examples in %d shards, %d to do (%s, dims %s)", cfg.kind, n_rows, n_shards,
              len(todo), Path(cfg.checkpoint).name, dims)
     if todo:
-        ensure_ray(cfg.address, cfg.num_cpus)
+        cfg.join_ray()
         ds = ray.data.from_items([{"shard": i} for i in todo], override_num_blocks=len(todo))
         ds = ds.map_batches(ShardExtractor, batch_size=1, fn_constructor_kwargs={"cfg": cfg},
-                            compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors),
-                            num_cpus=cfg.actor_num_cpus, num_gpus=cfg.actor_num_gpus)
+                            **cfg.map_batches_args())
         done = ds.take_all()
         log.info("extract: %d shards, %d examples, %d skipped by the truncation policy in %.1fs",
                  len(done), sum(int(d["rows"]) for d in done), sum(int(d["skipped"]) for d in done), time.time() - t0)

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..config import save_config
 from ..core.influence import TaskQuery, normalize_weights, reduce_max, stack_queries
+from ..ray_runtime import RayStage
 from ..store import read_manifest, read_store
 from ..store_raw import FeaturePages
 from .stores import CheckpointStores, StoreMismatch, match_stores, shard_files
@@ -39,18 +40,12 @@ class TaskSpec:
 
 
 @dataclass
-class ScoreConfig:
+class ScoreConfig(RayStage):
     pool_stores: list[str] = field(default_factory=list)  # adam stores of the pool, one per checkpoint
     tasks: list[TaskSpec] = field(default_factory=list)
     out: str = ""
     weights: list[float] | None = None  # per pool store; default: the checkpoints' avg_lr; normalised to sum 1
     block_rows: int = 65536
-    min_actors: int = 1
-    max_actors: int = 2
-    actor_num_cpus: float = 1.0
-    actor_num_gpus: float = 0.0
-    address: str | None = None  # Ray cluster; default $RAY_ADDRESS, else an embedded Ray
-    num_cpus: int | None = None  # embedded Ray only
 
 
 def _id_hash(ids) -> np.ndarray:
@@ -221,7 +216,6 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
     import pyarrow.parquet as pq
     import ray
 
-    from ..ray_runtime import ensure_ray
     t0 = time.time()
     if not cfg.out:
         raise ValueError("score: 'out' is required")
@@ -240,7 +234,7 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
     seconds = {"prepare": time.time() - t0}
 
     t = time.time()
-    ensure_ray(cfg.address, cfg.num_cpus)
+    cfg.join_ray()
     seconds["ray_start"] = time.time() - t
     t = time.time()
     ds = ray.data.from_items([{"shard": i} for i in range(n_shards)], override_num_blocks=max(1, n_shards))
@@ -250,8 +244,7 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
                                                "parts_dir": str(parts), "block_rows": cfg.block_rows,
                                                "use_gpu": cfg.actor_num_gpus > 0,
                                                "threads": max(1, int(cfg.actor_num_cpus))},
-                        compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors),
-                        num_cpus=cfg.actor_num_cpus, num_gpus=cfg.actor_num_gpus)
+                        **cfg.map_batches_args())
     done = ds.take_all()
     if sorted(int(d["shard"]) for d in done) != list(range(n_shards)):
         raise RuntimeError(f"score: shards missing from the result: {sorted(int(d['shard']) for d in done)}")

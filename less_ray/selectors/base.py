@@ -31,25 +31,20 @@ from typing import Any, Callable
 import numpy as np
 
 from ..config import load_config, save_config
+from ..ray_runtime import RayStage
 
 log = logging.getLogger("less_ray")
 ALL_TASK = "all"  # the one task of a task-agnostic selector
 
 
 @dataclass
-class SelectorConfig:
+class SelectorConfig(RayStage):
     pool: str = ""  # candidate pool (schema JSONL/Parquet)
     targets: dict[str, str] = field(default_factory=dict)  # task -> target examples file (targeted selectors)
     out: str = ""  # the score folder
     seed: int = 0
     top_p: float | None = 0.05  # select this fraction after scoring (None: score only)
     shard_rows: int = 2048  # examples per Ray Data work unit
-    min_actors: int = 1
-    max_actors: int = 2
-    actor_num_cpus: float = 1.0
-    actor_num_gpus: float = 0.0
-    address: str | None = None  # Ray cluster; default $RAY_ADDRESS, else an embedded Ray
-    num_cpus: int | None = None  # embedded Ray only
 
 
 @dataclass(frozen=True)
@@ -59,15 +54,19 @@ class Selector:
     run: Callable[[Any], dict[str, Any]]
     help: str
     targeted: bool  # needs cfg.targets
+    warmup_checkpoint: str  # the pipeline's default for a `checkpoint` field: "first" or "last" epoch
 
 
 REGISTRY: dict[str, Selector] = {}
 
 
-def register(name: str, config_cls: type, help: str, targeted: bool = False):
+def register(name: str, config_cls: type, help: str, targeted: bool = False, warmup_checkpoint: str = "last"):
     """Decorator for a selector's `run(cfg) -> summary`."""
+    if warmup_checkpoint not in ("first", "last"):
+        raise ValueError(f"warmup_checkpoint must be first or last, not {warmup_checkpoint!r}")
+
     def deco(fn):
-        REGISTRY[name] = Selector(name, config_cls, fn, help, targeted)
+        REGISTRY[name] = Selector(name, config_cls, fn, help, targeted, warmup_checkpoint)
         return fn
     return deco
 
@@ -153,18 +152,16 @@ class ShardActor:
         return {k: np.array([d[k] for d in done]) for k in done[0]}
 
 
-def map_shards(cfg: SelectorConfig, actor_cls: type, ctor_kwargs: dict[str, Any], shards: list[int]) -> list[dict]:
+def map_shards(cfg: RayStage, actor_cls: type, ctor_kwargs: dict[str, Any], shards: list[int]) -> list[dict]:
     """Run `actor_cls` over `shards` on an autoscaling Ray Data actor pool; the per-shard results."""
     import ray
 
-    from ..ray_runtime import ensure_ray
     if not shards:
         return []
-    ensure_ray(cfg.address, cfg.num_cpus)
+    cfg.join_ray()
     ds = ray.data.from_items([{"shard": i} for i in shards], override_num_blocks=len(shards))
     ds = ds.map_batches(actor_cls, batch_size=1, fn_constructor_kwargs=ctor_kwargs,
-                        compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors),
-                        num_cpus=cfg.actor_num_cpus, num_gpus=cfg.actor_num_gpus)
+                        **cfg.map_batches_args())
     done = ds.take_all()
     if sorted(int(d["shard"]) for d in done) != sorted(shards):
         raise RuntimeError(f"shards missing from the result: {sorted(int(d['shard']) for d in done)}")

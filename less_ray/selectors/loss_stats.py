@@ -231,14 +231,18 @@ def _on(cfg: LossStatsConfig, default: str) -> str:
     return on
 
 
-@register("el2n", LossStatsConfig, "mean token EL2N (‖softmax − onehot‖₂) under the warmup checkpoint; high first")
+# EL2N and GraNd score examples early in training ("Deep learning on a data diet"): in a
+# pipeline they default to the first warmup checkpoint
+@register("el2n", LossStatsConfig, "mean token EL2N (‖softmax − onehot‖₂) under an early warmup checkpoint; "
+          "high first", warmup_checkpoint="first")
 def run_el2n(cfg: LossStatsConfig) -> dict[str, Any]:
     on = _on(cfg, "checkpoint")
     p, col = ("ckpt", "el2n_ckpt") if on == "checkpoint" else ("base", "el2n_base")
     return _write_folder(cfg, "el2n", compute_stats(cfg, [p]), [p], lambda b: b[col], {"on": on})
 
 
-@register("grand", LossStatsConfig, "per-example LoRA gradient norm at the warmup checkpoint (GraNd); high first")
+@register("grand", LossStatsConfig, "per-example LoRA gradient norm at an early warmup checkpoint (GraNd); "
+          "high first", warmup_checkpoint="first")
 def run_grand(cfg: LossStatsConfig) -> dict[str, Any]:
     if cfg.grand_store:
         return _grand_from_store(cfg)

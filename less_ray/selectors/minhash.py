@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..config import save_config
+from ..ray_runtime import RayStage
 from .base import ShardActor, map_shards, stage_records
 
 log = logging.getLogger("less_ray")
@@ -38,7 +39,7 @@ SCHEME = "affine32"
 
 
 @dataclass
-class DedupConfig:
+class DedupConfig(RayStage):
     pool: str = ""  # records (schema JSONL/Parquet)
     out: str = ""  # the filtered pool (.jsonl or .parquet)
     threshold: float = 0.8  # estimated Jaccard of shingle sets at or above which a record is a duplicate
@@ -48,12 +49,6 @@ class DedupConfig:
     recall_weight: float = 0.95  # LSH band/row choice: weight of missed pairs vs false candidates
     work_dir: str | None = None  # staged pool + signatures; default <out>.dedup_work
     shard_rows: int = 4096
-    min_actors: int = 1
-    max_actors: int = 2
-    actor_num_cpus: float = 1.0
-    actor_num_gpus: float = 0.0
-    address: str | None = None
-    num_cpus: int | None = None
 
 
 def conversation_text(messages: Sequence[dict]) -> str:
