@@ -21,7 +21,10 @@ Each (model, method) runs in its own process so that peak RSS (getrusage) is its
 
     python bench/bench_extract_core.py                   # tiny model, then SmolLM2 if /tmp/smol_model
     python bench/bench_extract_core.py --models tiny --n 64 --threads 2
-    python bench/bench_extract_core.py --device cuda --proj full --threads 8
+    python bench/bench_extract_core.py --device cuda --models smol_arch --proj full --n 256 --proj-batch 256
+      (SmolLM2-135M's shapes with random weights: the GPU machine cannot take the weights;
+       on GPU the model runs in bf16, as LESS's, and FLOPs are counted against a measured
+       bf16 matmul peak)
 """
 from __future__ import annotations
 
@@ -41,6 +44,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SMOL = Path("/tmp/smol_model")
+# SmolLM2-135M's architecture (its config.json): "smol_arch" builds it with random weights, so a
+# machine without the weights (the GPU machine takes 64 MiB) times the same FLOPs
+SMOL_ARCH = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                 num_key_value_heads=3, head_dim=64, vocab_size=49152, max_position_embeddings=8192,
+                 rms_norm_eps=1e-5, tie_word_embeddings=True, rope_theta=100000.0)
 PROJECT_INTERVAL = 16  # LESS's default
 BETAS, EPS = (0.9, 0.999), 1e-8
 
@@ -60,19 +68,24 @@ def make_examples(tokenizer, n: int, max_len: int, seed: int = 0):
     return out
 
 
-def build_model(name: str, rank: int, workdir: Path, device: str):
+def build_model(name: str, rank: int, workdir: Path, device: str, dtype: str = "float32"):
     """PeftModel (eval) with random lora_B and random Adam moments: (model, tokenizer, moments)."""
     import torch
     from peft import LoraConfig, get_peft_model
 
     from less_ray.core.grads import Moments
+    from less_ray.demo import build_demo_model
     from less_ray.models import load_model_and_tokenizer
     if name == "tiny":
-        from less_ray.demo import build_demo_model
         path = build_demo_model(workdir / "tiny", n_pool=400)
+    elif name == "smol_arch":  # SmolLM2-135M's shapes, random weights, the demo tokenizer
+        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+        path = workdir / "smol_arch"
+        LlamaForCausalLM(LlamaConfig(**SMOL_ARCH)).save_pretrained(path)
+        AutoTokenizer.from_pretrained(build_demo_model(workdir / "tiny", n_pool=400)).save_pretrained(path)
     else:
         path = SMOL
-    base, tok = load_model_and_tokenizer(path)
+    base, tok = load_model_and_tokenizer(path, dtype=dtype)
     model = get_peft_model(base, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.1,
                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
     gen = torch.Generator().manual_seed(0)
@@ -160,7 +173,7 @@ def child(args) -> dict:
     torch.set_num_threads(args.threads)
     cuda = args.device.startswith("cuda")
     with tempfile.TemporaryDirectory() as tmp:
-        model, tok, moments = build_model(args.model, args.rank, Path(tmp), args.device)
+        model, tok, moments = build_model(args.model, args.rank, Path(tmp), args.device, args.dtype)
     examples = make_examples(tok, args.n, args.max_len)
     P = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -205,12 +218,57 @@ def child(args) -> dict:
             torch.cuda.synchronize()
         res["pass_s"] = ((time.process_time() if not cuda else time.perf_counter()) - t) * P / rows
         res["pass_examples"] = n_pass
+    if args.flops and args.method == "batched":
+        with flop_counter() as counter:  # matmuls and attention of the gradient pass
+            method(NoProjection(P))(examples)
+        res["grad_flops"] = counter.total
+        res["proj_flops"] = 2 * P * max(args.dims) * len(examples)  # the projection as a dense matmul
+        res["matmul_peak_flops"] = matmul_peak(args.device, getattr(torch, args.dtype))
     res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     res["rss_after_load_mib"] = rss_loaded
     if cuda:
         res["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
     torch.save({d: f.cpu() for d, f in feats.items()}, args.feats_out)
     return res
+
+
+def flop_counter():
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
+
+    class FlopCountMode(TorchDispatchMode):
+        """FLOPs of every op torch's flop_registry knows (matmuls, attention), summed.
+        (FlopCounterMode itself tracks modules with backward hooks that autograd.grad on a
+        leaf, as the gradient computer does, does not support.)"""
+
+        def __init__(self):
+            super().__init__()
+            self.total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            count = flop_registry.get(func._overloadpacket)
+            if count is not None:
+                self.total += count(*args, **kwargs, out_val=out)
+            return out
+
+    return FlopCountMode()
+
+
+def matmul_peak(device: str, dtype, n: int | None = None, reps: int = 10) -> float:
+    """Measured FLOP/s of a square matmul in `dtype` on `device` (the peak to compare against)."""
+    import torch
+    n = n or (8192 if device.startswith("cuda") else 1024)
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    a @ b
+    sync()
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync()
+    return 2 * n ** 3 * reps / (time.perf_counter() - t)
 
 
 def kernel_costs(threads: int, rows: int = 131072, width: int = 8192) -> list[str]:
@@ -243,10 +301,11 @@ def kernel_costs(threads: int, rows: int = 131072, width: int = 8192) -> list[st
 
 def run_child(model, method, cli, feats_out) -> dict:
     cmd = [sys.executable, __file__, "--child", "--model", model, "--method", method, "--n", str(cli.n),
-           "--rank", str(cli.rank if model == "smol" else cli.tiny_rank), "--max-len", str(cli.max_len),
+           "--rank", str(cli.tiny_rank if model == "tiny" else cli.rank), "--max-len", str(cli.max_len),
+           "--dtype", cli.dtype, *(["--flops"] if cli.flops else []),
            "--batch-size", str(cli.batch_size), "--proj-batch", str(cli.proj_batch),
            "--threads", str(cli.threads), "--device", cli.device, "--cpu-kernel", cli.cpu_kernel,
-           "--proj", cli.proj if model == "smol" else "full",
+           "--proj", "full" if model == "tiny" else cli.proj,
            "--sample-rows", str(cli.sample_rows), "--feats-out", feats_out, "--dims", *map(str, cli.dims)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -254,7 +313,7 @@ def run_child(model, method, cli, feats_out) -> dict:
 
 def report(model, res, args, agree) -> None:
     lo, ba = res["loop"], res["batched"]
-    rank = args.rank if model == "smol" else args.tiny_rank
+    rank = args.tiny_rank if model == "tiny" else args.rank
     print(f"\n== {model}: LoRA r={rank} q/k/v/o, P={ba['P']:,}, {ba['n']} examples, "
           f"mean length {ba['mean_len']:.0f} (max {ba['max_len']}) ==")
 
@@ -284,11 +343,19 @@ def report(model, res, args, agree) -> None:
         print(f"peak RSS {m:8s} {x['peak_rss_mib']:.0f} MiB (after load {x['rss_after_load_mib']:.0f}){gpu}")
     d0, detail = agree
     print(f"max relative difference of the two methods' features: {detail} (d={d0})")
+    if "grad_flops" in ba:
+        per_ex = (ba["grad_flops"] + ba["proj_flops"]) / ba["n"]
+        secs = ba["full_s"] if "full_s" in ba else ba["grad_cpu_s"] + ba["pass_s"] / ba["pass_examples"] * ba["n"]
+        rate, peak = per_ex * ba["n"] / secs, ba["matmul_peak_flops"]
+        print(f"FLOPs per example: {ba['grad_flops'] / ba['n'] / 1e9:.1f} G gradient pass (counted with torch's "
+              f"flop_registry) + {ba['proj_flops'] / ba['n'] / 1e9:.1f} G projection (as a dense matmul); ours "
+              f"achieved {rate / 1e12:.3f} TFLOP/s = {100 * rate / peak:.1f}% of the measured {args.dtype} matmul "
+              f"peak {peak / 1e12:.3f} TFLOP/s")
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--models", nargs="+", default=["tiny", "smol"])
+    ap.add_argument("--models", nargs="+", default=["tiny", "smol"], choices=["tiny", "smol", "smol_arch"])
     ap.add_argument("--n", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--proj-batch", type=int, default=64,
@@ -302,6 +369,8 @@ def main():
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: steadier timings on a shared CPU, where OpenMP threads thrash)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default=None, help="model dtype (default: bfloat16 on GPU, as LESS; float32 on CPU)")
+    ap.add_argument("--flops", action="store_true", help="count FLOPs, measure the matmul peak (default on GPU)")
     ap.add_argument("--cpu-kernel", choices=["lookup", "matmul"], default="lookup",
                     help="the projector's CPU kernel, for both methods")
     ap.add_argument("--child", action="store_true")
@@ -309,6 +378,8 @@ def main():
     ap.add_argument("--method", default="batched")
     ap.add_argument("--feats-out", default="")
     args = ap.parse_args()
+    args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    args.flops = args.flops or args.device.startswith("cuda")
     if args.child:
         print(json.dumps(child(args)))
         return
@@ -320,7 +391,7 @@ def main():
           f"{PROJECT_INTERVAL} (LESS's project_interval)")
     print(f"load average {open('/proc/loadavg').read().split()[:3]}")
     for model in args.models:
-        if model == "smol" and not (SMOL / "config.json").exists():
+        if model == "smol" and not (SMOL / "config.json").exists():  # smol_arch needs no weights
             print(f"\nsmol: skipped ({SMOL} not found)")
             continue
         with tempfile.TemporaryDirectory() as tmp:
