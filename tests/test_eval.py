@@ -9,16 +9,6 @@ from less_ray.eval.prompts import EvalItem, bbh_items, mmlu_items, tydiqa_items
 from less_ray.eval.runner import EvalConfig, choose, generate, load_for_eval, render, run_eval
 
 
-@pytest.fixture(scope="module")
-def root():
-    from conftest import need
-    from less_ray.data.sources import default_data_root
-    try:
-        return default_data_root()
-    except FileNotFoundError as e:
-        need(False, str(e))
-
-
 def test_metrics():
     assert bbh_extract("Let's think.\nA is 3. So the answer is (B).\nmore") == "(B)"
     assert bbh_extract("x So the answer is valid.") == "valid"

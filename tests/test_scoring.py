@@ -9,7 +9,7 @@ from less_ray.data.io import write_jsonl
 from less_ray.data.schema import make_record
 from less_ray.scoring.job import ScoreConfig, TaskSpec, run_score
 from less_ray.scoring.select import SelectConfig, run_select
-from less_ray.scoring.stores import StoreMismatch
+from less_ray.scoring.stores import StoreMismatch, match_stores
 from less_ray.testing.synthetic_store import write_store
 
 LRS = [2e-5, 1.2e-5, 4e-6]
@@ -144,6 +144,21 @@ def test_mismatched_stores_are_refused(world, tmp_path, change, message):
     cfg.pool_stores = cfg.pool_stores[:2] + [str(bad)]
     with pytest.raises(StoreMismatch, match=message):
         run_score(cfg)
+
+
+def test_store_kinds_and_repeated_checkpoints_are_refused(world, tmp_path):
+    pools, targets = world["pool_stores"], world["target_stores"]
+    task = next(iter(TASKS))
+    assert len(match_stores(pools, targets)) == len(LRS)
+    with pytest.raises(StoreMismatch, match="pool store has kind 'sgd'"):
+        match_stores([targets[task][0]] + pools[1:], targets)
+    with pytest.raises(StoreMismatch, match=f"target store of {task} has kind 'adam'"):
+        match_stores(pools, {**targets, task: [pools[0]] + targets[task][1:]})
+    rng = np.random.default_rng(1)  # a second pool store of checkpoint c0 (another folder)
+    again = write_store(tmp_path / "again", world["ids"], _unit(rng, N, D), kind="adam", checkpoint="c0",
+                        shard_rows=250)
+    with pytest.raises(StoreMismatch, match=r"\(pool store\) come from the same checkpoint"):
+        match_stores(pools + [str(again)], targets)
 
 
 def test_wrong_dim_checkpoint_and_duplicates_are_refused(ray_local, world, tmp_path):

@@ -4,27 +4,12 @@ from __future__ import annotations
 import collections
 import gzip
 import json
-import os
 import re
 
 import pytest
 
 from less_ray.data import sources as S
 from less_ray.data.schema import DataFileError, record_from_dict
-
-
-def data_root_or_skip():
-    try:
-        return S.default_data_root()
-    except FileNotFoundError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set but the real data is missing: {e}")
-        pytest.skip(f"real data not available: {e}")
-
-
-@pytest.fixture(scope="module")
-def root():
-    return data_root_or_skip()
 
 
 @pytest.fixture(scope="module")

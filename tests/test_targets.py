@@ -2,27 +2,11 @@
 from __future__ import annotations
 
 import csv
-import os
 
 import pytest
 
 from less_ray.data import targets as T
 from less_ray.data.schema import DataFileError, record_from_dict
-from less_ray.data.sources import default_data_root
-
-
-def data_root_or_skip():
-    try:
-        return default_data_root()
-    except FileNotFoundError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set but the real data is missing: {e}")
-        pytest.skip(f"real data not available: {e}")
-
-
-@pytest.fixture(scope="module")
-def root():
-    return data_root_or_skip()
 
 
 @pytest.fixture(scope="module")

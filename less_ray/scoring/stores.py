@@ -34,6 +34,17 @@ def _check_pair(a: StoreManifest, b: StoreManifest, pa: str, pb: str) -> None:
     _same("normalisation", a, b, pa, pb, lambda m: m.normalized)
 
 
+def _admit(path: str, m: StoreManifest, kind: str, role: str, first: StoreManifest, first_path: str,
+           seen: dict[str, str]) -> None:
+    """One more store of `role` (kind `kind`) beside `first`; `seen`: checkpoint hash -> store of this role."""
+    if m.kind != kind:
+        raise StoreMismatch(f"{path}: {role} has kind {m.kind!r}; LESS uses {kind} features there")
+    _check_pair(first, m, first_path, path)
+    if m.checkpoint_hash in seen:
+        raise StoreMismatch(f"{path} and {seen[m.checkpoint_hash]} ({role}) come from the same checkpoint")
+    seen[m.checkpoint_hash] = path
+
+
 def match_stores(pool_stores: list[str], task_stores: dict[str, list[str]]) -> list[CheckpointStores]:
     """Pair each pool store (one per checkpoint, kind adam) with each task's target store of the
     same checkpoint (kind sgd, matched by checkpoint content hash). Everything must agree on
@@ -44,12 +55,7 @@ def match_stores(pool_stores: list[str], task_stores: dict[str, list[str]]) -> l
     first_path, first = next(iter(pools.items()))
     seen_ckpt: dict[str, str] = {}
     for path, m in pools.items():
-        if m.kind != "adam":
-            raise StoreMismatch(f"{path}: pool store has kind {m.kind!r}; LESS scores pool examples by their adam features")
-        _check_pair(first, m, first_path, path)
-        if m.checkpoint_hash in seen_ckpt:
-            raise StoreMismatch(f"{path} and {seen_ckpt[m.checkpoint_hash]} come from the same checkpoint")
-        seen_ckpt[m.checkpoint_hash] = path
+        _admit(path, m, "adam", "pool store", first, first_path, seen_ckpt)
         layout = [(s["rows"]) for s in m.shards]
         if layout != [s["rows"] for s in first.shards] or m.count != first.count:
             raise StoreMismatch(f"{path} has a different shard layout from {first_path} "
@@ -59,13 +65,7 @@ def match_stores(pool_stores: list[str], task_stores: dict[str, list[str]]) -> l
     for task, paths in task_stores.items():
         by_ckpt: dict[str, str] = {}
         for path in paths:
-            m = read_manifest(path)
-            if m.kind != "sgd":
-                raise StoreMismatch(f"{path}: target store for {task} has kind {m.kind!r}; LESS uses sgd features for targets")
-            _check_pair(first, m, first_path, path)
-            if m.checkpoint_hash in by_ckpt:
-                raise StoreMismatch(f"{path} and {by_ckpt[m.checkpoint_hash]} ({task}) come from the same checkpoint")
-            by_ckpt[m.checkpoint_hash] = path
+            _admit(path, read_manifest(path), "sgd", f"target store of {task}", first, first_path, by_ckpt)
         for ck in out:
             if ck.checkpoint_hash not in by_ckpt:
                 raise StoreMismatch(f"task {task}: no target store for the checkpoint of pool store {ck.pool} "

@@ -9,7 +9,7 @@ optimizer step follows the average of those means over accumulation steps and wo
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal, Optional
 
 
@@ -59,33 +59,39 @@ class RaySettings:
     controller_failure_limit: int = -1  # Ray's default; tests set 0 so misconfigurations fail fast
 
 
+@dataclass(kw_only=True)
+class TrainingSettings:
+    """How a model is trained: what warmup and target training (and the pipeline's options
+    for them) share."""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    optim: OptimSettings = field(default_factory=OptimSettings)
+    scaling: ScalingSettings = field(default_factory=ScalingSettings)
+    deepspeed: DeepSpeedSettings = field(default_factory=DeepSpeedSettings)
+
+    def training_settings(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(TrainingSettings)}
+
+
+@dataclass(kw_only=True)
+class TrainingJob(TrainingSettings):
+    """A training run on Ray: the settings, the examples' formatting, seeds and the Ray to use."""
+    seed: int = 0  # LoRA init, epoch shuffles, dropout
+    chat_format: Literal["tulu", "template"] = "tulu"
+    max_seq_length: int = 2048
+    ray: RaySettings = field(default_factory=RaySettings)
+
+
 @dataclass
-class WarmupConfig:
+class WarmupConfig(TrainingJob):
     pool: str  # the candidate pool (schema JSONL/Parquet)
     out: str
     base_model: str  # local HF folder or hub name
     percentage: float = 0.05
     data_seed: int = 3  # seeds the warmup draw (LESS advertises DATA_SEED=3 but never uses it for this)
-    seed: int = 0  # LoRA init, epoch shuffles, dropout
-    chat_format: Literal["tulu", "template"] = "tulu"
-    max_seq_length: int = 2048
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    optim: OptimSettings = field(default_factory=OptimSettings)
-    scaling: ScalingSettings = field(default_factory=ScalingSettings)
-    deepspeed: DeepSpeedSettings = field(default_factory=DeepSpeedSettings)
-    ray: RaySettings = field(default_factory=RaySettings)
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(TrainingJob):
     data: str  # the selection (schema JSONL/Parquet); every record is trained on
     out: str
     base_model: str  # may differ from the warmup model (LESS-T)
-    seed: int = 0
-    chat_format: Literal["tulu", "template"] = "tulu"
-    max_seq_length: int = 2048
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    optim: OptimSettings = field(default_factory=OptimSettings)
-    scaling: ScalingSettings = field(default_factory=ScalingSettings)
-    deepspeed: DeepSpeedSettings = field(default_factory=DeepSpeedSettings)
-    ray: RaySettings = field(default_factory=RaySettings)
