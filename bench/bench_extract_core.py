@@ -24,7 +24,8 @@ Each (model, method) runs in its own process so that peak RSS (getrusage) is its
     python bench/bench_extract_core.py --device cuda --models smol_arch --proj full --n 256 --proj-batch 256
       (SmolLM2-135M's shapes with random weights: the GPU machine cannot take the weights;
        on GPU the model runs in bf16, as LESS's, and FLOPs are counted against a measured
-       bf16 matmul peak)
+       bf16 matmul peak. Needs torch, transformers, peft, numpy and pyyaml only: no Ray,
+       DeepSpeed or dacite, so it runs on the lent GPU machine's image as it is.)
 """
 from __future__ import annotations
 

@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 from typing import Any, TypeVar
 
-import dacite
 import yaml
 
 T = TypeVar("T")
@@ -25,6 +24,7 @@ class ConfigError(ValueError):
 
 
 def config_from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
+    import dacite  # here, not at import: the pure-torch core and the benches run where it is not installed
     try:
         return dacite.from_dict(cls, data, config=dacite.Config(strict=True, cast=[tuple]))
     except (dacite.DaciteError, TypeError, ValueError) as e:
