@@ -299,7 +299,8 @@ class RademacherProjector(_ProjectorBase):
             acc += acc_t.T
 
     def finish(self, acc: torch.Tensor) -> dict[int, torch.Tensor]:
-        return {d: acc[:, :d] / math.sqrt(d) for d in self.dims}
+        # row-major whatever the accumulator's layout (the lookup kernel's is column-major)
+        return {d: (acc[:, :d] / math.sqrt(d)).contiguous() for d in self.dims}
 
     def matrix(self, dim: int, row_start: int = 0, row_stop: int | None = None,
                device="cpu") -> torch.Tensor:
