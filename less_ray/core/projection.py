@@ -222,7 +222,8 @@ class RademacherProjector(_ProjectorBase):
     """x -> x @ R[:, :d] for each d in `dims`, R[i, j] = +-1/sqrt(d) from (seed, i, j).
 
     cpu_kernel: how float32 CPU inputs are multiplied: "lookup" (sign_lookup.py: the signs'
-    bits index tables of partial sums, 1.5-2x faster on a pass of 16-64 examples) or "matmul" (float sign tiles times x).
+    bits index tables of partial sums; 1.5-2x faster on passes of 16-64 examples) or
+    "matmul" (float sign tiles times x).
     block_rows: rows generated per step of the matmul kernels (None: by device). Neither
     changes results beyond float summation order.
     """
