@@ -48,6 +48,7 @@ class ExtractOptions(ActorPool):
     seed: int = 0
     dtype: str = "float16"
     batch_size: int = 16
+    batch_tokens: int | None = None
     shard_rows: int = 2048
 
 
@@ -139,6 +140,7 @@ def extract_config(cfg: PipelineConfig, ckpt: str, data: str, out: Path, kind: s
     return ExtractConfig(data=data, checkpoint=ckpt, out=str(out), kind=kind, base_model=cfg.base_model,
                          dims=[e.dim], projection=e.projection, seed=e.seed, dtype=e.dtype,
                          chat_format=cfg.chat_format, max_seq_length=cfg.max_seq_length, batch_size=e.batch_size,
+                         batch_tokens=e.batch_tokens,
                          shard_rows=e.shard_rows, **e.pool_settings(),
                          address=cfg.ray.address, num_cpus=cfg.ray.num_cpus)
 

@@ -66,12 +66,13 @@ def brute_force(tiny_model_dir, ckpt, recs, kind):
     return np.stack(out)
 
 
-@pytest.mark.parametrize("kind", ["adam", "sgd"])
-def test_identity_store_equals_brute_force(ray_local, tiny_model_dir, ckpt, records, tmp_path, kind):
+@pytest.mark.parametrize("kind, batch_tokens", [("adam", None), ("sgd", 200)])
+def test_identity_store_equals_brute_force(ray_local, tiny_model_dir, ckpt, records, tmp_path, kind, batch_tokens):
+    # batch_tokens: batches also cut at 200 padded tokens (2 to 6 rows here instead of 7)
     pool, path = records
     stores = run_extract(ExtractConfig(data=str(path), checkpoint=str(ckpt), out=str(tmp_path), kind=kind,
                                        projection="identity", dtype="float32", batch_size=7, shard_rows=25,
-                                       max_actors=2, actor_num_cpus=0.5))
+                                       batch_tokens=batch_tokens, max_actors=2, actor_num_cpus=0.5))
     (store,) = stores.values()
     got = read_store(store, ("id", "features", "n_tokens", "loss"))
     assert list(got["id"]) == [r.id for r in pool]  # input order, across shards

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from less_ray.core.formatting import (IGNORE_INDEX, FormatConfig, SkippedExample, TokenizedExample,
-                                      collate, render_tulu, tokenize_messages, tokenize_records)
+                                      collate, render_tulu, token_budget_batches, tokenize_messages,
+                                      tokenize_records)
 from less_ray.data.demo import generate_pool
 from less_ray.data.schema import make_record
 
@@ -120,6 +121,22 @@ def test_collate_pads_without_leaking_and_loss_is_finite(tiny_model_dir, tiny_to
 def smollm2_tokenizer(smollm2_dir):
     from less_ray.models import load_tokenizer
     return load_tokenizer(smollm2_dir)
+
+
+def test_token_budget_batches():
+    lengths = [10, 20, 30, 30, 50, 120, 300]
+    # rows only
+    assert token_budget_batches(lengths, 3) == [[0, 1, 2], [3, 4, 5], [6]]
+    # and padded tokens: rows x longest row <= 100; the 120- and 300-token examples alone
+    got = token_budget_batches(lengths, 3, 100)
+    assert got == [[0, 1, 2], [3, 4], [5], [6]]
+    assert all(len(b) * max(lengths[i] for i in b) <= 100 for b in got if len(b) > 1)
+    assert sorted(i for b in got for i in b) == list(range(len(lengths)))  # every example once, in order
+    # any order: the budget counts the longest row so far
+    assert token_budget_batches([50, 10, 10], 8, 120) == [[0, 1], [2]]
+    assert token_budget_batches([], 4, 10) == []
+    with pytest.raises(ValueError):
+        token_budget_batches(lengths, 0)
 
 
 def test_real_tokenizer_tulu_and_template(smollm2_tokenizer):

@@ -155,3 +155,25 @@ def collate(examples: Sequence[TokenizedExample], pad_token_id: int) -> dict[str
         labels[i, :k] = torch.tensor(e.labels)
         attention[i, :k] = 1
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+def token_budget_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
+    """Positions 0..n-1 cut into consecutive batches of at most `batch_size` examples and, when
+    `max_tokens` is set, at most `max_tokens` padded tokens (rows x longest row), which is what
+    activation memory follows. An example longer than `max_tokens` gets a batch of its own.
+    Sorting by length first keeps both the padding and the number of batches small."""
+    if batch_size < 1 or (max_tokens is not None and max_tokens < 1):
+        raise ValueError(f"batch_size and max_tokens must be positive, got {batch_size}, {max_tokens}")
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for i, n in enumerate(lengths):
+        wider = max(longest, n)
+        if current and (len(current) >= batch_size or (max_tokens and (len(current) + 1) * wider > max_tokens)):
+            batches.append(current)
+            current, wider = [], n
+        current.append(i)
+        longest = wider
+    if current:
+        batches.append(current)
+    return batches

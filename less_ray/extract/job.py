@@ -44,6 +44,9 @@ class ExtractConfig(RayStage):
     chat_format: str = "tulu"
     max_seq_length: int = 2048
     batch_size: int = 16  # examples per forward/backward
+    # also cut a batch at this many padded tokens (rows x longest row): activation memory follows
+    # tokens, so long examples go in smaller batches (None: rows only)
+    batch_tokens: int | None = None
     # examples projected together: one generation of the projection matrix serves them all,
     # their fp32 gradients held whole meanwhile (N x P x 4 bytes); None: as many as fit in
     # projection_buffer_gb, in whole batches (changes speed and memory, not the features)
@@ -157,7 +160,7 @@ class ShardExtractor:
     def extract_shard(self, shard: int) -> dict[str, Any]:
         import pyarrow.parquet as pq
 
-        from ..core.formatting import SkippedExample, collate, tokenize_messages
+        from ..core.formatting import SkippedExample, collate, token_budget_batches, tokenize_messages
         rows = pq.ParquetFile(Path(self.cfg.out) / STAGED).read_row_group(shard).to_pylist()
         examples, skipped = [], []
         for r in rows:
@@ -169,10 +172,11 @@ class ShardExtractor:
         norms = {d: np.zeros(len(examples), np.float32) for d in self.dims}
         loss = np.zeros(len(examples), np.float32)
         n_tok = np.zeros(len(examples), np.int32)
-        bs = self.cfg.batch_size
         for lo in range(0, len(order), self.projection_batch):
             group = order[lo:lo + self.projection_batch]
-            idxs = [group[b:b + bs] for b in range(0, len(group), bs)]
+            lengths = [len(examples[i][1].input_ids) for i in group]
+            idxs = [[group[j] for j in batch]
+                    for batch in token_budget_batches(lengths, self.cfg.batch_size, self.cfg.batch_tokens)]
             batches = [collate([examples[i][1] for i in idx], self.tok.pad_token_id) for idx in idxs]
             results = self.computer.features_grouped(batches, self.cfg.kind, self.projector, self.moments,
                                                      tuple(self.cfg.betas), self.cfg.eps)
