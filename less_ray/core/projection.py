@@ -248,20 +248,19 @@ class RademacherProjector(_ProjectorBase):
             return self.block_rows
         return max(1, _BLOCK_ENTRIES.get(device.type, 1 << 24) // self.width)
 
-    def _uses_lookup(self, acc: torch.Tensor) -> bool:
-        return (self.cpu_kernel == "lookup" and acc.device.type == "cpu" and acc.dtype == torch.float32
+    def _uses_lookup(self, device, dtype: torch.dtype) -> bool:
+        return (self.cpu_kernel == "lookup" and torch.device(device).type == "cpu" and dtype == torch.float32
                 and sys.byteorder == "little")
 
     def new_accumulator(self, batch: int, device) -> torch.Tensor:
-        acc = torch.zeros(batch, self.width, device=device, dtype=torch.float32)
-        if self._uses_lookup(acc):  # the lookup kernel adds column-major: [width, batch] storage
-            acc = torch.zeros(self.width, batch, dtype=torch.float32).T
-        return acc
+        if self._uses_lookup(device, torch.float32):  # the lookup kernel adds column-major
+            return torch.zeros(self.width, batch, dtype=torch.float32).T
+        return torch.zeros(batch, self.width, device=device, dtype=torch.float32)
 
     def accumulate(self, acc: torch.Tensor, x_block: torch.Tensor, row_offset: int) -> None:
         self._check(x_block, row_offset)
         x_block = x_block.to(acc.dtype)
-        if self._uses_lookup(acc):
+        if self._uses_lookup(acc.device, acc.dtype):
             return self._accumulate_lookup(acc, x_block, row_offset)
         if acc.device.type == "cpu" and acc.dtype in _NP_DTYPES:
             return self._accumulate_cpu(acc, x_block, row_offset)
