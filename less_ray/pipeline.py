@@ -135,21 +135,24 @@ def warmup_config(cfg: PipelineConfig, run: Run) -> WarmupConfig:
                         max_seq_length=cfg.max_seq_length, ray=cfg.ray, **w.training_settings())
 
 
+def stage_ray(cfg: PipelineConfig) -> dict[str, Any]:
+    """The Ray every Ray Data stage of the run joins (RayStage's fields)."""
+    return {"address": cfg.ray.address, "num_cpus": cfg.ray.num_cpus}
+
+
 def extract_config(cfg: PipelineConfig, ckpt: str, data: str, out: Path, kind: str) -> ExtractConfig:
     e = cfg.extract
     return ExtractConfig(data=data, checkpoint=ckpt, out=str(out), kind=kind, base_model=cfg.base_model,
                          dims=[e.dim], projection=e.projection, seed=e.seed, dtype=e.dtype,
                          chat_format=cfg.chat_format, max_seq_length=cfg.max_seq_length, batch_size=e.batch_size,
-                         batch_tokens=e.batch_tokens,
-                         shard_rows=e.shard_rows, **e.pool_settings(),
-                         address=cfg.ray.address, num_cpus=cfg.ray.num_cpus)
+                         batch_tokens=e.batch_tokens, shard_rows=e.shard_rows, **e.pool_settings(), **stage_ray(cfg))
 
 
 def score_config(cfg: PipelineConfig, pool_stores: list[str], target_stores: dict[str, list[str]],
                  out: Path) -> ScoreConfig:
     return ScoreConfig(pool_stores=pool_stores, tasks=[TaskSpec(t, s) for t, s in target_stores.items()],
                        out=str(out), block_rows=cfg.score.block_rows, **cfg.score.pool_settings(),
-                       address=cfg.ray.address, num_cpus=cfg.ray.num_cpus)
+                       **stage_ray(cfg))
 
 
 def selector_config(cfg: PipelineConfig, run: Run, name: str, checkpoints: list[str]) -> Any:
@@ -163,7 +166,7 @@ def selector_config(cfg: PipelineConfig, run: Run, name: str, checkpoints: list[
     fields = {f.name: f for f in dataclasses.fields(sel.config_cls)}
     checkpoint = (checkpoints[0] if sel.warmup_checkpoint == "first" else checkpoints[-1]) if checkpoints else None
     known = {"pool": cfg.pool, "out": str(run.root / "selectors" / name), "seed": cfg.seed,
-             "address": cfg.ray.address, "num_cpus": cfg.ray.num_cpus, "chat_format": cfg.chat_format,
+             **stage_ray(cfg), "chat_format": cfg.chat_format,
              "max_seq_length": cfg.max_seq_length, "model": cfg.base_model, "base_model": cfg.base_model,
              "checkpoint": checkpoint, "embeddings": str(run.root / "selectors" / "embeddings")}
     if sel.targeted:

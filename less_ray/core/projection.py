@@ -284,7 +284,8 @@ class RademacherProjector(_ProjectorBase):
 
     def _accumulate_lookup(self, acc: torch.Tensor, x_block: torch.Tensor, row_offset: int) -> None:
         batch = acc.shape[0]
-        acc_t = acc.T if acc.T.is_contiguous() else torch.zeros(self.width, batch)
+        in_place = acc.T.is_contiguous()  # our own accumulator; a caller's [batch, width] one gets a sum added
+        acc_t = acc.T if in_place else torch.zeros(self.width, batch)
         kernel = self._lookup
         if kernel is None or kernel.batch != batch:
             kernel = self._lookup = SignLookup(self.width, batch, torch.float32)
@@ -295,7 +296,7 @@ class RademacherProjector(_ProjectorBase):
             start = row_offset + s
             _words_np(_row_keys_np(self.seed, start, start + len(words)), gk, words, scratch)
             kernel.accumulate(acc_t, x_block[:, s:e])
-        if acc_t.data_ptr() != acc.data_ptr():
+        if not in_place:
             acc += acc_t.T
 
     def finish(self, acc: torch.Tensor) -> dict[int, torch.Tensor]:

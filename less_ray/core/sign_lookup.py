@@ -36,7 +36,7 @@ class SignLookup:
 
     def __init__(self, n_cols: int, batch: int, dtype: torch.dtype):
         self.n_blocks = -(-n_cols // 64)  # 64-column blocks, two words each
-        self.n_cols, self.batch, self.dtype = n_cols, batch, dtype
+        self.n_cols, self.batch = n_cols, batch
         self.words = np.empty((STEP_ROWS, 2 * self.n_blocks), np.uint32)
         self.scratch = np.empty_like(self.words)
         self._bits = np.empty((BAGS_PER_STEP, self.n_blocks, 64, CHUNKS_PER_BAG // 8), np.uint64)
