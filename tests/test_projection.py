@@ -128,6 +128,21 @@ def test_cpu_kernels_match_the_matrix(kernel):
         RademacherProjector(10, 4, cpu_kernel="fft")
 
 
+def test_lookup_sub_batches_match_the_matrix(monkeypatch):
+    # a batch larger than the kernel's sub-batch is served in pieces that share the pattern
+    # indices (5 examples in sub-batches of 2, 2 and a partial 1); a real-size case too
+    import less_ray.core.sign_lookup as sign_lookup
+    gen = torch.Generator().manual_seed(2)
+    for sub, batch, dim_in in ((2, 5, BAG_ROWS * 3 + 77), (sign_lookup.SUB_BATCH, sign_lookup.SUB_BATCH + 3, 600)):
+        monkeypatch.setattr(sign_lookup, "SUB_BATCH", sub)
+        x = torch.randn(batch, dim_in, generator=gen, dtype=torch.float64)
+        p = RademacherProjector(dim_in, [40, 130], seed=5)
+        out = p.project(x.float())
+        assert p._lookup.sub == sub
+        for d in (40, 130):
+            assert rel(out[d], x @ p.matrix(d).double()) <= 1e-5
+
+
 def test_entries_and_balance():
     d = 512
     R = RademacherProjector(4096, d, seed=11).matrix(d)

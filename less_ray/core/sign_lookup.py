@@ -13,6 +13,11 @@ column, so each 64 x 64 bit block is transposed (six rounds of masked shifts on 
 vectorised over all blocks): afterwards byte c of the uint64 for column j packs rows
 8c..8c+7, which is exactly the pattern index, already laid out one bag per column.
 Little-endian byte order is assumed (the caller falls back to the matmul elsewhere).
+
+The bit work is paid once per pass whatever the batch; the tables and gathers grow with it,
+and beyond ~64 examples a bag's tables (64 chunks x 256 x batch floats) fall out of cache and
+each example costs more (bench/profile_lookup_kernel.py). So a larger batch is served in
+sub-batches of SUB_BATCH examples that share one set of pattern indices.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ CHUNKS_PER_BAG = 64  # chunks of 8 rows summed by one embedding_bag call
 BAG_ROWS = 8 * CHUNKS_PER_BAG
 BAGS_PER_STEP = 8    # embedding_bag calls served by one generation of sign words
 STEP_ROWS = BAG_ROWS * BAGS_PER_STEP
+SUB_BATCH = 64  # examples per table: larger tables thrash the cache during the gathers
 
 
 class SignLookup:
@@ -43,8 +49,10 @@ class SignLookup:
         self._tmp = np.empty(self._bits.size // 2, np.uint64)
         self._index = np.empty((self.n_blocks * 64, CHUNKS_PER_BAG), np.int32)
         self._offsets = np.arange(CHUNKS_PER_BAG, dtype=np.int32) * 256
-        self._x = torch.zeros(8 * CHUNKS_PER_BAG, batch, dtype=dtype)
-        self._table = torch.empty(CHUNKS_PER_BAG, 256, batch, dtype=dtype)
+        self.sub = min(batch, SUB_BATCH)
+        self._x = torch.zeros(8 * CHUNKS_PER_BAG, self.sub, dtype=dtype)
+        # tables for a full sub-batch and for the last, partial one (a fresh one per bag would page-fault)
+        self._tables = {n: torch.empty(CHUNKS_PER_BAG, 256, n, dtype=dtype) for n in {self.sub, batch % self.sub} if n}
         self._patterns_pm = (((torch.arange(256)[:, None] >> torch.arange(8)) & 1) * 2 - 1).to(dtype)
 
     def words_for(self, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -59,15 +67,18 @@ class SignLookup:
         patterns = self._patterns(n_bags)
         for b in range(n_bags):
             r0, r1 = b * BAG_ROWS, min((b + 1) * BAG_ROWS, x.shape[1])
-            if r1 - r0 < BAG_ROWS:
-                self._x.zero_()
-            self._x[:r1 - r0] = x[:, r0:r1].T
-            table = self._fill_table(self._x.view(CHUNKS_PER_BAG, 8, self.batch))
             np.add(patterns[b], self._offsets, out=self._index)
             index = torch.from_numpy(self._index)[:self.n_cols]
-            # column tiles keep embedding_bag's output small (no fresh large allocation per call)
-            for c in range(0, self.n_cols, 2048):
-                acc_t[c:c + 2048] += F.embedding_bag(index[c:c + 2048], table, mode="sum")
+            for e0 in range(0, self.batch, self.sub):
+                e1 = min(e0 + self.sub, self.batch)
+                xs = self._x[:, :e1 - e0]
+                if r1 - r0 < BAG_ROWS:
+                    xs.zero_()
+                xs[:r1 - r0] = x[e0:e1, r0:r1].T
+                table = self._fill_table(xs, e1 - e0)
+                # column tiles keep embedding_bag's output small (no fresh large allocation per call)
+                for c in range(0, self.n_cols, 2048):
+                    acc_t[c:c + 2048, e0:e1] += F.embedding_bag(index[c:c + 2048], table, mode="sum")
 
     def _patterns(self, n_bags: int) -> np.ndarray:
         """[n_bags, n_blocks * 64, CHUNKS_PER_BAG] uint8: [b, j, c] = the pattern of column j
@@ -92,7 +103,9 @@ class SignLookup:
         # the 8 chunks of that block, so [bag, column, chunk] is a plain view
         return bits.view(np.uint8).reshape(n_bags, nb * 64, CHUNKS_PER_BAG)
 
-    def _fill_table(self, x: torch.Tensor) -> torch.Tensor:
-        """[chunks * 256, batch]: entry p of chunk c = sum_k (+1 if bit k of p else -1) * x[c, k]."""
-        torch.matmul(self._patterns_pm, x, out=self._table)  # [256, 8] @ [chunks, 8, batch]
-        return self._table.view(CHUNKS_PER_BAG * 256, self.batch)
+    def _fill_table(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """[chunks * 256, n] for x [chunks * 8, n]: entry p of chunk c = sum_k (+1 if bit k of p
+        else -1) * x[8c + k]."""
+        table = self._tables[n]
+        torch.matmul(self._patterns_pm, x.view(CHUNKS_PER_BAG, 8, n), out=table)  # [256, 8] @ [chunks, 8, n]
+        return table.view(CHUNKS_PER_BAG * 256, n)
