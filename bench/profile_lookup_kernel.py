@@ -48,8 +48,12 @@ def main():
     ap.add_argument("--rows", type=int, default=131072)
     ap.add_argument("--dim", type=int, default=8192)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--ab", action="store_true", help="sub-batched tables vs one table, side by side")
+    ap.add_argument("--reps", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.ab:
+        return compare_sub_batches(args)
     projection._words_np = timed(projection._words_np, "hash")
     sign_lookup.SignLookup._patterns = timed(sign_lookup.SignLookup._patterns, "transpose")
     sign_lookup.SignLookup._fill_table = timed(sign_lookup.SignLookup._fill_table, "table")
@@ -70,6 +74,27 @@ def main():
         print(f"batch {batch:4d}: pass {total / entries * 1e9:.3f} ns/entry ("
               + ", ".join(f"{k} {v:.3f}" for k, v in parts.items())
               + f"); per example {total / entries * 1e9 / batch:.4f} ns/entry")
+
+
+def compare_sub_batches(args) -> None:
+    sub = sign_lookup.SUB_BATCH
+    print(f"{args.rows:,} rows x {args.dim} columns, {args.threads} thread(s): CPU ns per matrix entry and "
+          f"example; tables of {sub} examples (as shipped) vs one table for the whole batch, interleaved")
+    for batch in args.batches:
+        x = torch.randn(batch, args.rows)
+        for rep in range(args.reps):
+            cost = {}
+            for label, size in ((f"sub-batches of {sub}", sub), ("whole batch", 1 << 30)):
+                sign_lookup.SUB_BATCH = size
+                proj = projection.RademacherProjector(args.rows, args.dim)
+                proj.project(x[:, :4096])  # buffers
+                t = time.process_time()
+                proj.project(x)
+                cost[label] = (time.process_time() - t) / (args.rows * args.dim) * 1e9 / batch
+            sign_lookup.SUB_BATCH = sub
+            a, b = cost.values()
+            print(f"batch {batch:4d} rep {rep}: " + ", ".join(f"{k} {v:.4f}" for k, v in cost.items())
+                  + f" -> {b / a:.2f}x")
 
 
 if __name__ == "__main__":
