@@ -272,7 +272,7 @@ def matmul_peak(device: str, dtype, n: int | None = None, reps: int = 10) -> flo
     return 2 * n ** 3 * reps / (time.perf_counter() - t)
 
 
-def kernel_costs(threads: int, rows: int = 131072, width: int = 8192) -> list[str]:
+def kernel_costs(threads: int, trak_ns: float, rows: int = 131072, width: int = 8192) -> list[str]:
     """CPU ns per matrix entry of one projection pass, both CPU kernels side by side (the
     float-tile matmul, the sign lookup), and for scale TRAK's BasicProjector generation, the
     projector LESS falls back to off-GPU (bernoulli_ then *2-1 on a float block)."""
@@ -292,7 +292,7 @@ def kernel_costs(threads: int, rows: int = 131072, width: int = 8192) -> list[st
         lines.append(f"projection pass of {batch} examples, CPU ns per matrix entry ({rows:,} x {width}): "
                      f"matmul kernel {cost['matmul']:.2f}, lookup kernel {cost['lookup']:.2f} "
                      f"-> {cost['matmul'] / cost['lookup']:.2f}x")
-    lines.append(f"for scale, TRAK-style generation alone (bernoulli_): {trak_generation_ns(threads):.2f} ns per entry")
+    lines.append(f"for scale, TRAK-style generation alone (bernoulli_): {trak_ns:.2f} ns per entry")
     return lines
 
 
@@ -419,7 +419,7 @@ def main():
         detail = f"{diff:.1e}" + (f", first {len(fl[d0])} examples" if "pass_s" in res["batched"] else "")
         report(model, res, args, (d0, detail))
     if args.device == "cpu":  # after the children: a child's peak RSS counts its parent's at the fork
-        print("\n" + "\n".join(kernel_costs(args.threads)))
+        print("\n" + "\n".join(kernel_costs(args.threads, args.trak_ns)))
 
 
 if __name__ == "__main__":

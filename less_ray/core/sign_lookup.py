@@ -75,7 +75,7 @@ class SignLookup:
                 if r1 - r0 < BAG_ROWS:
                     xs.zero_()
                 xs[:r1 - r0] = x[e0:e1, r0:r1].T
-                table = self._fill_table(xs, e1 - e0)
+                table = self._fill_table(xs)
                 # column tiles keep embedding_bag's output small (no fresh large allocation per call)
                 for c in range(0, self.n_cols, 2048):
                     acc_t[c:c + 2048, e0:e1] += F.embedding_bag(index[c:c + 2048], table, mode="sum")
@@ -103,9 +103,10 @@ class SignLookup:
         # the 8 chunks of that block, so [bag, column, chunk] is a plain view
         return bits.view(np.uint8).reshape(n_bags, nb * 64, CHUNKS_PER_BAG)
 
-    def _fill_table(self, x: torch.Tensor, n: int) -> torch.Tensor:
+    def _fill_table(self, x: torch.Tensor) -> torch.Tensor:
         """[chunks * 256, n] for x [chunks * 8, n]: entry p of chunk c = sum_k (+1 if bit k of p
         else -1) * x[8c + k]."""
+        n = x.shape[1]
         table = self._tables[n]
         torch.matmul(self._patterns_pm, x.view(CHUNKS_PER_BAG, 8, n), out=table)  # [256, 8] @ [chunks, 8, n]
         return table.view(CHUNKS_PER_BAG * 256, n)
