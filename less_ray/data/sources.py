@@ -8,6 +8,11 @@ TREC template whose labels were lost upstream, two Code Alpaca rows, four HH-RLH
 ending in an empty reply) is skipped *and counted*, with file, position and reason, in
 `SourceLoad.skipped`; any other row that cannot become a valid record raises DataFileError
 listing every such row. So `rows` equals the SOURCE.md count and `records + skipped = rows`.
+
+Each adapter turns one native row into messages with a `<name>_messages(row)` function, and
+`NATIVE_FORMATS` registers the same functions so that a *user's* file in that data set's native
+format (`--input-format gsm8k`, or `gsm8k:my_file.jsonl`) is formatted exactly as the pool's copy
+is: the readers in `io.py` and the adapters here share one code path per format.
 """
 from __future__ import annotations
 
@@ -118,10 +123,38 @@ def _json_array(path: Path) -> list[Any]:
 
 
 def _with_input(instruction: str, inp: str) -> str:
+    """Alpaca / Self-Instruct: the instruction, then a blank line and the input when there is one."""
     return f"{instruction}\n\n{inp}" if inp.strip() else instruction
 
 
+def _field(row: Any, key: str, kind: type = str, optional: bool = False) -> Any:
+    """row[key], checked: a RecordError naming the field when it is missing or of the wrong type."""
+    if not isinstance(row, dict):
+        raise RecordError(f"expected a JSON object, got {type(row).__name__}")
+    if row.get(key) is None:
+        if optional:
+            return None
+        raise RecordError(f"missing field '{key}'")
+    value = row[key]
+    if not isinstance(value, kind):
+        raise RecordError(f"field '{key}' must be a {'string' if kind is str else kind.__name__}, "
+                          f"got {type(value).__name__}")
+    return value
+
+
 # ---------------------------------------------------------------------------------------------
+# One `<name>_messages(row)` per native format: the adapters below and the user-file readers in
+# io.py (through NATIVE_FORMATS) both call these, so a format is written down once.
+
+def flan_v2_cot_messages(fields: list[str]) -> list[dict[str, str]]:
+    """One Flan CoT TSV row: question, answer, rationale -> "rationale So the answer is X."."""
+    if len(fields) != 3:
+        raise RecordError(f"expected 3 tab-separated fields (question, answer, rationale), got {len(fields)}")
+    # Newlines are stored as the two characters backslash-n (SOURCE.md).
+    q, a, r = (f.replace("\\n", "\n").strip() for f in fields)
+    return chat(q, f"{r} So the answer is {a}.")
+
+
 def load_flan_v2_cot(data_root: Path) -> SourceLoad:
     col = _Collector(data_root)
     for path in sorted((col.root / "flan_v2_cot" / "cot_data").glob("*_train.tsv")):
@@ -131,9 +164,7 @@ def load_flan_v2_cot(data_root: Path) -> SourceLoad:
             if len(fields) != 3:  # a broken row would shift every field: refuse the file
                 col.problem(path, n, f"expected 3 tab-separated fields, got {len(fields)}", line)
                 continue
-            # Newlines are stored as the two characters backslash-n (SOURCE.md).
-            q, a, r = (f.replace("\\n", "\n").strip() for f in fields)
-            col.add(path, n, source, lambda q=q, a=a, r=r: chat(q, f"{r} So the answer is {a}."))
+            col.add(path, n, source, lambda f=fields: flan_v2_cot_messages(f))
     return col.done()
 
 
@@ -159,11 +190,16 @@ def _oasst_path(root: dict) -> list[dict[str, str]]:
     return msgs
 
 
+def oasst_messages(tree: Any) -> list[dict[str, str]]:
+    """One OASST message tree -> its top-ranked path."""
+    return _oasst_path(_field(tree, "prompt", dict))
+
+
 def load_oasst(data_root: Path) -> SourceLoad:
     col = _Collector(data_root)
     path = col.root / "oasst_sample" / "en_100_tree.jsonl"
     for n, tree in _jsonl(col, path):
-        col.add(path, n, "oasst", lambda t=tree: _oasst_path(t["prompt"]), id=tree.get("message_tree_id"))
+        col.add(path, n, "oasst", lambda t=tree: oasst_messages(t), id=tree.get("message_tree_id"))
     return col.done()
 
 
@@ -178,11 +214,20 @@ def _gsm8k_answer(answer: str) -> str:
     return f"{_CALC.sub('', answer[:m.start()]).strip()}\nSo the answer is {m.group(1)}."
 
 
+def gsm8k_messages(row: Any) -> list[dict[str, str]]:
+    """question -> worked answer without calculator annotations, ending "So the answer is X."."""
+    question, answer = _field(row, "question"), _field(row, "answer")
+    try:
+        return chat(question, _gsm8k_answer(answer))
+    except ValueError as e:
+        raise RecordError(str(e)) from None
+
+
 def load_gsm8k(data_root: Path) -> SourceLoad:
     col = _Collector(data_root)
     path = col.root / "gsm8k" / "train.jsonl"
     for n, row in _jsonl(col, path):
-        col.add(path, n, "gsm8k", lambda r=row: chat(r["question"], _gsm8k_answer(r["answer"])))
+        col.add(path, n, "gsm8k", lambda r=row: gsm8k_messages(r))
     return col.done()
 
 
@@ -192,19 +237,29 @@ def _lima_messages(turns: list[str]) -> list[dict[str, str]]:
     return [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
 
 
+def lima_messages(row: Any) -> list[dict[str, str]]:
+    """`conversations`: alternating user/assistant strings; a trailing unanswered turn is dropped."""
+    return _lima_messages(_field(row, "conversations", list))
+
+
 def load_lima(data_root: Path) -> SourceLoad:
     col = _Collector(data_root)
     path = col.root / "lima" / "lima_data.jsonl"
     for n, row in _jsonl(col, path):
-        col.add(path, n, f"lima/{row.get('source', 'unknown')}", lambda r=row: _lima_messages(r["conversations"]))
+        col.add(path, n, f"lima/{row.get('source', 'unknown')}", lambda r=row: lima_messages(r))
     return col.done()
+
+
+def super_ni_messages(row: Any) -> list[dict[str, str]]:
+    """open-instruct `messages`, as is."""
+    return _field(row, "messages", list)
 
 
 def load_super_ni(data_root: Path) -> SourceLoad:
     col = _Collector(data_root)
     path = col.root / "super_ni_sample" / "super_ni_data_1000.jsonl"
     for n, row in _jsonl(col, path):
-        col.add(path, n, "super_ni", lambda r=row: r["messages"], id=row.get("id"))
+        col.add(path, n, "super_ni", lambda r=row: super_ni_messages(r), id=row.get("id"))
     return col.done()
 
 
@@ -216,32 +271,53 @@ def _p3_completion(c: str) -> str:
     return (c[:-len(_EOT)] if c.endswith(_EOT) else c).strip()
 
 
+def p3_messages(row: Any) -> list[dict[str, str]]:
+    """prompt -> completion without its trailing <|endoftext|>."""
+    return chat(_field(row, "prompt"), _p3_completion(_field(row, "completion")))
+
+
 def load_p3(data_root: Path) -> SourceLoad:
     col = _Collector(data_root)
     for path in sorted((col.root / "p3_t0_sample" / "data_per_template").glob("*.jsonl")):
         for n, row in _jsonl(col, path):
-            col.add(path, n, f"p3/{path.stem}",
-                    lambda r=row: chat(r["prompt"], _p3_completion(r["completion"])))
+            col.add(path, n, f"p3/{path.stem}", lambda r=row: p3_messages(r))
     return col.done()
+
+
+def self_instruct_seed_messages(row: Any) -> list[dict[str, str]]:
+    """instruction + the one instance's input (Alpaca's join) -> the instance's output."""
+    instruction, instances = _field(row, "instruction"), _field(row, "instances", list)
+    if len(instances) != 1:  # every seed task has exactly one instance
+        raise RecordError(f"field 'instances' must hold exactly one instance, got {len(instances)}")
+    inst = instances[0]
+    return chat(_with_input(instruction, _field(inst, "input", optional=True) or ""), _field(inst, "output"))
 
 
 def load_self_instruct_seed(data_root: Path) -> SourceLoad:
     col = _Collector(data_root)
     path = col.root / "self_instruct_seed" / "seed_tasks.jsonl"
     for n, row in _jsonl(col, path):
-        def build(r=row):
-            (inst,) = r["instances"]  # every seed task has exactly one instance
-            return chat(_with_input(r["instruction"], inst["input"]), inst["output"])
-        col.add(path, n, "self_instruct_seed", build, id=row.get("id"))
+        col.add(path, n, "self_instruct_seed", lambda r=row: self_instruct_seed_messages(r), id=row.get("id"))
     return col.done()
+
+
+def alpaca_messages(row: Any, response_key: str = "output") -> list[dict[str, str]]:
+    """Alpaca: `instruction`, optional `input` (joined as LESS / Stanford Alpaca's data does:
+    instruction, a blank line, input), `output` (GPTeacher: `response`)."""
+    instruction = _field(row, "instruction")
+    inp = _field(row, "input", optional=True) or ""
+    return chat(_with_input(instruction, inp), _field(row, response_key))
+
+
+def gpteacher_messages(row: Any) -> list[dict[str, str]]:
+    return alpaca_messages(row, "response")  # GPTeacher names the answer `response`, not `output`
 
 
 def _alpaca(data_root: Path, rel: str, source: str, response_key: str) -> SourceLoad:
     col = _Collector(data_root, by_index=True)
     path = col.root / rel
     for i, row in enumerate(_json_array(path)):
-        col.add(path, i, source, lambda r=row: chat(_with_input(r["instruction"], r.get("input", "")),
-                                                    r[response_key]))
+        col.add(path, i, source, lambda r=row: alpaca_messages(r, response_key))
     return col.done()
 
 
@@ -257,7 +333,6 @@ GPTEACHER_FILES = {
 
 
 def load_gpteacher(data_root: Path) -> SourceLoad:
-    # GPTeacher names the answer `response`, not `output`.
     out = SourceLoad()
     for part, rel in GPTEACHER_FILES.items():
         out.extend(_alpaca(data_root, f"gpteacher/{rel}", f"gpteacher/{part}", "response"))
@@ -281,12 +356,88 @@ def _hh_messages(dialogue: str) -> list[dict[str, str]]:
     return msgs
 
 
+def hh_rlhf_messages(row: Any) -> list[dict[str, str]]:
+    """The `chosen` dialogue ("\n\nHuman: ...\n\nAssistant: ..."), multi-turn."""
+    try:
+        return _hh_messages(_field(row, "chosen"))
+    except ValueError as e:
+        if isinstance(e, RecordError):
+            raise
+        raise RecordError(f"field 'chosen': {e}") from None
+
+
 def load_hh_rlhf(data_root: Path) -> SourceLoad:
     col = _Collector(data_root)
     path = col.root / "hh_rlhf_harmless_test" / "harmless-base" / "test.jsonl.gz"
     for n, row in _jsonl(col, path):
-        col.add(path, n, "hh_rlhf", lambda r=row: _hh_messages(r["chosen"]))
+        col.add(path, n, "hh_rlhf", lambda r=row: hh_rlhf_messages(r))
     return col.done()
+
+
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "system": "system"}
+
+
+def sharegpt_messages(row: Any) -> list[dict[str, str]]:
+    """ShareGPT: `conversations` of {from: human|gpt|system, value} (user/assistant accepted too);
+    an optional top-level `system` string becomes the first turn."""
+    turns = _field(row, "conversations", list)
+    system = _field(row, "system", optional=True)
+    msgs = [{"role": "system", "content": system}] if system else []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise RecordError(f"conversations[{i}] must be an object with 'from' and 'value', "
+                              f"got {type(turn).__name__}")
+        who, value = turn.get("from"), turn.get("value")
+        if who is None or value is None:
+            raise RecordError(f"conversations[{i}] has no '{'from' if who is None else 'value'}'")
+        role = SHAREGPT_ROLES.get(who.lower()) if isinstance(who, str) else None
+        if role is None:
+            raise RecordError(f"conversations[{i}].from is {who!r}; expected human, gpt or system "
+                              "(user and assistant are accepted too)")
+        if not isinstance(value, str):
+            raise RecordError(f"conversations[{i}].value must be a string, got {type(value).__name__}")
+        msgs.append({"role": role, "content": value})
+    return msgs
+
+
+@dataclass(frozen=True)
+class NativeFormat:
+    """How a user's file in a data set's (or a common) native format becomes records.
+
+    `messages(row)` is the very function the adapter uses. Rows come from JSONL lines, a JSON
+    array (`.json`), Parquet rows (`.parquet`) or, for `container="tsv"`, tab-separated lines.
+    `passthrough` fields of a row are kept as the record's (id, source, task, subtask);
+    `id_key` names the data set's own id field when it is not `id`.
+    """
+    name: str
+    title: str  # how a person names it ("Alpaca", "GSM8K")
+    messages: Callable[[Any], list[dict[str, str]]]
+    keys: str  # the fields a row has, as the help text shows them
+    container: str = "json"  # json | tsv
+    id_key: str | None = None
+    passthrough: tuple[str, ...] = ("id", "source", "task", "subtask")
+
+
+_NATIVE = [
+    NativeFormat("alpaca", "Alpaca", alpaca_messages, "instruction, input (optional), output"),
+    NativeFormat("sharegpt", "ShareGPT", sharegpt_messages, "conversations: [{from: human|gpt|system, value}]"),
+    NativeFormat("flan_v2_cot", "Flan v2 CoT", flan_v2_cot_messages, "TSV: question<TAB>answer<TAB>rationale",
+                 container="tsv", passthrough=()),
+    NativeFormat("oasst", "an OpenAssistant message tree", oasst_messages, "message_tree_id, prompt: {text, replies}",
+                 id_key="message_tree_id"),
+    NativeFormat("gsm8k", "GSM8K", gsm8k_messages, "question, answer ('... #### N')"),
+    NativeFormat("lima", "LIMA", lima_messages, "conversations: [str, str, ...]",
+                 passthrough=("id", "task", "subtask")),  # LIMA's `source` is its sub-collection
+    NativeFormat("super_ni", "Super-NaturalInstructions (open-instruct)", super_ni_messages, "id, messages"),
+    NativeFormat("p3", "P3 / T0", p3_messages, "prompt, completion (ending <|endoftext|>)"),
+    NativeFormat("self_instruct_seed", "Self-Instruct seed tasks", self_instruct_seed_messages,
+                 "instruction, instances: [{input, output}]"),
+    NativeFormat("code_alpaca", "Code Alpaca", alpaca_messages, "instruction, input, output"),
+    NativeFormat("gpteacher", "GPTeacher", gpteacher_messages, "instruction, input, response"),
+    NativeFormat("hh_rlhf", "HH-RLHF", hh_rlhf_messages, "chosen ('\\n\\nHuman: ...\\n\\nAssistant: ...')"),
+]
+NATIVE_FORMATS: dict[str, NativeFormat] = {f.name: f for f in _NATIVE}
 
 
 CANDIDATE_SOURCES: dict[str, Callable[[Path], SourceLoad]] = {
