@@ -49,7 +49,7 @@ def brute_force(tiny_model_dir, ckpt, recs, kind):
     moments = load_file(str(ckpt / "optimizer_moments.safetensors"))
     out = []
     for r in recs:
-        ex = tokenize_messages(r.messages, tok, FormatConfig())
+        ex = tokenize_messages(r.messages, tok, FormatConfig(ExtractConfig.chat_format))  # the stage's default
         ids, labels = torch.tensor([ex.input_ids]), torch.tensor([ex.labels])
         logits = model(input_ids=ids).logits[0, :-1]
         tgt = labels[0, 1:]

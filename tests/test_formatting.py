@@ -1,4 +1,5 @@
-"""Tulu / chat-template rendering and label masks, checked token by token."""
+"""tulu_stripped / chat-template rendering and label masks, checked token by token (chat_format
+less, the default, is pinned against LESS's code in test_exactly_less.py)."""
 import math
 
 import pytest
@@ -10,6 +11,7 @@ from less_ray.core.formatting import (IGNORE_INDEX, FormatConfig, SkippedExample
 from less_ray.data.demo import generate_pool
 from less_ray.data.schema import make_record
 
+STRIPPED = FormatConfig("tulu_stripped")
 MULTI = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 3?"},
          {"role": "assistant", "content": "2 + 3 = 5. So the answer is 5."},
          {"role": "user", "content": "  And 4 + 4?  "}, {"role": "assistant", "content": " 4 + 4 = 8.\n"}]
@@ -29,8 +31,9 @@ def _runs(ex: TokenizedExample) -> list[list[int]]:
 
 
 def less_reference_labels(messages, tokenizer, max_len):
-    """Independent reference in LESS's style: boundaries from tokenising text prefixes
-    (open-instruct's encode_with_messages_format), here bounding assistant content + eos."""
+    """Independent reference for tulu_stripped in LESS's style: boundaries from tokenising text
+    prefixes (open-instruct's encode_with_messages_format), here bounding assistant content + eos
+    of the stripped text."""
     def concat(msgs):
         out = ""
         for m in msgs:
@@ -52,7 +55,7 @@ def less_reference_labels(messages, tokenizer, max_len):
     return ids, labels
 
 
-def test_tulu_text_is_less_format():
+def test_tulu_stripped_text():
     text, spans = render_tulu(MULTI, "</s>")
     assert text == ("<|system|>\nBe brief.\n<|user|>\nWhat is 2 + 3?\n<|assistant|>\n"
                     "2 + 3 = 5. So the answer is 5.</s>\n<|user|>\nAnd 4 + 4?\n<|assistant|>\n4 + 4 = 8.</s>")
@@ -61,7 +64,7 @@ def test_tulu_text_is_less_format():
 
 def test_labels_cover_exactly_assistant_content_and_eos(tiny_tokenizer):
     tok = tiny_tokenizer
-    ex = tokenize_messages(MULTI, tok, FormatConfig())
+    ex = tokenize_messages(MULTI, tok, STRIPPED)
     assert ex.input_ids[0] == tok.bos_token_id and ex.labels[0] == IGNORE_INDEX
     assert [tok.decode(r) for r in _runs(ex)] == ["2 + 3 = 5. So the answer is 5.</s>", "4 + 4 = 8.</s>"]
     # every unlabelled token is prompt text: decoding them gives the rest of the conversation
@@ -75,7 +78,7 @@ def test_labels_match_less_style_reference_on_the_demo_pool(tiny_tokenizer):
     assert any(len(r.messages) > 3 for r in pool) and any(r.messages[0]["role"] == "system" for r in pool)
     for max_len in (2048, 24):
         for r in pool:
-            ours = tokenize_messages(r.messages, tiny_tokenizer, FormatConfig(max_seq_length=max_len))
+            ours = tokenize_messages(r.messages, tiny_tokenizer, FormatConfig("tulu_stripped", max_len))
             ids, labels = less_reference_labels(r.messages, tiny_tokenizer, max_len)
             if all(x == IGNORE_INDEX for x in labels):
                 assert isinstance(ours, SkippedExample), r.id
@@ -84,11 +87,11 @@ def test_labels_match_less_style_reference_on_the_demo_pool(tiny_tokenizer):
 
 
 def test_truncation_keeps_partial_answers_and_skips_empty_ones(tiny_tokenizer):
-    full = tokenize_messages(MULTI, tiny_tokenizer, FormatConfig())
+    full = tokenize_messages(MULTI, tiny_tokenizer, STRIPPED)
     first_label = next(i for i, x in enumerate(full.labels) if x != IGNORE_INDEX)
-    part = tokenize_messages(MULTI, tiny_tokenizer, FormatConfig(max_seq_length=first_label + 2))
+    part = tokenize_messages(MULTI, tiny_tokenizer, FormatConfig("tulu_stripped", first_label + 2))
     assert part.truncated and len(part.input_ids) == first_label + 2 and part.n_label_tokens == 2
-    gone = tokenize_messages(MULTI, tiny_tokenizer, FormatConfig(max_seq_length=first_label), example_id="x")
+    gone = tokenize_messages(MULTI, tiny_tokenizer, FormatConfig("tulu_stripped", first_label), example_id="x")
     assert isinstance(gone, SkippedExample) and gone.id == "x" and "truncated away" in gone.reason
 
 
@@ -141,7 +144,8 @@ def test_token_budget_batches():
 
 def test_real_tokenizer_tulu_and_template(smollm2_tokenizer):
     tok = smollm2_tokenizer
-    tulu = tokenize_messages(MULTI, tok, FormatConfig("tulu"))
+    tulu = tokenize_messages(MULTI, tok, FormatConfig("tulu"))  # the old name: an alias of tulu_stripped
+    assert tulu == tokenize_messages(MULTI, tok, STRIPPED)
     assert [tok.decode(r) for r in _runs(tulu)] == ["2 + 3 = 5. So the answer is 5.<|im_end|>",
                                                     "4 + 4 = 8.<|im_end|>"]
     ids, labels = less_reference_labels(MULTI, tok, 2048)

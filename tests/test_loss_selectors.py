@@ -42,7 +42,8 @@ def reference(setup, tiny_tokenizer):
     """Per id: loss_base, loss_ckpt, el2n_ckpt, grand — one unpadded example at a time."""
     model, _ = load_lora_checkpoint(setup["base"], setup["ckpt"])
     comp = ExampleStatsComputer(model)
-    kept, skipped = tokenize_records(setup["pool"], tiny_tokenizer, FormatConfig(max_seq_length=MAX_LEN))
+    kept, skipped = tokenize_records(setup["pool"], tiny_tokenizer,
+                                     FormatConfig(LossStatsConfig.chat_format, MAX_LEN))  # the stage's default
     assert [s.id for s in skipped] == ["too-long"]
     params = [p for p in model.parameters() if p.requires_grad]
     ref = {}

@@ -5,6 +5,17 @@ A record is an open-instruct style conversation:
      "task": str | None, "subtask": str | None}
 `task`/`subtask` are set on target examples only. `id` is given by the input or is a
 content hash, so it is stable across reruns and machines.
+
+The last (assistant) message may carry how LESS's code encodes the record, which LESS decides
+from the shape of its input rather than from the conversation:
+- `"encoding": "prompt_completion"`: the record came from a prompt/completion line; the user
+  message holds the prompt and the assistant message the completion, both verbatim (LESS's
+  `encode_with_prompt_completion_format`: `prompt [+ " "] + completion + eos`, no role tags);
+- `"encoding": "validation"` with `"cue"`: a target example as LESS's `get_validation_dataset`
+  builds it: `<|user|>\n{user}\n<|assistant|>\n{cue}{answer}`, contents verbatim, the cue
+  ("A:", "The answer is:", ...) not trained on, no eos.
+A message without these keys is an ordinary chat turn (LESS's `encode_with_messages_format`).
+They travel with the message through JSONL and Parquet, so every stage sees them.
 """
 from __future__ import annotations
 
@@ -15,6 +26,8 @@ from typing import Any
 
 ROLES = ("system", "user", "assistant")
 RECORD_FIELDS = ("id", "source", "messages", "task", "subtask")
+ENCODINGS = ("prompt_completion", "validation")  # a message's optional "encoding"
+MESSAGE_EXTRAS = ("encoding", "cue")  # optional message keys besides role and content
 
 
 class RecordError(ValueError):
@@ -41,7 +54,9 @@ class Record:
 
 def content_id(source: str, messages: list[dict[str, str]] | tuple[dict[str, str], ...]) -> str:
     """Stable id from content: same source and conversation give the same id anywhere."""
-    canon = json.dumps([source, [[m["role"], m["content"]] for m in messages]],
+    # the optional keys join the hash only when present: ordinary records keep their ids
+    canon = json.dumps([source, [[m["role"], m["content"]] + [[k, m[k]] for k in MESSAGE_EXTRAS if m.get(k) is not None]
+                                 for m in messages]],
                        ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()[:20]
 
@@ -79,10 +94,39 @@ def validate_messages(messages: Any) -> tuple[dict[str, str], ...]:
             raise RecordError(f"messages[{i}].content must be a string, got {type(content).__name__}")
         if role == "assistant" and not content.strip():
             raise RecordError(f"messages[{i}] is an empty or whitespace-only assistant turn")
-        out.append({"role": role, "content": content})
+        msg = {"role": role, "content": content}
+        for key in MESSAGE_EXTRAS:  # absent or null (a Parquet row of an ordinary message): not set
+            if m.get(key) is not None:
+                if not isinstance(m[key], str):
+                    raise RecordError(f"messages[{i}].{key} must be a string, got {type(m[key]).__name__}")
+                msg[key] = m[key]
+        out.append(msg)
     if not any(m["role"] == "assistant" for m in out):
         raise RecordError("no assistant turn (nothing to train on)")
+    _check_encoding(out)
     return tuple(out)
+
+
+def message_encoding(messages) -> str | None:
+    """The record's LESS encoding (`prompt_completion`, `validation`) or None for a chat."""
+    return messages[-1].get("encoding") if messages else None
+
+
+def _check_encoding(msgs: list[dict[str, str]]) -> None:
+    for i, m in enumerate(msgs):
+        enc = m.get("encoding")
+        if enc is not None and enc not in ENCODINGS:
+            raise RecordError(f"messages[{i}].encoding must be one of {', '.join(ENCODINGS)}, got {enc!r}")
+        if enc is not None and i != len(msgs) - 1:
+            raise RecordError(f"messages[{i}].encoding: only the last (assistant) message may carry it")
+        if "cue" in m and enc != "validation":
+            raise RecordError(f"messages[{i}].cue is only valid with encoding 'validation'")
+    enc = message_encoding(msgs)
+    roles = [m["role"] for m in msgs]
+    if enc == "prompt_completion" and roles not in (["user", "assistant"], ["system", "user", "assistant"]):
+        raise RecordError(f"encoding 'prompt_completion' needs [system,] user, assistant messages, got {roles}")
+    if enc == "validation" and roles != ["user", "assistant"]:
+        raise RecordError(f"encoding 'validation' needs user, assistant messages, got {roles}")
 
 
 def record_from_dict(obj: Any, default_source: str | None = None) -> Record:
@@ -127,6 +171,19 @@ def chat(prompt: str, response: str, system: str | None = None) -> list[dict[str
     """A one-turn conversation."""
     msgs = [{"role": "system", "content": system}] if system else []
     return msgs + [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+
+
+def prompt_completion(prompt: str, completion: str, system: str | None = None) -> list[dict[str, str]]:
+    """A prompt/completion line as messages that remember it (LESS encodes it as raw text)."""
+    msgs = chat(prompt, completion, system)
+    msgs[-1]["encoding"] = "prompt_completion"
+    return msgs
+
+
+def validation(user: str, cue: str, answer: str) -> list[dict[str, str]]:
+    """A LESS target example: `<|user|>\n{user}\n<|assistant|>\n{cue}{answer}`, only the answer labelled."""
+    return [{"role": "user", "content": user},
+            {"role": "assistant", "content": answer, "encoding": "validation", "cue": cue}]
 
 
 @dataclass(frozen=True)
