@@ -11,18 +11,30 @@ def _add_convert(sub) -> None:
     p.add_argument("--out", help="output file (.jsonl or .parquet)")
     p.add_argument("--candidates", nargs="+", help="candidate sets from ../shared/data (or 'all')")
     p.add_argument("--targets", nargs="+", help="target sets: bbh tydiqa mmlu")
-    p.add_argument("--inputs", nargs="+", help="files in the schema (JSONL/Parquet) or prompt/completion JSONL")
-    p.add_argument("--input-format", choices=["jsonl", "parquet", "prompt_completion"])
+    p.add_argument("--inputs", nargs="+", metavar="[FORMAT:]FILE",
+                   help="your files (JSONL, a .json array, Parquet; gzip read as is); a FORMAT: prefix "
+                        "gives one file its own format, e.g. alpaca:a.json sharegpt:b.jsonl")
+    from .data.io import INPUT_FORMATS
+    p.add_argument("--input-format", choices=list(INPUT_FORMATS), metavar="FORMAT",
+                   help="format of --inputs (default: the record schema): " + ", ".join(INPUT_FORMATS)
+                        + "; an adapter's name reads a file in that data set's native format, formatted "
+                          "exactly as the pool's copy is")
     p.add_argument("--data-root", help="folder of the public data (default ../shared/data)")
     p.add_argument("--on-error", choices=["raise", "quarantine"])
     p.add_argument("--quarantine", help="side file for rejected lines")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--exclude", nargs="+", metavar="SOURCE",
+                   help="drop these sources from the result (a prefix drops its sub-sources: lima drops lima/*)")
+    p.add_argument("--sample", type=int, metavar="N", help="keep a seeded sample of N records of the result")
+    p.add_argument("--seed", type=int, help="seed of --sample and of TydiQA's target draw (default 0)")
 
 
 def _add_inspect(sub) -> None:
     p = sub.add_parser("inspect", help="validate a file; counts by source; length statistics")
-    p.add_argument("file")
-    p.add_argument("--format", choices=["jsonl", "parquet", "prompt_completion"])
+    p.add_argument("file", help="the file ([FORMAT:]FILE)")
+    from .data.io import INPUT_FORMATS
+    p.add_argument("--input-format", "--format", dest="format", choices=list(INPUT_FORMATS), metavar="FORMAT",
+                   help="read the file as this format (default: the record schema); one of "
+                        + ", ".join(INPUT_FORMATS))
     p.add_argument("--tokenizer", help="model folder whose tokenizer measures token lengths")
     p.add_argument("--chat-format", default="tulu", choices=["tulu", "template"])
     p.add_argument("--max-seq-length", type=int, default=2048)
@@ -126,9 +138,12 @@ def _cmd_data(args) -> int:
         from .config import load_config
         from .data.convert import ConvertConfig, run_convert
         overrides = {k: getattr(args, k) for k in ("out", "candidates", "targets", "inputs", "input_format",
-                                                   "data_root", "on_error", "quarantine", "seed")}
+                                                   "data_root", "on_error", "quarantine", "seed", "sample",
+                                                   "exclude")}
         result = run_convert(load_config(ConvertConfig, args.config, overrides))
         print(json.dumps(result, indent=2, ensure_ascii=False))
+        for hint in result.get("hints", []):
+            print(f"less-ray data convert: hint: {hint}", file=sys.stderr)
         return 0
     if args.action == "inspect":
         from .data.inspect import format_result, inspect_file, inspect_summary

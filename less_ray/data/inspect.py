@@ -1,4 +1,5 @@
-"""`less-ray data inspect FILE`: validate a file, count by source, length statistics."""
+"""`less-ray data inspect FILE`: validate a file, count by source, length statistics, and say
+which input format the file looks like when it is read as another one."""
 from __future__ import annotations
 
 import re
@@ -8,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .io import read_records
+from .io import detect_format, format_hint, read_records, sniff_format, split_format_spec
 from .schema import DataProblem
 
 _WORD = re.compile(r"\w+|[^\w\s]")
@@ -24,10 +25,14 @@ class InspectResult:
     length_unit: str  # "tokens" with a tokenizer, else "words"
     lengths: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)  # tokenisation policy skips, by reason
+    rows: int = 0  # records + rejected (a JSON array's elements; = lines for JSONL)
+    format: str = ""  # the input format it was read as
+    detected: str | None = None  # the format its first row looks like (None: unknown)
+    hint: str | None = None  # "line 1 has keys ...: this looks like Alpaca; pass --input-format alpaca"
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.problems and self.records > 0
 
 
 def _stats(values: list[int]) -> dict[str, float]:
@@ -42,6 +47,8 @@ def inspect_file(path: str, format: str | None = None, tokenizer=None, chat_form
                  max_seq_length: int = 2048) -> InspectResult:
     """Read every line; never raises on bad lines (they are returned as problems)."""
     rep = read_records(path, format=format, on_error="collect")
+    found = sniff_format(path)
+    used = split_format_spec(path)[1] or format or detect_format(path)
     lengths: list[int] = []
     skipped: Counter = Counter()
     if tokenizer is not None:
@@ -64,11 +71,21 @@ def inspect_file(path: str, format: str | None = None, tokenizer=None, chat_form
     return InspectResult(path=str(path), lines=rep.lines, records=len(rep.records),
                          by_source=rep.counts["by_source"], problems=rep.problems,
                          length_unit="tokens" if tokenizer is not None else "words",
-                         lengths=_stats(lengths), skipped=dict(skipped))
+                         lengths=_stats(lengths), skipped=dict(skipped), format=used, rows=rep.rows,
+                         detected=found[0] if found else None,
+                         hint=rep.hint if rep.problems else format_hint(path, used))
 
 
 def format_result(res: InspectResult, limit: int = 20) -> str:
-    lines = [f"{res.path}: {res.lines} lines, {res.records} valid records, {len(res.problems)} rejected"]
+    rows = f" ({res.rows} rows)" if res.rows != res.lines else ""
+    lines = [f"{res.path}: {res.lines} lines{rows}, {res.records} valid records, {len(res.problems)} rejected"
+             f" (read as {res.format})"]
+    if res.hint:
+        lines.append(f"hint: {res.hint}")
+    if res.rows == 0:
+        lines.append("no records: the file is empty")
+    elif res.records == 0:
+        lines.append(f"no records: all {res.rows} row(s) rejected")
     if res.problems:
         lines.append("problems:")
         lines += [f"  {p}" for p in res.problems[:limit]]
@@ -87,5 +104,6 @@ def format_result(res: InspectResult, limit: int = 20) -> str:
 
 
 def inspect_summary(res: InspectResult) -> dict[str, Any]:
-    return {"path": res.path, "lines": res.lines, "records": res.records, "rejected": len(res.problems),
+    return {"path": res.path, "format": res.format, "detected": res.detected, "hint": res.hint,
+            "lines": res.lines, "rows": res.rows, "records": res.records, "rejected": len(res.problems),
             "by_source": res.by_source, "lengths": res.lengths, "skipped": res.skipped}

@@ -39,8 +39,9 @@ class ReadReport:
     path: str
     records: list[Record] = field(default_factory=list)
     problems: list[DataProblem] = field(default_factory=list)
-    lines: int = 0
+    lines: int = 0  # the last line read (a JSON array: where its last element starts)
     quarantine_path: str | None = None
+    rows: int = 0  # rows read: records + rejected (= lines for JSONL)
     record_lines: list[int] = field(default_factory=list)  # the input line of each record
     format: str = ""
     hint: str | None = None  # "this looks like Alpaca; pass --input-format alpaca" when it does
@@ -529,6 +530,7 @@ def read_records(path: str | Path, format: str | None = None, on_error: OnError 
     report = ReadReport(path=str(path), format=fmt)
     for n, item in _checked_rows(path, fmt, default_source or _stem(path), check_duplicates):
         report.lines = max(report.lines, n)
+        report.rows += 1
         if isinstance(item, DataProblem):
             report.problems.append(item)
         else:
@@ -552,11 +554,11 @@ def require_records(report: ReadReport, what: str = "records") -> list[Record]:
     input must stop the run before any work (pool, targets)."""
     if report.records:
         return report.records
-    if report.lines == 0:
+    if report.rows == 0:
         msg = f"{report.path}: no {what}: the file is empty (0 lines)"
     else:
         where = f"; quarantined to {report.quarantine_path}" if report.quarantine_path else ""
-        msg = (f"{report.path}: no {what}: all {report.lines} line(s) rejected "
+        msg = (f"{report.path}: no {what}: all {report.rows} row(s) rejected "
                f"({len(report.problems)} problem(s){where}); first: {report.problems[0]}")
     if report.hint:
         msg += f"\n  hint: {report.hint}"
