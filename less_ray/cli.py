@@ -51,7 +51,9 @@ def _add_demo_data(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="less-ray", description=__doc__)
+    parser = argparse.ArgumentParser(prog="less-ray", description=__doc__,
+                                     epilog="-v / --verbose (anywhere on the line): show Ray's, the workers' and the "
+                                            "libraries' own output too (default: one line per stage)")
     stages = parser.add_subparsers(dest="stage", required=True, metavar="<stage>")
 
     data = stages.add_parser("data", help="convert, validate and generate instruction data")
@@ -122,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="YAML mapping onto PipelineConfig")
     p.add_argument("--out", help="run folder")
     p.add_argument("--address", help="Ray cluster address (default $RAY_ADDRESS, else embedded Ray)")
+    p = stages.add_parser("plan", help="check a pipeline config and print the work per stage, before anything runs")
+    p.add_argument("--config", required=True, help="YAML mapping onto PipelineConfig")
+    p.add_argument("--out", help="run folder")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
 
     for name, what in (("warmup", "LESS step 1: LoRA warmup on a seeded p%% of the pool (Ray Train + DeepSpeed)"),
                        ("train", "train the target model on a selection (Ray Train + DeepSpeed)"),
@@ -177,9 +183,12 @@ def _cmd_model(args) -> int:
 
 def _cmd_training_or_extract(args) -> int:
     from .config import load_config
+    from .preflight import check_stage_config
     if args.stage == "extract":
         from .extract.job import ExtractConfig, run_extract
-        stores = run_extract(load_config(ExtractConfig, args.config, {"out": args.out, "address": args.address}))
+        cfg = load_config(ExtractConfig, args.config, {"out": args.out, "address": args.address})
+        check_stage_config(cfg, "extract")
+        stores = run_extract(cfg)
         print(json.dumps({str(d): str(p) for d, p in stores.items()}, indent=2))
         return 0
     from .train.config import TrainConfig, WarmupConfig
@@ -188,6 +197,7 @@ def _cmd_training_or_extract(args) -> int:
     cfg = load_config(cls, args.config, {"out": args.out})
     if args.address:
         cfg.ray.address = args.address
+    check_stage_config(cfg, args.stage)
     print(fn(cfg))
     return 0
 
@@ -195,8 +205,11 @@ def _cmd_training_or_extract(args) -> int:
 def _cmd_scoring(args) -> int:
     from .config import load_config
     if args.stage == "score":
+        from .preflight import check_stage_config
         from .scoring.job import ScoreConfig, run_score
-        result = run_score(load_config(ScoreConfig, args.config, {"out": args.out, "address": args.address}))
+        cfg = load_config(ScoreConfig, args.config, {"out": args.out, "address": args.address})
+        check_stage_config(cfg, "score")
+        result = run_score(cfg)
     elif args.stage == "select" and (args.diverse is not None or args.diverse_config):
         from .selectors.diverse_topk import DiverseSelectConfig, run_diverse_select
         result = run_diverse_select(load_config(DiverseSelectConfig, args.diverse_config, {
@@ -241,20 +254,31 @@ def _cmd_selector(args) -> int:
     return 0
 
 
-def _setup_logging() -> None:
-    """One line per stage event (counts, timings) on stderr, beside Ray's own progress output."""
-    import logging
-    logger = logging.getLogger("less_ray")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s less_ray %(message)s", "%H:%M:%S"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+def _cmd_plan(args) -> int:
+    from .config import load_config
+    from .pipeline import PipelineConfig
+    from .estimate import format_plan, plan_pipeline
+    from .preflight import preflight_pipeline
+    cfg = load_config(PipelineConfig, args.config, {"out": args.out})
+    findings = preflight_pipeline(cfg)
+    findings.raise_errors("plan")
+    plan = plan_pipeline(cfg)
+    plan["warnings"] = findings.warnings
+    print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
+    return 0
+
+
+def _split_verbose(argv: list[str]) -> tuple[list[str], bool]:
+    """-v / --verbose anywhere on the line (before or after the stage)."""
+    rest = [a for a in argv if a not in ("-v", "--verbose")]
+    return rest, len(rest) != len(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv, verbose = _split_verbose(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
-    _setup_logging()
+    from .console import configure
+    configure(verbose or None)
     from .config import ConfigError
     from .data.schema import DataFileError
     try:
@@ -262,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_data(args)
         if args.stage == "model":
             return _cmd_model(args)
+        if args.stage == "plan":
+            return _cmd_plan(args)
         if args.stage == "pipeline":
             from .config import load_config
             from .pipeline import PipelineConfig, run_pipeline
@@ -273,8 +299,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.stage == "eval":
             from .config import load_config
             from .eval.runner import EvalConfig, run_eval
-            res = run_eval(load_config(EvalConfig, args.config, {"model": args.model, "tasks": args.tasks,
-                                                                 "out": args.out}))
+            from .preflight import check_stage_config
+            ecfg = load_config(EvalConfig, args.config, {"model": args.model, "tasks": args.tasks, "out": args.out})
+            check_stage_config(ecfg, "eval")
+            res = run_eval(ecfg)
             print(json.dumps({t: {k: v[k] for k in ("metric", "score", "n")} for t, v in res["tasks"].items()}, indent=2))
             return 0
         if args.stage == "selector":

@@ -6,7 +6,8 @@
     <out>/scores/<task>/                scores.parquet, top_p*.jsonl, sorted.csv
     <out>/selectors/<name>/             other selectors (`selectors:`), the same score folder layout
     <out>/train/<task>/                 the target model trained on the selection
-    <out>/eval/<task>.json              its evaluation
+    <out>/eval/<task>.json              its evaluation (<task>.base.json: the base model's)
+    <out>/targets/<task>.jsonl          the targets that select (<task>.heldout.jsonl: held out for eval)
     <out>/report.html
     <out>/stages.json                   per stage: config hash, seconds, counts
 
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import config_hash, save_config
+from .config import absolute_paths, config_hash, save_config, path_field
 from .eval.runner import EvalConfig, run_eval
 from .extract.job import ExtractConfig, run_extract
 from .ray_runtime import ActorPool, ensure_ray
@@ -60,12 +61,17 @@ class ScoreOptions(ActorPool):
 
 @dataclass
 class TrainOptions(TrainingSettings):
-    model: str | None = None  # default: the warmup's base model (another one: LESS-T)
+    model: str | None = path_field("model", None)  # default: the warmup's base model (another one: LESS-T)
 
 
 @dataclass
 class EvalOptions:
-    tasks: dict[str, list[str]] = field(default_factory=dict)  # target task -> eval tasks (default: itself)
+    # target task -> eval tasks; default: the benchmark of that name (bbh, mmlu, tydiqa), else
+    # `loss:<task>`, the mean answer-token loss on held-out examples of the task
+    tasks: dict[str, list[str]] = field(default_factory=dict)
+    heldout: dict[str, str] = path_field("in", {})  # task -> held-out examples for `loss:<task>`
+    heldout_fraction: float = 0.2  # without such a file: this share of the targets, never used for selection
+    base: bool = True  # evaluate the base model too, beside each trained one
     batch_size: int = 8
     bbh_max_per_task: int | None = 40
     bbh_max_new_tokens: int = 512
@@ -77,10 +83,10 @@ class EvalOptions:
 
 @dataclass
 class PipelineConfig:
-    out: str = ""
-    base_model: str = ""
-    pool: str = ""  # candidate pool (schema JSONL/Parquet)
-    targets: dict[str, str] = field(default_factory=dict)  # task name -> target examples file
+    out: str = path_field("out", "")
+    base_model: str = path_field("model", "")
+    pool: str = path_field("in", "")  # candidate pool (schema JSONL/Parquet)
+    targets: dict[str, str] = path_field("in", {})  # task name -> target examples file
     seed: int = 0
     chat_format: str = "tulu"
     max_seq_length: int = 2048
@@ -155,7 +161,8 @@ def score_config(cfg: PipelineConfig, pool_stores: list[str], target_stores: dic
                        **stage_ray(cfg))
 
 
-def selector_config(cfg: PipelineConfig, run: Run, name: str, checkpoints: list[str]) -> Any:
+def selector_config(cfg: PipelineConfig, run: Run, name: str, checkpoints: list[str],
+                    targets: dict[str, str] | None = None) -> Any:
     """The typed config of extra selector `name`: its options, then what the pipeline knows
     (`checkpoints`: the warmup's, in epoch order; the selector says whether it wants the first)."""
     import dataclasses
@@ -170,7 +177,7 @@ def selector_config(cfg: PipelineConfig, run: Run, name: str, checkpoints: list[
              "max_seq_length": cfg.max_seq_length, "model": cfg.base_model, "base_model": cfg.base_model,
              "checkpoint": checkpoint, "embeddings": str(run.root / "selectors" / "embeddings")}
     if sel.targeted:
-        known["targets"] = dict(cfg.targets)
+        known["targets"] = dict(targets or cfg.targets)  # the prepared targets: never the held-out ones
     if fields["top_p"].default == SelectorConfig.top_p:  # a selector with its own default (full: 1) keeps it
         known["top_p"] = cfg.score.top_p
     data = {k: v for k, v in known.items() if k in fields and v is not None}
@@ -178,7 +185,19 @@ def selector_config(cfg: PipelineConfig, run: Run, name: str, checkpoints: list[
     return config_from_dict(sel.config_cls, data, f"pipeline selectors.{name}")
 
 
-def run_selectors(cfg: PipelineConfig, run: Run) -> dict[str, Any]:
+def eval_config(cfg: PipelineConfig, model: str, base: str, tasks: list[str], heldout: dict[str, str],
+                out: Path) -> EvalConfig:
+    """`model` (an adapter trained on `base`, or `base` itself) on `tasks`; an adapter is loaded
+    onto the run's own base model, never onto whatever its adapter_config.json names."""
+    ev = cfg.eval
+    return EvalConfig(model=model, base_model=base, tasks=tasks, heldout=heldout, out=str(out),
+                      chat_format=cfg.chat_format, batch_size=ev.batch_size, max_prompt_tokens=ev.max_prompt_tokens,
+                      bbh_max_per_task=ev.bbh_max_per_task, bbh_max_new_tokens=ev.bbh_max_new_tokens,
+                      mmlu_max_per_subject=ev.mmlu_max_per_subject, tydiqa_max_per_language=ev.tydiqa_max_per_language,
+                      demo_n=ev.demo_n, seed=cfg.seed)
+
+
+def run_selectors(cfg: PipelineConfig, run: Run, targets: dict[str, str] | None = None) -> dict[str, Any]:
     """Every selector in `cfg.selectors`, each a ledger stage `selector/<name>`."""
     from .selectors import run_selector
     from .train.checkpoint import read_warmup_manifest
@@ -186,27 +205,69 @@ def run_selectors(cfg: PipelineConfig, run: Run) -> dict[str, Any]:
     checkpoints = [c["path"] for c in read_warmup_manifest(manifest.parent)["checkpoints"]] if manifest.exists() else []
     out = {}
     for name in cfg.selectors:
-        scfg = selector_config(cfg, run, name, checkpoints)
+        scfg = selector_config(cfg, run, name, checkpoints, targets)
         out[name] = run.stage(f"selector/{name}", scfg, Path(scfg.out) / "score_summary.json",
                               lambda name=name, scfg=scfg: run_selector(name, scfg))
     return out
 
 
+def prepare_targets(cfg: PipelineConfig, run: Run) -> tuple[dict[str, str], dict[str, str]]:
+    """The target files the run selects with, and the held-out files it evaluates on.
+
+    `<run>/targets/<task>.jsonl`: the task's targets, each record's task set to the key under
+    `targets:` and a missing subtask set to the task (then all its targets form one subtask).
+    A task evaluated by `loss:<task>` without an `eval.heldout` file has a seeded
+    `heldout_fraction` of its targets moved to `<task>.heldout.jsonl`, never used for selection."""
+    import dataclasses
+    import zlib
+
+    import numpy as np
+
+    from .data.io import read_records, write_jsonl
+    from .preflight import eval_tasks_for, heldout_count
+    folder = run.root / "targets"
+    folder.mkdir(exist_ok=True)
+    selecting, heldout = {}, dict(cfg.eval.heldout)
+    for task, path in cfg.targets.items():
+        recs = [dataclasses.replace(r, task=task, subtask=r.subtask or task) for r in read_records(path).records]
+        if f"loss:{task}" in eval_tasks_for(cfg, task) and task not in heldout:
+            order = np.random.default_rng([cfg.seed, zlib.crc32(task.encode())]).permutation(len(recs))
+            held = set(order[:heldout_count(len(recs), cfg.eval.heldout_fraction)].tolist())
+            heldout[task] = str(_write_if_changed(write_jsonl, [r for i, r in enumerate(recs) if i in held],
+                                                  folder / f"{task}.heldout.jsonl"))
+            recs = [r for i, r in enumerate(recs) if i not in held]
+        selecting[task] = str(_write_if_changed(write_jsonl, recs, folder / f"{task}.jsonl"))
+    return selecting, heldout
+
+
+def _write_if_changed(write, records: list, path: Path) -> Path:
+    """Rewrite `path` only when its records change, so an unchanged rerun leaves it untouched."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(records, tmp)
+    if path.exists() and path.read_bytes() == tmp.read_bytes():
+        tmp.unlink()
+    else:
+        tmp.replace(path)
+    return path
+
+
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
+    from .preflight import eval_tasks_for, preflight_pipeline
     from .train.checkpoint import read_warmup_manifest
     from .train.runner import run_train, run_warmup
 
-    unknown = set(cfg.stages) - set(STAGES)
-    if unknown or not cfg.out or not cfg.base_model or not cfg.pool or not cfg.targets:
-        raise ValueError(f"pipeline: out, base_model, pool and targets are required; stages must be from "
-                         f"{STAGES} (unknown: {sorted(unknown)})")
+    absolute_paths(cfg)  # Ray workers run in their own folders: nothing relative may reach them
+    findings = preflight_pipeline(cfg)  # before Ray starts: a config mistake costs a second
+    findings.raise_errors("pipeline")
+    findings.log_warnings()
     run = Run(cfg)
     save_config(cfg, run.root / "pipeline.config.yaml")
+    target_files, heldout_files = prepare_targets(cfg, run)
     ensure_ray(cfg.ray.address, cfg.ray.num_cpus)  # one Ray for every stage of the run
     want = set(cfg.stages)
     summary: dict[str, Any] = {"run": str(run.root)}
     if want == {"selectors"}:  # other selectors alone need no LESS stage
-        summary["selectors"] = run_selectors(cfg, run)
+        summary["selectors"] = run_selectors(cfg, run, target_files)
         (run.root / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         return summary
 
@@ -218,7 +279,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     pool_stores, target_stores = [], {t: [] for t in cfg.targets}
     for c in ckpts:
         base = run.root / "datastore" / f"epoch_{c['epoch']}"
-        jobs = [("pool", cfg.pool, "adam")] + [(t, path, "sgd") for t, path in cfg.targets.items()]
+        jobs = [("pool", cfg.pool, "adam")] + [(t, path, "sgd") for t, path in target_files.items()]
         for name, data, kind in jobs:
             ecfg = extract_config(cfg, c["path"], data, base / name, kind)
             if "extract" in want:
@@ -236,7 +297,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         first = scores_dir / next(iter(cfg.targets)) / selection_name(sel)
         summary["select"] = run.stage("select", sel, first, lambda: run_select(sel))
     if "selectors" in want and cfg.selectors:
-        summary["selectors"] = run_selectors(cfg, run)
+        summary["selectors"] = run_selectors(cfg, run, target_files)
 
     for task in cfg.targets:
         selection = scores_dir / task / selection_name(sel)
@@ -245,16 +306,17 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
                            max_seq_length=cfg.max_seq_length, ray=cfg.ray, **cfg.train.training_settings())
         if "train" in want:
             run.stage(f"train/{task}", tcfg, Path(tcfg.out) / "state.json", lambda tcfg=tcfg: str(run_train(tcfg)))
-        ev = cfg.eval
-        ecfg = EvalConfig(model=str(run.root / "train" / task / "model"), tasks=ev.tasks.get(task, [task]),
-                          out=str(run.root / "eval" / f"{task}.json"), chat_format=cfg.chat_format,
-                          batch_size=ev.batch_size, max_prompt_tokens=ev.max_prompt_tokens,
-                          bbh_max_per_task=ev.bbh_max_per_task, bbh_max_new_tokens=ev.bbh_max_new_tokens,
-                          mmlu_max_per_subject=ev.mmlu_max_per_subject,
-                          tydiqa_max_per_language=ev.tydiqa_max_per_language, demo_n=ev.demo_n, seed=cfg.seed)
-        if "eval" in want:
-            res = run.stage(f"eval/{task}", ecfg, Path(ecfg.out), lambda ecfg=ecfg: run_eval(ecfg))
-            summary.setdefault("eval", {})[task] = {t: r["score"] for t, r in res["tasks"].items()}
+        base = cfg.train.model or cfg.base_model
+        models = {"trained": (str(run.root / "train" / task / "model"), run.root / "eval" / f"{task}.json")}
+        if cfg.eval.base:
+            models["base"] = (base, run.root / "eval" / f"{task}.base.json")
+        for which, (model, out) in models.items():
+            ecfg = eval_config(cfg, model, base, eval_tasks_for(cfg, task), heldout_files, out)
+            if "eval" in want:
+                res = run.stage(f"eval/{task}" if which == "trained" else f"eval/base/{task}", ecfg, out,
+                                lambda ecfg=ecfg: run_eval(ecfg))
+                summary.setdefault("eval", {}).setdefault(task, {})[which] = {
+                    t: {k: r[k] for k in ("metric", "score", "n", "answer_loss") if k in r} for t, r in res["tasks"].items()}
 
     rcfg = ReportConfig(scores=str(scores_dir), out=str(run.root / "report.html"), pool=cfg.pool,
                         top_p=cfg.score.top_p)

@@ -14,15 +14,18 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     Returns True when this call started Ray (the caller may shut it down). The embedded Ray
     keeps its dashboard: Ray Train V2's placement-group cleaner polls the state API it serves."""
     import ray
+
+    from .console import after_ray_init, ray_init_args
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, **ray_init_args())
     else:
         # "local": a new Ray here, even if another `ray start` head runs on this machine
-        ray.init(address="local", num_cpus=num_cpus, log_to_driver=True)
-    log.info("ray: %s", ray.cluster_resources())
+        ray.init(address="local", num_cpus=num_cpus, **ray_init_args())
+    after_ray_init()
+    log.info("ray: %s", {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")})
     return True
 
 
@@ -52,4 +55,6 @@ class RayStage(ActorPool):
     num_cpus: int | None = None  # embedded Ray only
 
     def join_ray(self) -> bool:
+        from .config import absolute_paths
+        absolute_paths(self)  # actors run in their own folders: nothing relative may reach them
         return ensure_ray(self.address, self.num_cpus)

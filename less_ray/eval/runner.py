@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..config import save_config
+from ..config import save_config, path_field
 from .metrics import bbh_extract, exact_match, max_f1
 from .prompts import EvalItem, bbh_items, mmlu_items, tydiqa_items
 
@@ -22,11 +22,14 @@ log = logging.getLogger("less_ray")
 
 @dataclass
 class EvalConfig:
-    model: str = ""  # HF folder, or a peft adapter folder (its base is read from adapter_config.json)
-    base_model: str | None = None  # overrides the adapter's recorded base
-    tasks: list[str] = field(default_factory=lambda: ["bbh", "mmlu", "tydiqa"])  # or demo:<family>
-    out: str = ""  # results JSON
-    data_root: str | None = None
+    model: str = path_field("model", "")  # HF folder, or a peft adapter folder (its base is read from adapter_config.json)
+    base_model: str | None = path_field("model", None)  # overrides the adapter's recorded base
+    # bbh, mmlu, tydiqa, demo:<family>, or loss:<name> (mean answer-token loss on the examples of
+    # heldout[<name>], or of the file <name>)
+    tasks: list[str] = field(default_factory=lambda: ["bbh", "mmlu", "tydiqa"])
+    heldout: dict[str, str] = path_field("in", {})
+    out: str = path_field("out", "")  # results JSON
+    data_root: str | None = path_field("in", None)
     chat_format: str = "tulu"  # tulu | template
     batch_size: int = 8
     max_prompt_tokens: int = 2048  # longer prompts keep their end
@@ -136,14 +139,49 @@ def evaluate_task(task: str, model, tok, cfg: EvalConfig, data_root: Path | None
         preds = [g.strip() for g in generate(items, model, tok, cfg, 48, ["\n"])]
         return {"metric": "accuracy", **_summarise(items, [demo_correct(p, i) for p, i in zip(preds, items)], preds),
                 "answer_loss": demo_mean_loss(items, model, tok, cfg.chat_format, cfg.batch_size)}
-    raise ValueError(f"unknown eval task {task!r}; expected bbh, mmlu, tydiqa or demo:<family>")
+    if task.startswith("loss:"):
+        from ..data.io import read_records
+        name = task.split(":", 1)[1]
+        path = cfg.heldout.get(name, name)
+        records = read_records(path).records
+        loss = answer_loss(records, model, tok, cfg)
+        return {"metric": "answer_loss", "score": loss["mean"], "n": loss["n"], "file": str(path),
+                "per_subtask": loss["per_subtask"], "skipped": loss["skipped"], "lower_is_better": True}
+    raise ValueError(f"unknown eval task {task!r}; expected bbh, mmlu, tydiqa, demo:<family> or loss:<name>")
+
+
+@torch.no_grad()
+def answer_loss(records, model, tok, cfg: EvalConfig) -> dict[str, Any]:
+    """Mean over examples of each example's mean loss on its answer (label) tokens, formatted
+    as training formats them: it moves with small updates, where accuracy often does not."""
+    from ..core.formatting import FormatConfig, collate, tokenize_records
+    kept, skipped = tokenize_records(records, tok, FormatConfig(cfg.chat_format, cfg.max_prompt_tokens))
+    subtask = {r.id: r.subtask or r.task or "all" for r in records}
+    per_example: list[tuple[str, float]] = []
+    for lo in range(0, len(kept), cfg.batch_size):
+        chunk = kept[lo:lo + cfg.batch_size]
+        batch = {k: v.to(model.device) for k, v in collate(chunk, tok.pad_token_id).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+        labels = batch["labels"][:, 1:]
+        tok_loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
+        keep = labels != -100
+        means = (tok_loss * keep).sum(1) / keep.sum(1)
+        per_example += [(e.id, float(m)) for e, m in zip(chunk, means.tolist())]
+    if not per_example:
+        raise ValueError(f"loss eval: none of {len(records)} examples has answer tokens within "
+                         f"{cfg.max_prompt_tokens} tokens")
+    groups: dict[str, list[float]] = {}
+    for i, v in per_example:
+        groups.setdefault(subtask[i], []).append(v)
+    return {"mean": sum(v for _, v in per_example) / len(per_example), "n": len(per_example),
+            "per_subtask": {k: sum(v) / len(v) for k, v in sorted(groups.items())}, "skipped": len(skipped)}
 
 
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     if not cfg.model:
         raise ValueError("eval: 'model' is required")
     data_root = None
-    if any(not t.startswith("demo:") for t in cfg.tasks):
+    if any(t in ("bbh", "mmlu", "tydiqa") for t in cfg.tasks):
         from ..data.sources import default_data_root
         data_root = Path(cfg.data_root) if cfg.data_root else default_data_root()
     model, tok = load_for_eval(cfg.model, cfg.base_model, cfg.dtype)
@@ -152,7 +190,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         t0 = time.time()
         results["tasks"][task] = evaluate_task(task, model, tok, cfg, data_root)
         results["tasks"][task]["seconds"] = round(time.time() - t0, 1)
-        log.info("eval %s: %s = %.4f (n=%d)", task, results["tasks"][task]["metric"],
+        log.debug("eval %s: %s = %.4f (n=%d)", task, results["tasks"][task]["metric"],
                  results["tasks"][task]["score"], results["tasks"][task]["n"])
     if cfg.out:
         out = Path(cfg.out)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from typing import Literal, Optional
+from ..config import path_field
 
 
 @dataclass
@@ -54,7 +55,7 @@ class DeepSpeedSettings:
 class RaySettings:
     address: Optional[str] = None  # None: join a running Ray if initialised, else start one here
     num_cpus: Optional[int] = None  # for the embedded Ray only
-    storage_path: Optional[str] = None  # Ray Train storage (run state, resume checkpoints); default <out>/ray
+    storage_path: Optional[str] = path_field("out", None)  # Ray Train storage (run state, resume checkpoints); default <out>/ray
     max_failures: int = 1  # worker failures to recover from (resume from the last epoch checkpoint)
     controller_failure_limit: int = -1  # Ray's default; tests set 0 so misconfigurations fail fast
 
@@ -83,15 +84,15 @@ class TrainingJob(TrainingSettings):
 
 @dataclass
 class WarmupConfig(TrainingJob):
-    pool: str  # the candidate pool (schema JSONL/Parquet)
-    out: str
-    base_model: str  # local HF folder or hub name
+    pool: str = path_field("in")  # the candidate pool (schema JSONL/Parquet)
+    out: str = path_field("out")
+    base_model: str = path_field("model")  # local HF folder (a hub name only with LESS_RAY_ALLOW_HUB=1)
     percentage: float = 0.05
     data_seed: int = 3  # seeds the warmup draw (LESS advertises DATA_SEED=3 but never uses it for this)
 
 
 @dataclass
 class TrainConfig(TrainingJob):
-    data: str  # the selection (schema JSONL/Parquet); every record is trained on
-    out: str
-    base_model: str  # may differ from the warmup model (LESS-T)
+    data: str = path_field("in")  # the selection (schema JSONL/Parquet); every record is trained on
+    out: str = path_field("out")
+    base_model: str = path_field("model")  # may differ from the warmup model (LESS-T)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import config_hash, config_to_dict, save_config
+from ..config import absolute_paths, config_hash, config_to_dict, save_config
 from ..core.formatting import FormatConfig
 from ..ray_runtime import ensure_ray
 from .checkpoint import (MODEL_DIR, STATE_FILE, WARMUP_DATA_FILE, data_hash, export_checkpoint,
@@ -121,7 +121,8 @@ def run_warmup(cfg: WarmupConfig) -> Path:
     if not cfg.lora.enabled:
         raise ValueError("warmup trains LoRA (the gradient datastore reads LoRA gradients); set lora.enabled: true")
     check_moments_supported(cfg.deepspeed.zero_stage, resolve_dtype(cfg.deepspeed.dtype, cfg.scaling.use_gpu))
-    out = Path(cfg.out).resolve()
+    absolute_paths(cfg)  # workers run in their own folders: nothing relative may reach them
+    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     pool = read_records(cfg.pool).records
     chosen = draw_warmup(pool, cfg.percentage, cfg.data_seed)
@@ -148,7 +149,8 @@ def run_train(cfg: TrainConfig) -> Path:
     """LESS step 4: train on a selection (LoRA or full fine-tune, any base model);
     <out>/model is the final adapter (or model) with the tokenizer, <out>/state.json its state."""
     from ..models import load_tokenizer
-    out = Path(cfg.out).resolve()
+    absolute_paths(cfg)  # workers run in their own folders: nothing relative may reach them
+    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     data_path = Path(cfg.data).resolve()

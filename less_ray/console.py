@@ -1,0 +1,83 @@
+"""What a run prints: one line per stage by default, everything with `-v`.
+
+Quiet mode keeps less_ray's own INFO lines (one per stage: what, counts, seconds, where the
+artifact is) and warnings a user can act on; it hides what a user cannot act on: Ray's worker
+log forwarding (worker logs stay in /tmp/ray/session_*/logs), Ray Data's periodic progress
+logs when stderr is not a terminal (a terminal keeps its progress bars), library deprecation
+and future warnings, and transformers' load-progress bars. `-v` (or LESS_RAY_VERBOSE=1) shows all.
+The setting travels to Ray workers through the environment.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+VERBOSE_ENV = "LESS_RAY_VERBOSE"
+# categories from libraries (ray, transformers, torch, deepspeed) that a user of less_ray cannot fix
+_NOISE = (DeprecationWarning, FutureWarning, PendingDeprecationWarning)
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def configure(verbose_flag: bool | None = None) -> None:
+    """Set up less_ray's log line format and, unless verbose, silence library noise."""
+    if verbose_flag is not None:
+        os.environ[VERBOSE_ENV] = "1" if verbose_flag else "0"
+    logger = logging.getLogger("less_ray")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s less_ray %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.DEBUG if verbose() else logging.INFO)
+    if verbose():
+        return
+    quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """In this process (the driver, or a worker that calls it): drop the noise."""
+    if verbose():
+        return
+    for category in _NOISE:
+        warnings.filterwarnings("ignore", category=category)
+    warnings.filterwarnings("ignore", message=".*(TRANSFORMERS_CACHE|torch_dtype|is_gradient_checkpointing).*")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    for name in ("ray", "ray.data", "ray.train", "ray.tune", "deepspeed", "DeepSpeed", "torch.distributed"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if "transformers" in sys.modules:
+        import transformers
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+
+
+def ray_init_args() -> dict:
+    """`ray.init` keywords that follow the verbosity: workers' logs reach the driver only with -v."""
+    if verbose():
+        return {"log_to_driver": True}
+    return {"log_to_driver": False, "logging_level": logging.WARNING}
+
+
+def after_ray_init() -> None:
+    """Ray Data's progress: bars on a terminal, nothing in a log file unless verbose."""
+    if verbose():
+        return
+    quiet_libraries()
+    try:
+        from ray.data import DataContext
+        ctx = DataContext.get_current()
+        ctx.enable_progress_bars = sys.stderr.isatty()
+        if hasattr(ctx, "enable_operator_progress_bars"):
+            ctx.enable_operator_progress_bars = sys.stderr.isatty()
+        if hasattr(ctx, "print_on_execution_start"):
+            ctx.print_on_execution_start = False
+    except ImportError:
+        pass

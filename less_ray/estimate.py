@@ -1,0 +1,138 @@
+"""`less-ray plan`: the work each stage of a pipeline config will do, before anything runs.
+
+Counts are exact (records, warmup draw, selection size, checkpoints, feature bytes); token
+counts come from tokenising a sample of the pool with the base model's tokenizer; the model's
+and the LoRA adapter's parameter counts from building both on the meta device (no weights
+read). FLOPs use the usual 6 x parameters x tokens for a forward and backward pass (an upper
+bound with LoRA, whose frozen weights need no weight gradient) and 2 x P x d per example for a
+dense projection. Seconds are FLOPs at a stated rate: an estimate, not a measurement.
+"""
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+# measured on this project's 2-core CI CPU (bench/results/extract_core_cpu.txt): the batched
+# LoRA gradient pass runs at ~58% of a 105 GFLOP/s fp32 matmul per thread; the sign-lookup
+# projection costs ~0.02 ns per matrix entry per example
+CPU_FLOPS_PER_CORE = 60e9
+CPU_PROJECTION_S_PER_ENTRY = 0.02e-9
+TOKEN_SAMPLE = 400
+
+
+def model_sizes(base_model: str, lora: Any) -> dict[str, int]:
+    """Parameters of the base model and of its LoRA adapter (LESS's gradient dimension P)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    config = AutoConfig.from_pretrained(base_model, local_files_only=True)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    total = sum(p.numel() for p in model.parameters())
+    from peft import LoraConfig, get_peft_model
+    peft_model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, target_modules=list(lora.target_modules)))
+    lora_params = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    return {"model_params": int(total), "lora_params": int(lora_params)}
+
+
+def token_stats(records: list, base_model: str, chat_format: str, max_seq_length: int, seed: int) -> dict[str, float]:
+    from .core.formatting import FormatConfig, tokenize_records
+    from .models import load_tokenizer
+    sample = random.Random(seed).sample(records, min(TOKEN_SAMPLE, len(records)))
+    kept, skipped = tokenize_records(sample, load_tokenizer(base_model), FormatConfig(chat_format, max_seq_length))
+    n = max(1, len(kept))
+    return {"sampled": len(sample), "mean_tokens": sum(len(e.input_ids) for e in kept) / n,
+            "mean_label_tokens": sum(e.n_label_tokens for e in kept) / n,
+            "skipped_share": len(skipped) / max(1, len(sample))}
+
+
+def plan_pipeline(cfg: Any) -> dict[str, Any]:
+    """The work per stage of PipelineConfig `cfg` (paths absolute, preflight passed)."""
+    from .data.io import read_records
+    from .preflight import eval_tasks_for, heldout_count
+    pool = read_records(cfg.pool).records
+    n_pool = len(pool)
+    targets = {}
+    for task, path in cfg.targets.items():
+        n = len(read_records(path).records)
+        held = heldout_count(n, cfg.eval.heldout_fraction) if (
+            f"loss:{task}" in eval_tasks_for(cfg, task) and task not in cfg.eval.heldout) else 0
+        targets[task] = {"targets": n - held, "held_out": held}
+    sizes = model_sizes(cfg.base_model, cfg.warmup.lora)
+    tok = token_stats(pool, cfg.base_model, cfg.chat_format, cfg.max_seq_length, cfg.seed)
+    ckpts = cfg.warmup.optim.epochs
+    n_warm = max(1, int(n_pool * cfg.warmup.percentage))
+    k = max(1, math.floor(cfg.score.top_p * n_pool + 1e-9))
+    dim, proj = cfg.extract.dim, cfg.extract.projection
+    n_targets = sum(t["targets"] for t in targets.values())
+    train_flops = lambda examples, epochs: 6 * sizes["model_params"] * tok["mean_tokens"] * examples * epochs
+    feature_bytes = (2 if cfg.extract.dtype == "float16" else 4) * dim
+    proj_entries = sizes["lora_params"] * dim if proj == "rademacher" else 0
+    extract_rows = (n_pool + n_targets) * ckpts
+    stages = {
+        "warmup": {"examples": n_warm, "epochs": ckpts, "checkpoints": ckpts,
+                   "optimizer_steps": math.ceil(n_warm / cfg.warmup.scaling.effective_batch_size) * ckpts,
+                   "flops": train_flops(n_warm, ckpts)},
+        "extract": {"examples": extract_rows, "pool_rows_per_checkpoint": n_pool, "target_rows_per_checkpoint": n_targets,
+                    "projection": proj, "dim": dim, "gradient_dim": sizes["lora_params"],
+                    "flops": 6 * sizes["model_params"] * tok["mean_tokens"] * extract_rows,
+                    "projection_entries": proj_entries * extract_rows,
+                    "feature_bytes": feature_bytes * extract_rows},
+        "score": {"pool_rows": n_pool, "checkpoints": ckpts, "flops": 2 * n_pool * dim * ckpts * max(1, n_targets)},
+        "select": {"k_per_task": k, "tasks": len(targets)},
+        "train": {"examples_per_task": k, "epochs": cfg.train.optim.epochs, "tasks": len(targets),
+                  "flops": train_flops(k, cfg.train.optim.epochs) * len(targets)},
+        "eval": {task: eval_tasks_for(cfg, task) for task in targets},
+    }
+    cores = cfg.ray.num_cpus or _cores()
+    for name in ("warmup", "extract", "score", "train"):
+        s = stages[name]
+        seconds = s["flops"] / (CPU_FLOPS_PER_CORE * cores)
+        if name == "extract":
+            seconds += s["projection_entries"] * CPU_PROJECTION_S_PER_ENTRY / cores
+        s["cpu_seconds_estimate"] = round(seconds, 1)
+    return {"pool": {"path": cfg.pool, "records": n_pool}, "targets": targets, "model": {"path": cfg.base_model, **sizes},
+            "tokens": tok, "stages": stages, "cpu_cores": cores,
+            "rate": f"{CPU_FLOPS_PER_CORE / 1e9:.0f} GFLOP/s per CPU core (fp32, measured for the batched gradient pass)"}
+
+
+def _cores() -> int:
+    import os
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _human(x: float, unit: str = "") -> str:
+    for scale, suffix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:.1f} {suffix}{unit}"
+    return f"{x:.0f} {unit}".rstrip()
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def format_plan(plan: dict[str, Any]) -> str:
+    s, m, t = plan["stages"], plan["model"], plan["tokens"]
+    lines = [f"pool     {plan['pool']['records']} records  ({plan['pool']['path']})",
+             "targets  " + ", ".join(f"{k}: {v['targets']} (+{v['held_out']} held out)" for k, v in plan["targets"].items()),
+             f"model    {_human(m['model_params'])} parameters, LoRA gradient dimension P = {_human(m['lora_params'])}",
+             f"tokens   {t['mean_tokens']:.0f} per example ({t['mean_label_tokens']:.0f} labelled; sample of {t['sampled']},"
+             f" {t['skipped_share']:.0%} would be skipped as all-truncated)", ""]
+    w, e, sc, tr = s["warmup"], s["extract"], s["score"], s["train"]
+    cpu = lambda d: f"~{_duration(d['cpu_seconds_estimate'])} on {plan['cpu_cores']} CPU cores"
+    lines += [f"warmup   {w['examples']} examples x {w['epochs']} epochs = {w['optimizer_steps']} optimizer steps,"
+              f" {w['checkpoints']} checkpoints; {_human(w['flops'], 'FLOP')}, {cpu(w)}",
+              f"extract  {e['examples']} gradient features ({e['pool_rows_per_checkpoint']} pool +"
+              f" {e['target_rows_per_checkpoint']} targets per checkpoint), {e['projection']} projection to d = {e['dim']};"
+              f" {_human(e['flops'], 'FLOP')} + {_human(e['projection_entries'], '')} projection entries;"
+              f" store {_human(e['feature_bytes'], 'B')}; {cpu(e)}",
+              f"score    {sc['pool_rows']} rows x {sc['checkpoints']} checkpoints; {_human(sc['flops'], 'FLOP')}, {cpu(sc)}",
+              f"select   top {s['select']['k_per_task']} per task, {s['select']['tasks']} task(s)",
+              f"train    {tr['examples_per_task']} examples x {tr['epochs']} epochs x {tr['tasks']} task(s);"
+              f" {_human(tr['flops'], 'FLOP')}, {cpu(tr)}",
+              "eval     " + "; ".join(f"{k}: {', '.join(v)}" for k, v in s["eval"].items()),
+              "", f"estimates: FLOPs at {plan['rate']}; a GPU is typically 20-100x faster (not measured here)"]
+    lines += [f"warning: {x}" for x in plan.get("warnings", [])]
+    return "\n".join(lines)
