@@ -149,3 +149,150 @@ def test_parquet_bad_rows_are_named_by_row(tmp_path):
     with pytest.raises(DataFileError) as err:
         read_records(path)
     assert [(p.line, p.reason[:12]) for p in err.value.problems] == [(2, "messages[0] "), (3, "duplicate id")]
+
+
+# --- issue 17: bad input that used to end in a traceback or a silent outcome -----------------------
+from less_ray.cli import main  # noqa: E402
+from less_ray.data.io import MAX_NESTING, NoRecordsError, require_records  # noqa: E402
+
+
+def test_deep_nesting_is_a_line_problem_and_quarantines_only_that_line(tmp_path):
+    deep = b'{"id": "d", "messages": ' + b"[" * 5000 + b"]" * 5000 + b"}\n"
+    path = tmp_path / "deep.jsonl"
+    path.write_bytes(_line(GOOD) + deep + _line(_with(id="z")))
+    with pytest.raises(DataFileError) as err:
+        read_records(path)
+    assert str(err.value) == (f"1 bad input line(s):\n  {path}:2: nesting deeper than {MAX_NESTING} "
+                              "(JSON objects/arrays inside each other)")
+    rep = read_records(path, on_error="quarantine", quarantine_path=tmp_path / "q.jsonl")
+    assert [r.id for r in rep.records] == ["a1", "z"]
+    (q,) = [json.loads(x) for x in (tmp_path / "q.jsonl").read_text().splitlines()]
+    assert (q["line"], q["reason"][:22]) == (2, "nesting deeper than 10")
+    # nesting up to the limit is fine (brackets inside strings do not count)
+    ok = _with(id="ok", junk=json.loads("[" * (MAX_NESTING - 1) + "]" * (MAX_NESTING - 1)), note="[[[[" * 50)
+    path.write_bytes(_line(ok))
+    assert [r.id for r in read_records(path).records] == ["ok"]
+
+
+def test_deep_nesting_inside_a_json_array_file(tmp_path):
+    path = tmp_path / "a.json"
+    path.write_text('[\n{"instruction": "a", "output": "b"},\n{"instruction": ' + "[" * 3000 + "]" * 3000
+                    + ', "output": "x"},\n{"instruction": "c", "output": "d"}\n]\n', encoding="utf-8")
+    rep = read_records(path, format="alpaca", on_error="collect")
+    assert [r.messages[0]["content"] for r in rep.records] == ["a", "c"]
+    assert [str(p) for p in rep.problems] == [
+        f"{path}:3: nesting deeper than {MAX_NESTING} (JSON objects/arrays inside each other)"]
+
+
+LONE = "lone surrogate \\ud800 in a JSON string (half of a UTF-16 pair; not valid Unicode, cannot be written as UTF-8)"
+
+
+def test_lone_surrogate_is_a_line_problem_and_convert_leaves_no_tmp(tmp_path, capsys):
+    bad = b'{"id": "s", "source": "x", "messages": [{"role": "user", "content": "a\\ud800b"}, ' \
+          b'{"role": "assistant", "content": "ok"}]}\n'
+    pair = b'{"id": "p", "source": "x", "messages": [{"role": "user", "content": "\\ud83d\\ude00"}, ' \
+           b'{"role": "assistant", "content": "ok"}]}\n'
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(pair + bad)
+    with pytest.raises(DataFileError) as err:
+        read_records(path)
+    assert [str(p) for p in err.value.problems] == [f"{path}:2: {LONE}"]
+    out = tmp_path / "out" / "pool.jsonl"
+    assert main(["data", "convert", "--inputs", str(path), "--out", str(out)]) == 1
+    assert f"{path}:2: {LONE}" in capsys.readouterr().err
+    assert not out.exists() and not list(out.parent.glob("*.tmp"))
+    assert main(["data", "convert", "--inputs", str(path), "--out", str(out), "--on-error", "quarantine"]) == 0
+    (r,) = read_records(out).records
+    assert r.messages[0]["content"] == "\U0001F600"  # an escaped pair is a real character: kept
+    assert not list(out.parent.glob("*.tmp"))
+
+
+def test_writer_refuses_a_lone_surrogate_and_leaves_no_tmp(tmp_path):
+    rec = make_record("s", _msgs(("user", "a\ud800"), ("assistant", "x")), id="bad")
+    path = tmp_path / "w.jsonl"
+    with pytest.raises(ValueError, match="record 'bad' holds '\\\\ud800', a lone surrogate"):
+        write_records([rec], path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_utf8_bom_on_line_1_is_stripped(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + _line(GOOD) + _line(_with(id="b")))
+    assert [r.id for r in read_records(path).records] == ["a1", "b"]
+    arr = tmp_path / "bom.json"
+    arr.write_bytes(b"\xef\xbb\xbf" + json.dumps([{"instruction": "i", "output": "o"}]).encode())
+    assert len(read_records(arr, format="alpaca").records) == 1
+
+
+def test_gzip_named_jsonl_is_read_transparently(tmp_path):
+    import gzip
+    path = tmp_path / "pool.jsonl"  # compressed, but not named .gz
+    path.write_bytes(gzip.compress(_line(GOOD) + _line(_with(id="b"))))
+    assert path.read_bytes()[:2] == b"\x1f\x8b"
+    rep = read_records(path)
+    assert [r.id for r in rep.records] == ["a1", "b"]
+    named = tmp_path / "pool2.jsonl.gz"
+    named.write_bytes(gzip.compress(_line({"messages": GOOD["messages"]})))
+    assert [r.source for r in read_records(named).records] == ["pool2"]  # format and stem by name under .gz
+
+
+def test_damaged_gzip_says_gzip_and_keeps_the_lines_before(tmp_path):
+    import gzip
+    data = gzip.compress(b"".join(_line(_with(id=str(i), messages=_msgs(("user", "q" * 3000 + str(i)),
+                                                                         ("assistant", "a")))) for i in range(50)))
+    path = tmp_path / "cut.jsonl"
+    path.write_bytes(data[: len(data) // 2])
+    rep = read_records(path, on_error="collect")
+    (p,) = rep.problems
+    assert p.line == len(rep.records) + 1 and 0 < len(rep.records) < 50
+    assert p.reason.startswith(f"gzip-compressed file is damaged or truncated after line {len(rep.records)} (")
+
+
+def test_empty_file_and_all_rejected_are_refused_with_counts(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    rep = read_records(empty)
+    assert (rep.lines, rep.records) == (0, [])
+    with pytest.raises(NoRecordsError) as err:
+        require_records(rep, "pool examples")
+    assert str(err.value) == f"{empty}: no pool examples: the file is empty (0 lines)"
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(_line([1]) + b"\n" + _line({"instruction": "i", "input": "", "output": "o"}))
+    rep = read_records(bad, on_error="quarantine", quarantine_path=tmp_path / "q.jsonl")
+    with pytest.raises(NoRecordsError) as err:
+        require_records(rep, "target examples")
+    assert str(err.value) == (
+        f"{bad}: no target examples: all 3 row(s) rejected (3 problem(s); quarantined to {tmp_path / 'q.jsonl'}); "
+        f"first: {bad}:1: expected a JSON object, got list\n"
+        "  hint: line 3 has keys instruction/input/output: this looks like Alpaca; pass --input-format alpaca")
+    assert isinstance(err.value, DataFileError) and len(err.value.problems) == 3
+
+    good = tmp_path / "good.jsonl"
+    good.write_bytes(_line(GOOD))
+    assert require_records(read_records(good)) == read_records(good).records
+
+
+def test_convert_refuses_an_empty_result_with_per_input_counts(tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(_line([1]) + _line([2]))
+    out = tmp_path / "o.jsonl"
+    assert main(["data", "convert", "--inputs", str(empty), str(bad), "--on-error", "quarantine",
+                 "--out", str(out)]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"less-ray data: error: convert: no records to write: {empty}: empty file (0 lines); "
+        f"{bad}: 2 row(s), 2 rejected (see {out}.quarantine.1.jsonl (2 lines))")
+    assert not out.exists()
+
+
+def test_duplicate_ids_across_convert_inputs_name_both_input_files_and_lines(tmp_path, capsys):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_bytes(_line(_with(id="x1")) + _line(_with(id="dup")))
+    b.write_bytes(_line(_with(id="y1")) + _line(_with(id="y2")) + _line(_with(id="dup")))
+    out = tmp_path / "pool.jsonl"
+    assert main(["data", "convert", "--inputs", str(a), str(b), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"{b}:3: duplicate id 'dup' (first at {a}:2)" in err and str(out) not in err
+    assert not out.exists()

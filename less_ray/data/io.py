@@ -428,8 +428,6 @@ def _resolve(path: str | Path, format: str | None) -> tuple[Path, str]:
 # --- what a file looks like --------------------------------------------------------------------
 def _classify(row: Any) -> str | None:
     """The input format a parsed row looks like, from its keys (None: no idea)."""
-    if isinstance(row, list) and len(row) == 3 and all(isinstance(f, str) for f in row):
-        return "flan_v2_cot"  # a TSV line, split
     if not isinstance(row, dict):
         return None
     conv = row.get("conversations")
@@ -459,25 +457,27 @@ def _classify(row: Any) -> str | None:
     return None
 
 
-def sniff_format(path: str | Path) -> tuple[str, int, list[str]] | None:
-    """(format name, line, the row's keys) guessed from the first non-blank row; None if unknown."""
+def sniff_format(path: str | Path, max_rows: int = 5) -> tuple[str, int, list[str]] | None:
+    """(format name, line, the row's keys) guessed from the first of the first `max_rows`
+    non-blank rows that looks like a known format; None if none does."""
     spec_path, _ = split_format_spec(path)
     p = Path(spec_path)
     try:
-        kind = "parquet" if _strip_gz(p.name.lower()).endswith(".parquet") else None
-        rows = _raw_rows(p, INPUT_FORMATS["parquet" if kind else "jsonl"])
-        for n, obj, raw in rows:
+        kind = "parquet" if _strip_gz(p.name.lower()).endswith(".parquet") else "jsonl"
+        tried = 0
+        for n, obj, raw in _raw_rows(p, INPUT_FORMATS[kind]):
+            if isinstance(obj, RecordError) and str(obj) == "empty line":
+                continue
+            tried += 1
             if isinstance(obj, RecordError):
-                if str(obj) == "empty line":
-                    continue
-                fields = raw.split("\t")
-                if len(fields) == 3:
+                if len(raw.split("\t")) == 3:
                     return "flan_v2_cot", n, []
+            else:
+                name = _classify(obj)
+                if name is not None:
+                    return name, n, list(obj) if isinstance(obj, dict) else []
+            if tried >= max_rows:
                 return None
-            name = _classify(obj)
-            if name is None:
-                return None
-            return name, n, list(obj) if isinstance(obj, dict) else []
     except (_ContainerError, OSError, ValueError):
         return None
     return None
