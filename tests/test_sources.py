@@ -165,3 +165,18 @@ def test_default_data_root_env(monkeypatch, tmp_path):
     monkeypatch.setenv(S.ENV_DATA_ROOT, str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="LESS_RAY_DATA_ROOT"):
         S.default_data_root()
+
+
+def test_native_row_functions_are_registered_and_name_bad_fields():
+    from less_ray.data.schema import RecordError
+    assert set(S.CANDIDATE_SOURCES) <= set(S.NATIVE_FORMATS)
+    assert S.NATIVE_FORMATS["gpteacher"].messages is S.gpteacher_messages
+    with pytest.raises(RecordError, match=r"^field 'instances' must hold exactly one instance, got 0$"):
+        S.self_instruct_seed_messages({"instruction": "i", "instances": []})
+    with pytest.raises(RecordError, match=r"^missing field 'question'$"):
+        S.gsm8k_messages({"answer": "x\n#### 1"})
+    with pytest.raises(RecordError, match=r"^field 'chosen': text before the first"):
+        S.hh_rlhf_messages({"chosen": "hello\n\nHuman: hi\n\nAssistant: yo"})
+    with pytest.raises(RecordError, match=r"^expected 3 tab-separated fields \(question, answer, rationale\), got 2$"):
+        S.flan_v2_cot_messages(["q", "a"])
+    assert S.flan_v2_cot_messages(["Q\\nx", "B", "R"])[1]["content"] == "R So the answer is B."
