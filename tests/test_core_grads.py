@@ -11,6 +11,7 @@ from less_ray.core.checkpoints import MOMENTS_FILE, load_lora_checkpoint, load_m
 from less_ray.core.formatting import IGNORE_INDEX, FormatConfig, TokenizedExample, collate, tokenize_records
 from less_ray.core.grads import LoraGradientComputer
 from less_ray.core.projection import IdentityProjector, RademacherProjector
+from less_ray.core.sparse_projection import SparseJLProjector
 from less_ray.data.demo import generate_pool
 
 TOL = 1e-4
@@ -126,13 +127,16 @@ def _grouped(computer, examples, *args, **kw):
 
 
 @pytest.mark.parametrize("kind", ["adam", "sgd"])
-@pytest.mark.parametrize("proj", ["rademacher", "identity"])
+@pytest.mark.parametrize("proj", ["rademacher", "sjlt", "identity"])
 @pytest.mark.parametrize("grouped", [False, True])
 def test_features_match_reference(model, moments, examples, references, kind, proj, grouped):
     computer = LoraGradientComputer(model)
     P = computer.num_params
     if proj == "identity":
         projector, mats = IdentityProjector(P), {P: None}
+    elif proj == "sjlt":  # small steps so one parameter spans several hashed steps
+        projector = SparseJLProjector(P, [64, 256], seed=7, s=2, step_rows=100)
+        mats = {d: projector.matrix(d) for d in (64, 256)}
     else:  # small blocks so one parameter spans several generated blocks
         projector = RademacherProjector(P, [64, 256], seed=7, block_rows=100)
         mats = {d: projector.matrix(d) for d in (64, 256)}
@@ -222,3 +226,35 @@ def test_projector_size_mismatch(model):
     computer = LoraGradientComputer(model)
     with pytest.raises(ValueError, match="trainable parameters"):
         computer.features({}, "sgd", IdentityProjector(computer.num_params + 1))
+
+
+def test_feature_cast_rounds_the_feature_before_projection(model, moments, examples, references):
+    """precision less: the adam feature is rounded to fp16 before the projection (as LESS's
+    `torch.stack(full_grads).to(torch.float16)`); the reference rounds the float64 feature."""
+    computer = LoraGradientComputer(model, feature_cast=torch.float16)
+    projector = SparseJLProjector(computer.num_params, 64, seed=2, s=2)
+    R = projector.matrix(64)
+    out = computer.features(collate(examples, PAD), "adam", projector, moments=moments, betas=BETAS, eps=EPS)
+    m = torch.cat([t.reshape(-1) for t in moments.exp_avg]).double()
+    v = torch.cat([t.reshape(-1) for t in moments.exp_avg_sq]).double()
+    for i, (g, _) in enumerate(references):
+        f = (BETAS[0] * m + (1 - BETAS[0]) * g.double()) / ((BETAS[1] * v + (1 - BETAS[1]) * g.double() ** 2) + EPS).sqrt()
+        ref = f.half().double() @ R
+        assert rel(out["features"][64][i], ref / ref.norm()) <= TOL, i
+
+
+def test_bf16_model_features_close_to_fp32(tiny_model_dir, ckpt_dir, moments, examples):
+    """precision bf16: the whole PeftModel in bf16, per-example gradients formed in fp32; the
+    features stay close to the fp32 ones (the measured SmolLM2 difference is in bench/results)."""
+    fp32 = load_lora_checkpoint(tiny_model_dir, ckpt_dir)[0]
+    bf16 = load_lora_checkpoint(tiny_model_dir, ckpt_dir)[0].to(torch.bfloat16)
+    batch = collate(examples, PAD)
+    feats = []
+    for mdl in (fp32, bf16):
+        computer = LoraGradientComputer(mdl)
+        projector = SparseJLProjector(computer.num_params, 256, seed=1)
+        out = computer.features(batch, "adam", projector, moments=moments, betas=BETAS, eps=EPS)
+        assert out["features"][256].dtype == torch.float32 and torch.isfinite(out["features"][256]).all()
+        feats.append(out["features"][256])
+    cos = (feats[0] * feats[1]).sum(1)
+    assert cos.min() > 0.95, cos

@@ -58,8 +58,11 @@ class LoraGradientComputer:
     Gradient checkpointing must be off (recomputation would fire the hooks twice).
     """
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, feature_cast: torch.dtype | None = None):
+        """feature_cast: round each (adam-transformed) gradient block to this dtype before the
+        projection, as LESS does (`torch.stack(full_grads).to(torch.float16)`); None: fp32 as is."""
         self.model = model
+        self.feature_cast = feature_cast
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not named:
             raise ValueError("the model has no trainable parameters (load the adapter with is_trainable=True)")
@@ -161,7 +164,8 @@ class LoraGradientComputer:
         def sink(k, g):
             if not acc:
                 acc["a"] = projector.new_accumulator(g.shape[0], g.device)
-            projector.accumulate(acc["a"], self._transform(k, g, kind, moments, betas, eps), self.offsets[k])
+            projector.accumulate(acc["a"], self._cast(self._transform(k, g, kind, moments, betas, eps)),
+                                 self.offsets[k])
 
         res = self.run(batch, sink)
         return {**_normalised(projector.finish(acc["a"])), **res}
@@ -174,8 +178,10 @@ class LoraGradientComputer:
         projection pass serves all N. The projection matrix is generated once per pass, so
         this divides its cost by N instead of the batch size (results equal `features`' up to
         float summation order). One dict per batch, as `features` returns."""
-        if len(batches) == 1:
-            return [self.features(batches[0], kind, projector, moments, betas, eps)]
+        if len(batches) == 1 or not getattr(projector, "grouping_helps", True):
+            # a projector with no per-pass cost to share (sparse JL) takes each batch's blocks
+            # as the backward produces them: no [N, P] buffer
+            return [self.features(b, kind, projector, moments, betas, eps) for b in batches]
         self._check_kind(kind, projector, moments)
         sizes = [len(b["input_ids"]) for b in batches]
         buf, runs = None, []
@@ -185,7 +191,7 @@ class LoraGradientComputer:
                 nonlocal buf
                 if buf is None:
                     buf = torch.empty(sum(sizes), self.num_params, device=g.device, dtype=torch.float32)
-                g = self._transform(k, g, kind, moments, betas, eps)
+                g = self._cast(self._transform(k, g, kind, moments, betas, eps))
                 buf[row:row + len(g), self.offsets[k]:self.offsets[k] + self.sizes[k]] = g
 
             runs.append(self.run(batch, sink))
@@ -209,6 +215,9 @@ class LoraGradientComputer:
                 raise ValueError(f"moments for {len(moments.exp_avg)} parameters, model has {len(self.names)}")
         elif kind != "sgd":
             raise ValueError(f"unknown feature kind {kind!r}; expected adam or sgd")
+
+    def _cast(self, g: torch.Tensor) -> torch.Tensor:
+        return g if self.feature_cast is None else g.to(self.feature_cast)
 
     @staticmethod
     def _transform(k, g, kind, moments, betas, eps) -> torch.Tensor:
