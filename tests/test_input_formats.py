@@ -270,3 +270,13 @@ def test_convert_exclude_prefix_drops_sub_sources(root, tmp_path, capsys):
                  "--data-root", str(root), "--out", str(out)]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["by_source"] == {"oasst": 100} and result["excluded"] == {"lima": 1030}
+
+
+def test_unknown_extension_names_the_format_it_looks_like(tmp_path, capsys):
+    path = tmp_path / "cot.tsv"
+    path.write_text("What?\tB\tBecause.\n", encoding="utf-8")
+    assert main(["data", "inspect", str(path)]) == 1
+    assert capsys.readouterr().err.startswith(
+        f"less-ray data: error: {path}: cannot tell the format from the name (line 1 looks like Flan v2 CoT: "
+        "--input-format flan_v2_cot); pass --input-format, one of jsonl, parquet, prompt_completion, alpaca,")
+    assert main(["data", "inspect", str(path), "--input-format", "flan_v2_cot"]) == 0

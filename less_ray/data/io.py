@@ -154,8 +154,11 @@ def detect_format(path: str | Path) -> str:
         return "parquet"
     if name.endswith((".jsonl", ".json")):
         return "jsonl"
-    raise ValueError(f"{path}: cannot tell the format from the name; pass --input-format, one of "
-                     f"{', '.join(INPUT_FORMATS)} (or prefix the path: alpaca:{path})")
+    found = sniff_format(spec_path)
+    looks = (f" (line {found[1]} looks like {INPUT_FORMATS[found[0]].title}: --input-format {found[0]})"
+             if found else "")
+    raise ValueError(f"{path}: cannot tell the format from the name{looks}; pass --input-format, one of "
+                     f"{', '.join(INPUT_FORMATS)} (or prefix the path: FORMAT:{path})")
 
 
 # --- containers --------------------------------------------------------------------------------
