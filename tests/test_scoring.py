@@ -186,7 +186,7 @@ def test_report_is_one_self_contained_page(ray_local, world, tmp_path):
     from less_ray.scoring.report import ReportConfig, run_report
     run_score(_cfg(world, tmp_path))
     page = run_report(ReportConfig(scores=str(tmp_path), top_p=0.05, examples=3)).read_text()
-    assert page.count("<h2>") == len(TASKS) and "src=\"http" not in page
+    assert page.count("<h2>Task: ") == len(TASKS) and "src=\"http" not in page
     pngs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(pngs) >= 5  # source shares + histogram per task, subtask wins for the task with several
     import base64
@@ -195,5 +195,6 @@ def test_report_is_one_self_contained_page(ray_local, world, tmp_path):
     assert top["pool_rows"] == N
     # the table counts match the data: selected per source sums to k
     k = int(0.05 * N)
-    sel_counts = [int(x) for x in re.findall(r"<tr><td>src\d</td><td>\d+</td><td>[\d.]+%</td><td>(\d+)</td>", page)]
+    sel_counts = [int(x) for x in re.findall(r"<tr><td>src\d</td><td class='num'>\d+</td><td class='num'>[\d.]+%</td>"
+                                             r"<td class='num'>\d+</td><td class='num'>[\d.]+%</td><td class='num'>(\d+)</td>", page)]
     assert sum(sel_counts[:4]) == k
