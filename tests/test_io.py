@@ -296,3 +296,20 @@ def test_duplicate_ids_across_convert_inputs_name_both_input_files_and_lines(tmp
     err = capsys.readouterr().err
     assert f"{b}:3: duplicate id 'dup' (first at {a}:2)" in err and str(out) not in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("text,records,problems", [
+    ('[]', [], []),
+    ('[{"instruction": "a", "output": "b"},]', ["a"], ["1: malformed JSON: a comma before the array's closing ']'"]),
+    ('[{"instruction": "a", "output": "b"},\n{"instruction": "c", "output": "d"}', ["a", "c"],
+     ["2: truncated file: the JSON array is not closed with ']'"]),
+    ('[{"instruction": "a", "output": "b"}]\n{"x": 1}', ["a"], ["2: unexpected text after the JSON array's closing ']'"]),
+    ('[{"instruction": "a", "output": "b"},\n{"instruction": bad},\n{"instruction": "c ]}\\"", "output": "d"}]',
+     ["a", 'c ]}"'], ["2: malformed JSON: Expecting value at column 17"]),
+])
+def test_json_array_container_problems(tmp_path, text, records, problems):
+    path = tmp_path / "arr.json"
+    path.write_text(text, encoding="utf-8")
+    rep = read_records(path, format="alpaca", on_error="collect")
+    assert [r.messages[0]["content"] for r in rep.records] == records
+    assert [str(p) for p in rep.problems] == [f"{path}:{p}" for p in problems]

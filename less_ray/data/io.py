@@ -312,11 +312,15 @@ def _iter_json_array(path: Path) -> Iterator[tuple[int, Any, str]]:
             depth += 1
         elif c in "]}":
             if depth == 0:  # the array's own ']'
-                if text[pos:m.start()].strip() or pos != start:
+                if text[pos:m.start()].strip():
                     yield element(m.start())
-                rest = text[m.end():].strip()
-                if rest:
-                    raise _ContainerError(line + text.count("\n", counted, m.end()),
+                elif pos != start:
+                    n, _, _ = element(m.start())
+                    yield n, RecordError("malformed JSON: a comma before the array's closing ']'"), ""
+                rest = text[m.end():]
+                if rest.strip():
+                    at = m.end() + len(rest) - len(rest.lstrip())
+                    raise _ContainerError(line + text.count("\n", counted, at),
                                           "unexpected text after the JSON array's closing ']'")
                 return
             depth -= 1
