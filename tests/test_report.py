@@ -252,6 +252,21 @@ def test_hashes_near_duplicates_and_missing_selection(tmp_path):
                                                                      {"role": "assistant", "content": "a"}]}) + "\n")
     page = run_report(ReportConfig(scores=str(tmp_path / "f"), top_p=0.25)).read_text()
     assert "CHANGED since scoring" in page and digest in page
+    # a size rule `select` records beside the selection (<task>/selection.json) is shown as recorded
+    run_select(SelectConfig(scores=str(tmp_path / "f"), top_p=0.25, sorted_csv=False))
+    (tmp_path / "f" / "t" / "selection.json").write_text(json.dumps({"rule": {
+        "rule": "floor", "formula": "k = floor(p·N + 1e-9)", "p": 0.25, "N": 43, "N_is": "every record of the pool file",
+        "scored": 43, "k": 10}}))
+    page = run_report(ReportConfig(scores=str(tmp_path / "f"))).read_text()  # p: from select.config.yaml
+    assert ("as <code>select</code> recorded it: k = floor(p·N + 1e-9) with p = 0.25, N = 43 (N: every record of "
+            "the pool file); 43 examples scored; k = 10") in page
+    assert str(tmp_path / "f" / "t" / "top_p0.25.jsonl") in page
+    (tmp_path / "f" / "t" / "selection.json").unlink()
+    (tmp_path / "f" / "t" / "top_p0.25.jsonl").unlink()
+    # capped: the highest-ranked 5 (r000 r040 r001 r041 r002) hold 2 duplicates
+    page = run_report(ReportConfig(scores=str(tmp_path / "f"), top_p=0.25, dedup_max=5)).read_text()
+    assert "selection: <b>2</b> of 5 (40.0%) duplicate a higher-ranked one (2 distinct originals) " \
+           "<i>(the first 5 of 10 checked)</i>" in page
     # dedup off: no near-duplicate row, the rest renders
     page = run_report(ReportConfig(scores=str(tmp_path / "f"), top_p=0.25, dedup_threshold=None)).read_text()
     assert "near-duplicates</th>" not in page and "Composition by source" in page

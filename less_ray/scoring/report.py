@@ -55,6 +55,7 @@ class ReportConfig:
     dedup_threshold: float | None = 0.8  # near-duplicate: estimated Jaccard of word shingles >= this (None: skip)
     dedup_ngram: int = 5
     dedup_num_perm: int = 128
+    dedup_max: int = 20000  # near-duplicates among at most this many (the highest-ranked; a random sample's first)
 
 
 def _e(x: Any) -> str:
@@ -152,15 +153,15 @@ def selection_spec(task_dir: Path, n: int, top_p: float | None) -> dict[str, Any
             "name": name, "rule": rule}
 
 
-def read_selection(path: Path) -> list[dict[str, Any]]:
-    """The selection file's records (id, source, score, messages), in its order."""
+def read_selection(path: Path, keep_messages: int) -> list[dict[str, Any]]:
+    """The selection file's records (id, source, score; messages for the first `keep_messages`), in order."""
     out = []
     with open(path, encoding="utf-8") as fh:
         for line in fh:
             if line.strip():
                 r = json.loads(line)
                 out.append({"id": str(r["id"]), "source": str(r.get("source", "")), "score": r.get("score"),
-                            "messages": r.get("messages")})
+                            "messages": r.get("messages") if len(out) < keep_messages else None})
     return out
 
 
@@ -255,9 +256,10 @@ def conversation_texts(pool: str | None, ids: set[str]) -> tuple[dict[str, tuple
     return out, None
 
 
-def near_duplicates(items: list[tuple[str, Any]], cfg: ReportConfig) -> dict[str, Any]:
+def near_duplicates(items: list[tuple[str, Any]], cfg: ReportConfig, of: int | None = None) -> dict[str, Any]:
     """Keep-first MinHash near-duplicates (the `dedup` stage's, in process) among `items` (id,
-    messages) in their order: how many duplicate an earlier one, and the first pairs."""
+    messages; those without text are left out) in their order: how many duplicate an earlier one,
+    and the pairs. `of`: the size of the set `items` begins (default: all of it)."""
     from ..selectors.minhash import NearDuplicateIndex, conversation_text, signatures
     items = [(i, m) for i, m in items if m]
     sig = signatures([conversation_text(m) for _, m in items], cfg.dedup_ngram, cfg.dedup_num_perm, seed=1)
@@ -267,7 +269,8 @@ def near_duplicates(items: list[tuple[str, Any]], cfg: ReportConfig) -> dict[str
         hit = index.add(rid, h)
         if hit is not None:
             pairs.append((rid, hit[0], hit[1]))
-    return {"checked": len(items), "duplicates": len(pairs), "pairs": pairs, "groups": len({p[1] for p in pairs})}
+    return {"checked": len(items), "of": len(items) if of is None else of, "duplicates": len(pairs), "pairs": pairs,
+            "groups": len({p[1] for p in pairs})}
 
 
 # ---- metadata and evals -----------------------------------------------------------------------
@@ -520,7 +523,8 @@ def _dup_text(d: dict[str, Any] | None, what: str) -> str:
         return ""
     frac = d["duplicates"] / d["checked"] if d["checked"] else 0.0
     return (f"{what}: <b>{d['duplicates']}</b> of {d['checked']} ({frac:.1%}) duplicate a higher-ranked one "
-            f"({d['groups']} distinct originals)")
+            f"({d['groups']} distinct originals)" + (f" <i>(the first {d['checked']} of {d['of']} checked)</i>"
+                                                     if d["checked"] < d["of"] else ""))
 
 
 def _rule_text(spec: dict[str, Any], k: int, n: int, from_file: bool) -> str:
@@ -532,10 +536,30 @@ def _rule_text(spec: dict[str, Any], k: int, n: int, from_file: bool) -> str:
     if from_file and k != spec["k_rule"]:
         base += f"; the selection file holds k = {k}"
     rec = spec["rule"]
-    if rec is not None:
-        shown = ", ".join(f"{_e(a)} = {_e(b)}" for a, b in rec.items()) if isinstance(rec, dict) else _e(rec)
-        return f"as <code>select</code> recorded it: {shown} <span class='sub'>({base})</span>"
-    return base
+    if rec is None:
+        return base
+    if isinstance(rec, dict) and "formula" in rec:
+        shown = _e(rec["formula"])
+        given = [f"{a} = {rec[a]:g}" if isinstance(rec[a], float) else f"{a} = {rec[a]}"
+                 for a in ("p", "n", "N") if rec.get(a) is not None]
+        if given:
+            shown += " with " + _e(", ".join(given))
+        if rec.get("N_is"):
+            shown += f" (N: {_e(rec['N_is'])})"
+        if rec.get("scored") is not None:
+            shown += f"; {_e(rec['scored'])} examples scored"
+        if rec.get("k") is not None:
+            shown += f"; k = {_e(rec['k'])}"
+        rest = {a: b for a, b in rec.items() if a not in ("formula", "p", "n", "N", "N_is", "scored", "k")}
+        if rest:
+            shown += " <span class='sub'>(" + _e(", ".join(f"{a}: {b}" for a, b in rest.items())) + ")</span>"
+    elif isinstance(rec, dict):
+        shown = _e(", ".join(f"{a} = {b}" for a, b in rec.items()))
+    else:
+        shown = _e(rec)
+    if from_file and isinstance(rec, dict) and rec.get("k") is not None and rec["k"] != k:
+        shown += f"; <b>the selection file holds {k}</b>"
+    return f"as <code>select</code> recorded it: {shown}"
 
 
 def render_task(task: str, root: Path, run: Path | None, n: int, spec: dict[str, Any], cfg: ReportConfig,
@@ -570,11 +594,12 @@ def run_report(cfg: ReportConfig) -> Path:
     seed = cfg.random_seed  # the computed baseline's; for the random selector itself, another draw
     if meta["selector"] == RANDOM_SELECTOR and _yaml(root / "selector.config.yaml").get("seed", summary.get("seed")) == seed:
         seed += 1
+    dup_n = cfg.dedup_max if cfg.dedup_threshold is not None else 0
     tasks = []
     for task in summary["tasks"]:
         n = pq.ParquetFile(root / task / "scores.parquet").metadata.num_rows
         spec = selection_spec(root / task, n, cfg.top_p)
-        selected = read_selection(spec["file"]) if spec["file"] is not None else None
+        selected = read_selection(spec["file"], max(cfg.examples, dup_n)) if spec["file"] is not None else None
         tasks.append(render_task(task, root, run, n, spec, cfg, selected, seed))
 
     # one pass over the pool for every text the page needs (shown examples, selections without
@@ -584,16 +609,18 @@ def run_report(cfg: ReportConfig) -> Path:
         need.update(r["id"] for r in t["selected"][: cfg.examples])
         need.update(i for i, _ in t["st"]["bottom"])
         if cfg.dedup_threshold is not None:
-            need.update(r["id"] for r in t["selected"] if r["messages"] is None)
-            need.update(t["random"]["ids"])
+            need.update(r["id"] for r in t["selected"][:dup_n] if r["messages"] is None)
+            need.update(t["random"]["ids"][:dup_n])
     texts, pool_problem = conversation_texts(pool, need)
     for t in tasks:
         for r in t["selected"]:
             if r["messages"] is None:
                 r["messages"] = texts.get(r["id"])
         if cfg.dedup_threshold is not None:
-            t["dup_sel"] = near_duplicates([(r["id"], r["messages"]) for r in t["selected"]], cfg)
-            t["dup_rnd"] = near_duplicates([(i, texts.get(i)) for i in t["random"]["ids"]], cfg)
+            t["dup_sel"] = near_duplicates([(r["id"], r["messages"]) for r in t["selected"][:dup_n]], cfg,
+                                           len(t["selected"]))
+            t["dup_rnd"] = near_duplicates([(i, texts.get(i)) for i in t["random"]["ids"][:dup_n]], cfg,
+                                           len(t["random"]["ids"]))
 
     title = f"Selection report: {meta['selector']}"
     parts = [f"<h1>{_e(title)}</h1>"
