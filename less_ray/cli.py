@@ -281,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     configure(verbose or None)
     from .config import ConfigError
     from .data.schema import DataFileError
+    from .resources import ActorFailure
     try:
         if args.stage == "data":
             return _cmd_data(args)
@@ -315,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             run_demo(load_config(DemoConfig, args.config, {"out": args.out, "num_cpus": args.num_cpus}))
             return 0
         return _cmd_training_or_extract(args)
-    except (ConfigError, DataFileError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, DataFileError, FileNotFoundError, ValueError, ActorFailure) as e:
         print(f"less-ray {args.stage}: error: {e}", file=sys.stderr)
         return 1
 

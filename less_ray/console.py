@@ -51,12 +51,26 @@ def quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    for name in ("ray", "ray.data", "ray.train", "ray.tune", "deepspeed", "DeepSpeed", "torch.distributed"):
+    for name in ("ray", "ray.data", "ray.train", "ray.tune", "torch.distributed"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # notices about the machine, not the run: DeepSpeed finding no GPU, Ray's default token auth
+    for name in ("DeepSpeed", "deepspeed", "ray._private.authentication.authentication_token_setup",
+                 "ray.data._internal.progress"):  # ... and Ray Data saying that we turned its bars off
+        logging.getLogger(name).setLevel(logging.ERROR)
+    if not _has_cuda():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if "transformers" in sys.modules:
         import transformers
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
 
 
 def ray_init_args() -> dict:

@@ -50,7 +50,7 @@ class ExtractOptions(ActorPool):
     dtype: str = "float16"
     batch_size: int = 16
     batch_tokens: int | None = None
-    shard_rows: int = 2048
+    shard_rows: int | None = None  # None: the pool spread over max_actors, at most 2048 per shard
 
 
 @dataclass

@@ -37,15 +37,26 @@ class ActorPool:
     max_actors: int = 2
     actor_num_cpus: float = 1.0
     actor_num_gpus: float = 0.0
+    # memory each actor reserves from Ray, so Ray places no more actors on a node than fit
+    # (None: the stage's own estimate where it has one, e.g. extract's from model and batch)
+    actor_memory_gb: float | None = None
+    # an actor that dies (killed for memory, a lost node) is restarted this often, then the stage
+    # fails with the reason (Ray Data's default: forever). 0: fail at once; a rerun resumes from
+    # the finished shards. On clusters that lose nodes (spot instances) set 2 or 3.
+    actor_max_restarts: int = 0
 
     def pool_settings(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(ActorPool)}
 
-    def map_batches_args(self) -> dict[str, Any]:
-        """The `Dataset.map_batches` arguments that place a callable class on this pool."""
+    def map_batches_args(self, memory_bytes: int | None = None) -> dict[str, Any]:
+        """The `Dataset.map_batches` arguments that place a callable class on this pool;
+        `memory_bytes`: the stage's estimate, used when actor_memory_gb is not set."""
         import ray
+        memory = int(self.actor_memory_gb * 2 ** 30) if self.actor_memory_gb else memory_bytes
         return {"compute": ray.data.ActorPoolStrategy(min_size=self.min_actors, max_size=self.max_actors),
-                "num_cpus": self.actor_num_cpus, "num_gpus": self.actor_num_gpus}
+                "num_cpus": self.actor_num_cpus, "num_gpus": self.actor_num_gpus,
+                **({"memory": memory} if memory else {}),
+                "max_restarts": self.actor_max_restarts, "max_task_retries": self.actor_max_restarts}
 
 
 @dataclass(kw_only=True)

@@ -1,0 +1,76 @@
+"""Extraction actors declare their memory to Ray; an actor killed for memory ends the run with
+the reason and the settings to change, after a bounded number of restarts."""
+import time
+
+import pytest
+
+from less_ray.data.demo import generate_pool
+from less_ray.data.io import write_jsonl
+from less_ray.extract.job import ExtractConfig, run_extract
+from less_ray.ray_runtime import ActorPool
+from less_ray.resources import (GiB, ActorFailure, auto_shard_rows, count_rows, extract_memory_bytes,
+                                model_shape)
+from less_ray.testing.fake_checkpoint import make_lora_checkpoint
+
+
+def test_pool_declares_memory_and_bounded_restarts():
+    args = ActorPool(max_actors=3).map_batches_args(5 * GiB)
+    assert args["memory"] == 5 * GiB and args["max_restarts"] == 0 and args["max_task_retries"] == 0
+    assert ActorPool(actor_max_restarts=2).map_batches_args(None)["max_restarts"] == 2
+    assert ActorPool(actor_memory_gb=1.5, actor_max_restarts=0).map_batches_args(5 * GiB)["memory"] == int(1.5 * GiB)
+    assert "memory" not in ActorPool().map_batches_args(None)  # no estimate, no setting: Ray's default
+
+
+def test_estimate_matches_the_smollm2_actor_that_was_killed():
+    """SmolLM2-135M, LoRA r=128 q/k/v/o (P = 14.7M), batch 16 / batch_tokens 4096: the actors Ray's
+    memory monitor killed had grown to 7-8 GB when it killed them: the estimate must not be below
+    that, and errs high by at most a few GB (lost parallelism, not a crash)."""
+    shape = {"params": 134_515_008, "layers": 30, "hidden": 576, "vocab": 49_152}
+    cfg = ExtractConfig(batch_size=16, batch_tokens=4096, max_seq_length=2048, projection="sjlt")
+    assert 7.5 * GiB < extract_memory_bytes(cfg, shape, 14_745_600) < 10.5 * GiB
+    # bf16 weights and a smaller token budget need less; a dense projection holds a buffer more
+    small = ExtractConfig(batch_size=16, batch_tokens=1024, max_seq_length=2048, projection="sjlt", precision="bf16")
+    dense = ExtractConfig(batch_size=16, batch_tokens=4096, max_seq_length=2048, projection="rademacher",
+                          projection_buffer_gb=2.0)
+    assert extract_memory_bytes(small, shape, 14_745_600) < extract_memory_bytes(cfg, shape, 14_745_600) \
+        < extract_memory_bytes(dense, shape, 14_745_600)
+
+
+def test_model_shape_reads_the_config_only(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+    shape = model_shape(str(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert shape["params"] == sum(p.numel() for p in model.parameters())
+    assert shape["layers"] == model.config.num_hidden_layers and shape["vocab"] == model.config.vocab_size
+
+
+def test_shards_spread_over_every_actor(tmp_path):
+    assert auto_shard_rows(400, 2) == 200 and auto_shard_rows(5, 8) == 1 and auto_shard_rows(10 ** 6, 4) == 2048
+    path = tmp_path / "p.jsonl"
+    write_jsonl(generate_pool(37), path)
+    assert count_rows(str(path)) == 37
+
+
+@pytest.fixture
+def oom_ray():
+    """A Ray whose memory monitor kills any worker at once (threshold 1% of the node)."""
+    import ray
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
+             _system_config={"memory_usage_threshold": 0.01, "memory_monitor_refresh_ms": 100})
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_actor_killed_for_memory_ends_the_run_with_the_setting_to_change(oom_ray, tiny_model_dir, tmp_path):
+    ckpt = make_lora_checkpoint(tiny_model_dir, tmp_path / "ckpt", r=4)
+    write_jsonl(generate_pool(20, seed=3), tmp_path / "pool.jsonl")
+    cfg = ExtractConfig(data=str(tmp_path / "pool.jsonl"), checkpoint=str(ckpt), out=str(tmp_path / "store"),
+                        base_model=str(tiny_model_dir), dims=[64], max_actors=1, actor_max_restarts=1)
+    t0 = time.time()
+    with pytest.raises(ActorFailure) as e:
+        run_extract(cfg)
+    assert time.time() - t0 < 300  # bounded restarts: no endless restart loop
+    msg = str(e.value)
+    assert "extract: an actor was killed for memory" in msg and "GiB to Ray" in msg
+    assert "extract.batch_tokens" in msg and "extract.actor_memory_gb" in msg and "actor_max_restarts" in msg
