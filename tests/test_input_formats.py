@@ -8,7 +8,6 @@ from less_ray.cli import main
 from less_ray.data import sources as S
 from less_ray.data.io import (INPUT_FORMATS, DataFormatError, read_records, sniff_format,
                               split_format_spec)
-from less_ray.data.schema import DataFileError
 
 
 def _jsonl(path, rows):
