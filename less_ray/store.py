@@ -9,7 +9,13 @@ Arrow type that pyarrow, pandas and duckdb read), `norm` float32 (L2 norm before
 
 A shard is written to a hidden temp name and renamed into place with its sidecar, so a killed
 writer leaves no partial shard visible; a rerun skips shards whose sidecar checksum verifies.
-The manifest is written last, from the sidecars.
+The manifest is written last, from the sidecars, with a sha256 of its own content.
+
+Verify on read: `read_manifest` checks the manifest's own checksum and that every shard `file`
+stays inside the store; `iter_blocks` / `read_store` (and `score`'s page reader) check each
+shard's sha256 against the manifest before using it, and every features row read for being
+finite and, in a normalised store, of unit norm (`check_features`). A failure is a
+`StoreIntegrityError` naming the file (and row) and how to repair it.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ import json
 import os
 import uuid
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
 import numpy as np
@@ -26,6 +32,16 @@ import numpy as np
 FORMAT = "less_ray.datastore/1"
 MANIFEST = "manifest.json"
 SHARDS = "shards"
+MANIFEST_SUM = "manifest_sha256"  # sha256 of the manifest's canonical JSON without this key
+# A stored unit row has |row|² within this of 1 (float16 rounding moves it by < 1e-3), or is all
+# zeros (a zero gradient is stored as a zero row, norm 0).
+NORM_TOL = 1e-2
+REPAIR = ("rerun the stage that wrote this store with the same config (`less-ray extract` for gradient "
+          "stores): it rewrites every shard that does not verify and then the manifest")
+
+
+class StoreIntegrityError(ValueError):
+    """A store's bytes do not match what its manifest vouches for, or hold impossible values."""
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -144,6 +160,9 @@ class StoreManifest:
     skipped: dict[str, Any] = field(default_factory=dict)  # count and side file
     versions: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    # content hash of the base model folder (less_ray.identity): filled in by write_manifest when
+    # `model` is a local folder; None for a hub id or a synthetic store
+    model_hash: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False)
@@ -160,35 +179,123 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def manifest_digest(data: dict[str, Any]) -> str:
+    """sha256 of a manifest's canonical JSON (sorted keys, compact), without its own checksum key."""
+    body = {k: v for k, v in data.items() if k != MANIFEST_SUM}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def write_manifest(store: str | Path, manifest: StoreManifest) -> Path:
     path = Path(store) / MANIFEST
+    if not manifest.shards:
+        src = manifest.input.get("path") if manifest.input else None
+        raise ValueError(f"{store}: refusing to write a datastore without shards: the input "
+                         f"{src or '(unknown)'} holds no records")
+    if manifest.model_hash is None:
+        from .identity import model_content_hash
+        manifest.model_hash = model_content_hash(manifest.model)
+    data = asdict(manifest)
+    data[MANIFEST_SUM] = manifest_digest(data)
     tmp = path.with_name(f".{MANIFEST}.tmp")
-    tmp.write_text(manifest.to_json())
+    tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, path)
     return path
 
 
+def shard_path(store: str | Path, entry: dict[str, Any], where: str | Path | None = None) -> Path:
+    """The shard file a manifest entry names, confined to `<store>/shards/` (no absolute path, no
+    `..`, no link out of the store)."""
+    file = entry.get("file")
+    where = where or Path(store) / MANIFEST
+    p = PurePosixPath(file) if isinstance(file, str) else None
+    if (p is None or "\\" in file or p.is_absolute() or len(p.parts) != 2 or p.parts[0] != SHARDS
+            or p.parts[1] in ("..", ".") or not p.parts[1].endswith(".parquet")):
+        raise StoreIntegrityError(f"{where}: shard file {file!r} is not a file under {SHARDS}/ of its store: refused")
+    full = Path(store) / p
+    if not full.resolve().is_relative_to(Path(store).resolve()):
+        raise StoreIntegrityError(f"{where}: shard file {file!r} leads outside its store ({full.resolve()}): refused")
+    return full
+
+
 def read_manifest(store: str | Path) -> StoreManifest:
+    """The manifest, after checking its own checksum and that its shard files stay in the store."""
     path = Path(store) / MANIFEST
     if not path.exists():
         raise FileNotFoundError(f"{store}: not a finished datastore (no {MANIFEST})")
-    data = json.loads(path.read_text())
-    if data.get("format") != FORMAT:
-        raise ValueError(f"{path}: unknown store format {data.get('format')!r} (expected {FORMAT})")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StoreIntegrityError(f"{path}: damaged manifest ({e}); {REPAIR}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        fmt = data.get("format") if isinstance(data, dict) else None
+        raise ValueError(f"{path}: unknown store format {fmt!r} (expected {FORMAT})")
+    stored = data.pop(MANIFEST_SUM, None)
+    if stored is None:
+        raise StoreIntegrityError(f"{path}: the manifest carries no {MANIFEST_SUM} (written before manifests "
+                                  f"were checksummed, or edited); {REPAIR}")
+    if stored != manifest_digest(data):
+        raise StoreIntegrityError(f"{path}: the manifest's content does not match its {MANIFEST_SUM} "
+                                  f"(edited or damaged); {REPAIR}")
+    for entry in data.get("shards", []):
+        shard_path(store, entry, path)
     data["projection"] = Projection(**data["projection"])
     return StoreManifest(**data)
 
 
+def verify_shard_checksum(store: str | Path, entry: dict[str, Any]) -> Path:
+    """The shard's path once its bytes hash to the manifest's sha256 (else StoreIntegrityError)."""
+    path = shard_path(store, entry)
+    if not path.exists():
+        raise StoreIntegrityError(f"{path}: shard {entry.get('index')} is missing; {REPAIR}")
+    got = sha256_file(path)
+    if got != entry.get("sha256"):
+        raise StoreIntegrityError(f"{path}: shard {entry.get('index')} is damaged: its sha256 {got[:16]}... "
+                                  f"differs from the manifest's {str(entry.get('sha256'))[:16]}...; {REPAIR}")
+    return path
+
+
+def bad_feature_rows(sumsq: np.ndarray, normalized: bool, tol: float = NORM_TOL) -> np.ndarray:
+    """Indices of rows whose squared norm is not finite or (normalised stores) neither ~1 nor 0."""
+    ok = np.isfinite(sumsq)
+    if normalized:
+        ok &= (np.abs(sumsq - 1.0) <= tol) | (sumsq == 0)
+    return np.flatnonzero(~ok)
+
+
+def feature_error(path: str | Path, row: int, row_id: Any, sumsq: float, normalized: bool) -> StoreIntegrityError:
+    what = ("non-finite values" if not np.isfinite(sumsq)
+            else f"squared norm {sumsq:.6g}, not 1 (a normalised store holds unit rows)")
+    return StoreIntegrityError(f"{path}: row {row} (id {row_id!r}) holds {what}; the shard is damaged: "
+                               f"delete it and {REPAIR}")
+
+
+def check_features(path: str | Path, features: np.ndarray, normalized: bool, ids=None, row0: int = 0) -> None:
+    """Refuse a [n, d] block with a non-finite row, or (normalised) a row of neither unit nor zero norm."""
+    f = np.asarray(features, dtype=np.float32)
+    sumsq = np.einsum("ij,ij->i", f, f) if len(f) else np.empty(0, np.float32)
+    bad = bad_feature_rows(sumsq, normalized)
+    if len(bad):
+        i = int(bad[0])
+        raise feature_error(path, row0 + i, None if ids is None else ids[i], float(sumsq[i]), normalized)
+
+
 def iter_blocks(store: str | Path, columns: tuple[str, ...] = ("id", "features"),
-                batch_rows: int = 65536) -> Iterator[dict[str, Any]]:
+                batch_rows: int = 65536, verify: bool = True) -> Iterator[dict[str, Any]]:
     """Stream the store shard by shard: dicts of numpy columns; `features` as [n, dim] float32.
-    Memory is bounded by `batch_rows`, not by the store's size."""
+    Memory is bounded by `batch_rows`, not by the store's size. `verify`: each shard's sha256 is
+    checked before it is read, and features rows (when read) for being finite / of unit norm."""
     import pyarrow.parquet as pq
     man = read_manifest(store)
+    want = list(columns) + (["id"] if verify and "features" in columns and "id" not in columns else [])
     for entry in man.shards:
-        pf = pq.ParquetFile(Path(store) / entry["file"])
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=list(columns)):
-            yield {name: _column_to_numpy(batch.column(name), man.projection.dim) for name in columns}
+        path = verify_shard_checksum(store, entry) if verify else shard_path(store, entry)
+        row = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=want):
+            block = {name: _column_to_numpy(batch.column(name), man.projection.dim) for name in want}
+            if verify and "features" in block:
+                check_features(path, block["features"], man.normalized, block["id"], row)
+            row += batch.num_rows
+            yield {name: block[name] for name in columns}
 
 
 def _column_to_numpy(col, dim: int):
@@ -200,9 +307,9 @@ def _column_to_numpy(col, dim: int):
     return col.to_numpy(zero_copy_only=False)
 
 
-def read_store(store: str | Path, columns: tuple[str, ...] = ("id", "features")) -> dict[str, Any]:
+def read_store(store: str | Path, columns: tuple[str, ...] = ("id", "features"), verify: bool = True) -> dict[str, Any]:
     """A whole (small) store in memory: targets, tests. Pools stream with iter_blocks."""
-    blocks = list(iter_blocks(store, columns))
+    blocks = list(iter_blocks(store, columns, verify=verify))
     if not blocks:
         return {c: np.empty((0,)) for c in columns}
     return {c: np.concatenate([b[c] for b in blocks]) for c in columns}

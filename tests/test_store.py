@@ -12,6 +12,7 @@ from less_ray import store as S
 def _table(n=5, dim=8, dtype="float16", offset=0, targets=False):
     rng = np.random.default_rng(offset)
     f = rng.standard_normal((n, dim)).astype(np.float32)
+    f /= np.linalg.norm(f, axis=1, keepdims=True)  # a normalised store holds unit rows
     ids = [f"id{offset + i}" for i in range(n)]
     kw = {"tasks": ["t"] * n, "subtasks": [f"s{i % 2}" for i in range(n)]} if targets else {}
     return S.features_table(ids, ["src"] * n, f, np.ones(n), np.arange(n) + 1, np.zeros(n), dtype, **kw), f

@@ -61,6 +61,9 @@ class TaskQuery:
     def build(cls, task: str, target_features: Sequence[np.ndarray], subtasks: Sequence[str | None],
               weights: Sequence[float]) -> "TaskQuery":
         w = normalize_weights(weights)
+        if len(subtasks) == 0 or any(len(v) == 0 for v in target_features):
+            raise ValueError(f"task {task}: no target features (every target example was skipped?): "
+                             "a task needs at least one target")
         if len(target_features) != len(w):
             raise ValueError(f"{task}: {len(target_features)} checkpoints of target features, {len(w)} weights")
         names, groups = subtask_groups(subtasks)
@@ -71,6 +74,8 @@ class TaskQuery:
 
 def stack_queries(queries: Sequence[TaskQuery]) -> tuple[list[np.ndarray], list[slice]]:
     """Several tasks in one matmul: per checkpoint [ΣS, d], and each task's column slice."""
+    if not queries:
+        raise ValueError("no target tasks to score")
     n_ckpt = len(queries[0].weighted_means)
     if any(len(q.weighted_means) != n_ckpt for q in queries):
         raise ValueError("every task must have features for the same checkpoints")

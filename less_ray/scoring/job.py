@@ -9,6 +9,15 @@ ids and scores by the shard. The work is IO/decode bound (ΣS is a few dozen col
 features are copied straight from Parquet pages (store_raw) and widened to float32 in
 cache-sized chunks. The driver then checks id uniqueness from the hashes, and only then streams
 the parts into one `scores.parquet` per task.
+
+Verify on read (`verify`, on by default): each pool shard's sha256 is checked against its manifest
+before its features are used (the actors hash the file; the page read that follows comes from
+the page cache), every features row is checked finite and, in normalised stores, of unit norm
+(the norm is taken from the float32 rows the matmul widens anyway), and every subtask score must
+lie in [-1, 1] (within float16 rounding) when the stores are normalised, as a weighted cosine with
+weights summing to 1 must. Targets are read through `store.read_store`, which checks the same. A
+failure is a `StoreIntegrityError` naming the shard (and row) and how to repair it; errors found
+in actors come back as values and are raised by the driver, not as Ray's wrapped traceback.
 """
 from __future__ import annotations
 
@@ -23,12 +32,16 @@ from typing import Any
 
 import numpy as np
 
-from ..config import save_config
+from ..config import save_config, path_field
 from ..core.influence import TaskQuery, normalize_weights, reduce_max, stack_queries
 from ..ray_runtime import RayStage
-from ..store import read_manifest, read_store
+from ..store import (NORM_TOL, StoreIntegrityError, bad_feature_rows, feature_error, read_manifest, read_store,
+                     shard_path, verify_shard_checksum)
 from ..store_raw import FeaturePages
-from .stores import CheckpointStores, StoreMismatch, match_stores, shard_files
+from .stores import CheckpointStores, StoreMismatch, match_stores
+
+# |score| of unit rows (within NORM_TOL) against weighted means of unit rows, plus float32 rounding
+SCORE_BOUND = 1.0 + NORM_TOL + 1e-3
 
 log = logging.getLogger("less_ray")
 
@@ -36,16 +49,21 @@ log = logging.getLogger("less_ray")
 @dataclass
 class TaskSpec:
     name: str
-    target_stores: list[str]  # sgd stores of this task's targets, one per checkpoint (any order)
+    target_stores: list[str] = path_field("in")  # sgd stores of this task's targets, one per checkpoint (any order)
 
 
 @dataclass
 class ScoreConfig(RayStage):
-    pool_stores: list[str] = field(default_factory=list)  # adam stores of the pool, one per checkpoint
+    pool_stores: list[str] = path_field("in", [])  # adam stores of the pool, one per checkpoint
     tasks: list[TaskSpec] = field(default_factory=list)
-    out: str = ""
+    out: str = path_field("out", "")
     weights: list[float] | None = None  # per pool store; default: the checkpoints' avg_lr; normalised to sum 1
     block_rows: int = 65536
+    # check pool and target shards against their manifests' sha256, rows finite / of unit norm,
+    # and scores within [-1, 1] for normalised stores (see the module docstring for its cost)
+    verify: bool = True
+    # a target subtask whose every example was skipped by extract: refused unless allowed
+    allow_missing_subtasks: bool = False
 
 
 def _id_hash(ids) -> np.ndarray:
@@ -76,10 +94,14 @@ class ShardScorer:
     """Ray Data actor: scores whole shards (one batch row = one shard index)."""
 
     def __init__(self, pool_stores: list[str], matrices: list[np.ndarray], tasks: list[tuple[str, slice]],
-                 parts_dir: str, block_rows: int, use_gpu: bool = False, threads: int = 1):
+                 parts_dir: str, block_rows: int, use_gpu: bool = False, threads: int = 1, verify: bool = True):
         import torch
         torch.set_num_threads(max(1, threads))
-        self.files = [shard_files(s) for s in pool_stores]
+        manifests = [read_manifest(s) for s in pool_stores]
+        self.entries = [m.shards for m in manifests]
+        self.files = [[shard_path(s, e) for e in m.shards] for s, m in zip(pool_stores, manifests)]
+        self.normalized = [m.normalized for m in manifests]
+        self.verify = verify
         self.pool_stores = pool_stores
         self.tasks = tasks
         self.parts = Path(parts_dir)
@@ -90,24 +112,34 @@ class ShardScorer:
         self.matrices = [torch.tensor(np.pad(m, ((0, pad), (0, 0))), dtype=torch.float32, device=self.device)
                          for m in matrices]
 
-    def _accumulate(self, out, features: np.ndarray, c: int) -> None:
-        """out += features @ M_cᵀ. Float16 rows are widened to float32 a few hundred at a time,
-        so the converted copy stays in cache instead of a second [rows, d] array in memory."""
+    def _accumulate(self, out, features: np.ndarray, c: int, norms=None) -> None:
+        """out += features @ M_cᵀ (and, given `norms`, each row's L2 norm into it). Float16 rows
+        are widened to float32 a few hundred at a time, so the converted copy stays in cache
+        instead of a second [rows, d] array in memory; the norm is taken from that copy."""
         import torch
         x = torch.from_numpy(features if features.flags.writeable else features.copy())
         m_t = self.matrices[c].T
         if self.device.type != "cpu":
-            out += (x.to(self.device).float() @ m_t).cpu()
+            xf = x.to(self.device).float()
+            out += (xf @ m_t).cpu()
+            if norms is not None:
+                norms.copy_(torch.linalg.vector_norm(xf, dim=1).cpu())
             return
         for lo in range(0, len(x), _WIDEN_ROWS):
-            out[lo:lo + _WIDEN_ROWS].addmm_(x[lo:lo + _WIDEN_ROWS].float(), m_t)
+            xf = x[lo:lo + _WIDEN_ROWS].float()
+            out[lo:lo + _WIDEN_ROWS].addmm_(xf, m_t)
+            if norms is not None:
+                torch.linalg.vector_norm(xf, dim=1, out=norms[lo:lo + _WIDEN_ROWS])
 
     def _feature_blocks(self, c: int, shard: int):
         """[block_rows, d] feature blocks of one store's shard: raw pages when the shard was written
         PLAIN and uncompressed (as `write_shard` does), else pyarrow's decoder."""
         import pyarrow.parquet as pq
         path = self.files[c][shard]
-        raw = FeaturePages.open(path)
+        try:
+            raw = FeaturePages.open(path)
+        except ValueError as e:  # malformed pages (a damaged shard read with verify off)
+            raise StoreIntegrityError(f"{e}; rerun `less-ray extract` for {self.pool_stores[c]}") from None
         if raw is not None:
             return raw.blocks(self.block_rows)
         batches = pq.ParquetFile(path).iter_batches(batch_size=self.block_rows, columns=["features"])
@@ -117,14 +149,25 @@ class ShardScorer:
         import pyarrow as pa
         import pyarrow.parquet as pq
         import torch
+        if self.verify:  # before any byte of the shard is used
+            for c, store in enumerate(self.pool_stores):
+                verify_shard_checksum(store, self.entries[c][shard])
         head = pq.read_table(self.files[0][shard], columns=["id", "source"])
         ids = head.column("id").combine_chunks()
         for c in range(1, len(self.files)):  # the stores share one id layout: a merge join on id
-            if not pq.read_table(self.files[c][shard], columns=["id"]).column(0).combine_chunks().equals(ids):
-                raise StoreMismatch(f"shard {shard}: ids of {self.pool_stores[c]} differ from "
-                                    f"{self.pool_stores[0]}: stores are not aligned")
+            other = pq.read_table(self.files[c][shard], columns=["id"]).column(0).combine_chunks()
+            if not other.equals(ids):
+                a, b = ids.to_pylist(), other.to_pylist()
+                row = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+                raise StoreMismatch(
+                    f"shard {shard} ({self.files[c][shard]}) row {row}: {self.pool_stores[c]} holds "
+                    f"{b[row] if row < len(b) else 'no row'!r} where {self.pool_stores[0]} holds "
+                    f"{a[row] if row < len(a) else 'no row'!r} ({len(b)} vs {len(a)} rows): the pool stores are not "
+                    "aligned; extract every checkpoint from the same pool file (an id stored twice in one store "
+                    "shows here too)")
         n = len(ids)
         total = torch.zeros((n, self.matrices[0].shape[0]), dtype=torch.float32)
+        norms = torch.empty(n, dtype=torch.float32) if self.verify else None
         row = 0
         readers = [self._feature_blocks(c, shard) for c in range(len(self.files))]
         for blocks in zip(*readers, strict=True):
@@ -132,11 +175,21 @@ class ShardScorer:
             if any(len(b) != rows for b in blocks) or row + rows > n:
                 raise StoreMismatch(f"shard {shard}: feature rows of the pool stores do not line up with their ids")
             for c, b in enumerate(blocks):
-                self._accumulate(total[row:row + rows], b, c)
+                nc = None if norms is None else norms[row:row + rows]
+                self._accumulate(total[row:row + rows], b, c, nc)
+                if nc is not None:
+                    sumsq = nc.numpy().astype(np.float64) ** 2
+                    bad = bad_feature_rows(sumsq, self.normalized[c])
+                    if len(bad):
+                        r = row + int(bad[0])
+                        raise feature_error(self.files[c][shard], r, ids[r].as_py(), float(sumsq[bad[0]]),
+                                            self.normalized[c])
             row += rows
         if row != n:
             raise StoreMismatch(f"shard {shard}: {row} feature rows for {n} ids")
         total = total.numpy()
+        if self.verify:
+            self._check_scores(total, shard, ids)
         cols = {"id": ids, "source": head.column("source").combine_chunks(), "id_hash": pa.array(_id_hash(ids.to_pylist()))}
         for name, sl in self.tasks:
             score, best = reduce_max(total, sl)
@@ -148,12 +201,31 @@ class ShardScorer:
         tmp.rename(self.parts / f"{shard:05d}.parquet")
         return {"shard": shard, "rows": table.num_rows}
 
+    def _check_scores(self, total: np.ndarray, shard: int, ids) -> None:
+        """Every subtask score finite, and within [-1, 1] (plus rounding) for normalised stores."""
+        bound = SCORE_BOUND if all(self.normalized) else np.inf
+        ok = np.isfinite(total).all(axis=1) & (np.abs(total) <= bound).all(axis=1)
+        if not ok.all():
+            r = int(np.flatnonzero(~ok)[0])
+            worst = total[r][np.argmax(np.where(np.isfinite(total[r]), np.abs(total[r]), np.inf))]
+            raise StoreIntegrityError(
+                f"shard {shard} ({', '.join(str(f[shard]) for f in self.files)}) row {r} (id {ids[r].as_py()!r}) "
+                f"scores {worst:.6g}, outside [-1, 1] that a weighted cosine of unit features allows: a store or "
+                "a target store is damaged; rerun `less-ray extract` for the stores named (it rewrites every "
+                "shard that does not verify)")
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import os
         import resource
-        done = [self.score_shard(int(s)) for s in batch["shard"]]
+        done = []
+        for s in batch["shard"]:
+            try:
+                done.append({**self.score_shard(int(s)), "error": ""})
+            except (StoreIntegrityError, StoreMismatch) as e:  # a value, raised cleanly by the driver
+                done.append({"shard": int(s), "rows": 0, "error": f"{type(e).__name__}\t{e}"})
         rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
         return {"shard": np.array([d["shard"] for d in done]), "rows": np.array([d["rows"] for d in done]),
+                "error": np.array([d["error"] for d in done], dtype=object),
                 "pid": np.array([os.getpid()] * len(done)), "peak_rss_mb": np.array([rss_mb] * len(done))}
 
 
@@ -181,13 +253,52 @@ def _features(batch) -> np.ndarray:
     return col.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
 
 
-def build_queries(stores: list[CheckpointStores], tasks: list[TaskSpec], weights: list[float]) -> list[TaskQuery]:
+def vanished_subtasks(store: str, stored: set[str]) -> dict[str, int]:
+    """Subtasks of a target store's input whose every example extract skipped: {subtask: skipped}.
+    Read from the input file the manifest names (skipped ids listed in its skipped.jsonl); {} when
+    nothing was skipped, or (with a warning) when the input is gone or changed."""
+    from collections import Counter
+
+    from ..data.io import iter_records
+    from ..store import sha256_file
+    man = read_manifest(store)
+    if not (man.skipped or {}).get("count"):
+        return {}
+    src = man.input.get("path")
+    if not src or not Path(src).is_file() or (man.input.get("sha256") and sha256_file(src) != man.input["sha256"]):
+        log.warning("score: %s: %d target(s) were skipped and the input %s is gone or changed: cannot check "
+                    "for subtasks left without targets", store, man.skipped["count"], src)
+        return {}
+    skipped_file = Path(store) / "skipped.jsonl"
+    skipped = {json.loads(x)["id"] for x in skipped_file.read_text().splitlines() if x.strip()} \
+        if skipped_file.is_file() else set()
+    per_subtask: Counter = Counter()
+    for rec in iter_records(src):
+        if rec.id in skipped:
+            per_subtask[rec.subtask or ""] += 1
+    return {s: n for s, n in per_subtask.items() if s not in stored}
+
+
+def build_queries(stores: list[CheckpointStores], tasks: list[TaskSpec], weights: list[float],
+                  verify: bool = True, allow_missing_subtasks: bool = False) -> list[TaskQuery]:
     queries = []
     for t in tasks:
         feats, subtasks = [], None
         for ck in stores:
-            data = read_store(ck.targets[t.name], ("id", "features", "subtask"))
+            data = read_store(ck.targets[t.name], ("id", "features", "subtask"), verify=verify)
+            if len(data["id"]) == 0:
+                raise StoreMismatch(f"task {t.name}: target store {ck.targets[t.name]} holds no examples "
+                                    "(every target was skipped by extract, see its skipped.jsonl): nothing to score against")
             if subtasks is None:
+                gone = vanished_subtasks(ck.targets[t.name], {s or "" for s in data["subtask"]})
+                if gone:
+                    msg = (f"task {t.name}: subtask(s) {sorted(gone)} have no target left: extract skipped all their "
+                           f"examples ({', '.join(f'{s}: {n}' for s, n in sorted(gone.items()))}; reasons in "
+                           f"{Path(ck.targets[t.name]) / 'skipped.jsonl'})")
+                    if not allow_missing_subtasks:
+                        raise StoreMismatch(msg + "; raise max_seq_length, drop them from the targets, or set "
+                                            "allow_missing_subtasks to score without them")
+                    log.warning("score: %s; scoring without them (allow_missing_subtasks)", msg)
                 subtasks, first_ids = list(data["subtask"]), list(data["id"])
                 if len(set(first_ids)) != len(first_ids):
                     raise StoreMismatch(f"task {t.name}: a target id is stored twice in {ck.targets[t.name]}")
@@ -221,7 +332,7 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
         raise ValueError("score: 'out' is required")
     stores = match_stores(cfg.pool_stores, {t.name: t.target_stores for t in cfg.tasks})
     weights = resolve_weights(cfg, stores)
-    queries = build_queries(stores, cfg.tasks, weights)
+    queries = build_queries(stores, cfg.tasks, weights, cfg.verify, cfg.allow_missing_subtasks)
     matrices, slices = stack_queries(queries)
     out = Path(cfg.out)
     parts = out / "_parts"
@@ -243,9 +354,16 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
                                                "tasks": [(q.task, sl) for q, sl in zip(queries, slices)],
                                                "parts_dir": str(parts), "block_rows": cfg.block_rows,
                                                "use_gpu": cfg.actor_num_gpus > 0,
-                                               "threads": max(1, int(cfg.actor_num_cpus))},
+                                               "threads": max(1, int(cfg.actor_num_cpus)),
+                                               "verify": cfg.verify},
                         **cfg.map_batches_args())
     done = ds.take_all()
+    errors = sorted((int(d["shard"]), str(d["error"])) for d in done if d["error"])
+    if errors:
+        shutil.rmtree(parts, ignore_errors=True)
+        kind, msg = errors[0][1].split("\t", 1)
+        more = f" ({len(errors) - 1} more shard(s) failed too: {[s for s, _ in errors[1:]][:10]})" if len(errors) > 1 else ""
+        raise (StoreIntegrityError if kind == "StoreIntegrityError" else StoreMismatch)(msg + more)
     if sorted(int(d["shard"]) for d in done) != list(range(n_shards)):
         raise RuntimeError(f"score: shards missing from the result: {sorted(int(d['shard']) for d in done)}")
     seconds["score_actors"] = time.time() - t

@@ -26,8 +26,16 @@ def _same(field: str, a: StoreManifest, b: StoreManifest, pa: str, pb: str, valu
         raise StoreMismatch(f"stores disagree on {field}: {pa} has {va!r}, {pb} has {vb!r}")
 
 
+def _model_identity(m: StoreManifest) -> str:
+    """The base model by content hash (a copied folder matches, another model at the same path
+    does not); by name only where a store has no hash (a hub id, a synthetic store)."""
+    return f"content sha256 {m.model_hash}" if m.model_hash else f"name {m.model}"
+
+
 def _check_pair(a: StoreManifest, b: StoreManifest, pa: str, pb: str) -> None:
-    _same("base model", a, b, pa, pb, lambda m: m.model)
+    ia, ib = _model_identity(a), _model_identity(b)
+    if ia != ib:
+        raise StoreMismatch(f"stores disagree on base model: {pa} has {a.model} ({ia}), {pb} has {b.model} ({ib})")
     _same("projection type", a, b, pa, pb, lambda m: m.projection.type)
     _same("projection seed", a, b, pa, pb, lambda m: m.projection.seed)
     _same("projection dim", a, b, pa, pb, lambda m: m.projection.dim)
@@ -56,6 +64,13 @@ def match_stores(pool_stores: list[str], task_stores: dict[str, list[str]]) -> l
     seen_ckpt: dict[str, str] = {}
     for path, m in pools.items():
         _admit(path, m, "adam", "pool store", first, first_path, seen_ckpt)
+        if m.count == 0:
+            raise StoreMismatch(f"{path}: the pool store holds no examples ({_skipped(m)}): nothing to score")
+        sa, sb = first.input.get("sha256"), m.input.get("sha256")
+        if sa and sb and sa != sb:
+            raise StoreMismatch(f"{path} was extracted from another input than {first_path} "
+                                f"({m.input.get('path')} sha256 {sb[:12]}... vs {first.input.get('path')} {sa[:12]}...): "
+                                "extract every checkpoint from the same pool file")
         layout = [(s["rows"]) for s in m.shards]
         if layout != [s["rows"] for s in first.shards] or m.count != first.count:
             raise StoreMismatch(f"{path} has a different shard layout from {first_path} "
@@ -65,7 +80,11 @@ def match_stores(pool_stores: list[str], task_stores: dict[str, list[str]]) -> l
     for task, paths in task_stores.items():
         by_ckpt: dict[str, str] = {}
         for path in paths:
-            _admit(path, read_manifest(path), "sgd", f"target store of {task}", first, first_path, by_ckpt)
+            m = read_manifest(path)
+            _admit(path, m, "sgd", f"target store of {task}", first, first_path, by_ckpt)
+            if m.count == 0:
+                raise StoreMismatch(f"task {task}: target store {path} holds no examples ({_skipped(m)}): "
+                                    "nothing to score against")
         for ck in out:
             if ck.checkpoint_hash not in by_ckpt:
                 raise StoreMismatch(f"task {task}: no target store for the checkpoint of pool store {ck.pool} "
@@ -76,6 +95,17 @@ def match_stores(pool_stores: list[str], task_stores: dict[str, list[str]]) -> l
     return out
 
 
+def _skipped(m: StoreManifest) -> str:
+    n = (m.skipped or {}).get("count") or 0
+    f = (m.skipped or {}).get("file")
+    return f"all {n} skipped by extract, reasons in its {f}" if n else "its input held none"
+
+
+def shard_entries(store: str) -> list[dict]:
+    """The manifest's shard entries (file confined to the store, rows, sha256)."""
+    return read_manifest(store).shards
+
+
 def shard_files(store: str) -> list[Path]:
-    m = read_manifest(store)
-    return [Path(store) / s["file"] for s in m.shards]
+    from ..store import shard_path
+    return [shard_path(store, e) for e in read_manifest(store).shards]
