@@ -16,8 +16,10 @@ and resumes where its own artifact allows (extraction per shard, training per ep
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,7 @@ from .config import absolute_paths, config_hash, save_config, path_field
 from .eval.runner import EvalConfig, run_eval
 from .extract.job import ExtractConfig, run_extract
 from .ray_runtime import ActorPool, ensure_ray
+from .run_lock import locked
 from .scoring.job import ScoreConfig, TaskSpec, run_score
 from .scoring.report import ReportConfig, run_report
 from .scoring.select import SelectConfig, run_select, selection_name
@@ -114,20 +117,48 @@ class Run:
         self.ledger_path = self.root / "stages.json"
         self.ledger: dict[str, Any] = json.loads(self.ledger_path.read_text()) if self.ledger_path.exists() else {}
 
-    def stage(self, name: str, stage_cfg: Any, artifact: Path, fn: Callable[[], Any]) -> Any:
-        """Run `fn` unless `artifact` exists from a finished run of the same config."""
+    def stage(self, name: str, stage_cfg: Any, artifact: Path, fn: Callable[[], Any],
+              folder: Path | None = None) -> Any:
+        """Run `fn` unless `artifact` exists from a finished run of the same config on inputs of the
+        same content. A stage that starts over with another config or other inputs first clears
+        `folder` (its own), so nothing it left earlier (shards, Ray runs) is taken for new work; an
+        interrupted run of the same config and inputs resumes there."""
+        from .fingerprint import input_fingerprints
+        inputs = input_fingerprints(stage_cfg)
         h = config_hash(stage_cfg)
+        key = hashlib.sha256(json.dumps([h, inputs], sort_keys=True).encode()).hexdigest()[:16]
         done = self.ledger.get(name)
-        if done and done.get("config_hash") == h and artifact.exists():
-            log.info("stage %-8s skipped: %s is up to date (config %s)", name, artifact, h)
+        if done and done.get("key") == key and done.get("state") == "done" and artifact.exists():
+            log.info("stage %-8s skipped: %s is up to date", name, artifact)
             return done.get("result")
+        if done and done.get("key") != key:
+            changed = _what_changed(done, h, inputs)
+            log.info("stage %-8s reruns: %s", name, changed)
+            if folder is not None and folder.exists():
+                shutil.rmtree(folder)
+        self._record(name, {"key": key, "config_hash": h, "inputs": inputs, "state": "running",
+                            "artifact": str(artifact)})
         t0 = time.time()
         result = fn()
-        self.ledger[name] = {"config_hash": h, "artifact": str(artifact), "seconds": round(time.time() - t0, 1),
-                             "result": _jsonable(result)}
-        self.ledger_path.write_text(json.dumps(self.ledger, indent=2))
+        self._record(name, {**self.ledger[name], "state": "done", "seconds": round(time.time() - t0, 1),
+                            "result": _jsonable(result)})
         log.info("stage %-8s done in %.1fs -> %s", name, time.time() - t0, artifact)
         return self.ledger[name]["result"]
+
+    def _record(self, name: str, entry: dict[str, Any]) -> None:
+        self.ledger[name] = entry
+        tmp = self.ledger_path.with_name(self.ledger_path.name + ".tmp")
+        tmp.write_text(json.dumps(self.ledger, indent=2))
+        tmp.replace(self.ledger_path)  # a killed run leaves the old ledger or the new one, whole
+
+
+def _what_changed(done: dict[str, Any], config_hash_now: str, inputs_now: dict[str, str]) -> str:
+    before = done.get("inputs", {})
+    changed = [k for k in sorted(set(before) | set(inputs_now)) if before.get(k) != inputs_now.get(k)]
+    parts = [f"input {k} content changed" for k in changed]
+    if done.get("config_hash") != config_hash_now:
+        parts.append("its config changed")
+    return "; ".join(parts) or "the previous run did not finish"
 
 
 def _jsonable(x: Any) -> Any:
@@ -251,6 +282,7 @@ def _write_if_changed(write, records: list, path: Path) -> Path:
     return path
 
 
+@locked("pipeline")  # one writer per run folder: a second run on it fails fast naming the holder
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     from .preflight import eval_tasks_for, preflight_pipeline
     from .train.checkpoint import read_warmup_manifest
@@ -273,7 +305,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
 
     wcfg = warmup_config(cfg, run)
     if "warmup" in want:
-        run.stage("warmup", wcfg, Path(wcfg.out) / "warmup_manifest.json", lambda: str(run_warmup(wcfg)))
+        run.stage("warmup", wcfg, Path(wcfg.out) / "warmup_manifest.json", lambda: str(run_warmup(wcfg)),
+                  folder=Path(wcfg.out))
     ckpts = read_warmup_manifest(wcfg.out)["checkpoints"]
 
     pool_stores, target_stores = [], {t: [] for t in cfg.targets}
@@ -283,9 +316,10 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         for name, data, kind in jobs:
             ecfg = extract_config(cfg, c["path"], data, base / name, kind)
             if "extract" in want:
-                run.stage(f"extract/epoch_{c['epoch']}/{name}", ecfg, base / name / "_input.json",
-                          lambda ecfg=ecfg: {str(d): str(p) for d, p in run_extract(ecfg).items()})
-            (store,) = [m.parent for m in (base / name).glob("dim*/manifest.json")]  # one dim per run
+                run.stage(f"extract/epoch_{c['epoch']}/{name}", ecfg, base / name / f"dim{cfg.extract.dim}" /
+                          "manifest.json", lambda ecfg=ecfg: {str(d): str(p) for d, p in run_extract(ecfg).items()},
+                          folder=base / name)
+            store = base / name / f"dim{cfg.extract.dim}"  # this run's dim (a folder may hold others)
             (pool_stores if name == "pool" else target_stores[name]).append(str(store))
 
     scores_dir = run.root / "scores"
