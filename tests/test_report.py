@@ -74,6 +74,9 @@ def world(tmp_path_factory):
         "model": str(run / "train" / TASK / "model"),
         "tasks": {"demo:arithmetic": {"metric": "accuracy", "score": 0.4321, "n": 50, "answer_loss": 1.2345,
                                       "per_subtask": {"a": 0.4}, "examples": []}}}))
+    (run / "eval" / f"{TASK}.base.json").write_text(json.dumps({
+        "model": "tiny-llama-for-test", "tasks": {"loss:demo_arithmetic": {
+            "metric": "answer_loss", "score": 3.25, "n": 3, "file": "x.heldout.jsonl", "lower_is_better": True}}}))
     return {"root": root, "run": run, "pool": pool, "targets": targets, "ids": ids, "sources": sources}
 
 
@@ -119,7 +122,11 @@ def test_less_report_in_a_run_folder(world):
     # the selection file and its size rule
     sel_file = run / "scores" / TASK / "top_p0.05.jsonl"
     assert str(sel_file) in page
-    assert "k = floor(p·N) = floor(0.05 · 200) = 10, with N = 200 examples scored" in page
+    if (run / "scores" / TASK / "selection.json").exists():  # select records its size rule
+        assert "as <code>select</code> recorded it: k = floor(p·N + 1e-9) with p = 0.05, N = 200" in page
+        assert "; k = 10" in page
+    else:
+        assert "k = floor(p·N) = floor(0.05 · 200) = 10, with N = 200 examples scored" in page
     # composition: the selection file's sources, the pool's, and the run's random selector (seed 5) at k
     comp = _composition(page, TASK)
     selected = Counter(json.loads(line)["source"] for line in sel_file.read_text().splitlines())
@@ -132,6 +139,8 @@ def test_less_report_in_a_run_folder(world):
     ev = page.split("<h2>Eval results</h2>", 1)[1].split("<h2>", 1)[0]
     assert f"{TASK}.json" in ev and "demo:arithmetic" in ev and "0.4321" in ev and "answer_loss 1.2345" in ev
     assert str(run / "train" / TASK / "model") in ev
+    assert f"{TASK}.base.json" in ev and "loss:demo_arithmetic" in ev and "answer_loss (lower is better)" in ev
+    assert "3.2500" in ev and "lower_is_better" not in ev
     # near-duplicates of the selection and of the baseline
     assert re.search(r"near-duplicates</th><td>selection: <b>\d+</b> of 10 .*random baseline: <b>\d+</b> of 10", page)
 

@@ -396,8 +396,10 @@ def eval_rows(path: Path) -> list[dict[str, Any]]:
             if not isinstance(r, dict):
                 rows.append({"model": label, "task": task, "metric": "", "score": r, "n": None, "more": ""})
                 continue
-            more = {k: v for k, v in r.items() if isinstance(v, (int, float)) and k not in ("score", "n")}
-            rows.append({"model": label, "task": task, "metric": r.get("metric", ""), "score": r.get("score"),
+            more = {k: v for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                    and k not in ("score", "n")}
+            metric = str(r.get("metric", "")) + (" (lower is better)" if r.get("lower_is_better") else "")
+            rows.append({"model": label, "task": task, "metric": metric, "score": r.get("score"),
                          "n": r.get("n"), "more": ", ".join(f"{k} {_num(v)}" for k, v in more.items())})
         return rows
 
@@ -645,8 +647,11 @@ def run_report(cfg: ReportConfig) -> Path:
                  f"<th>selection file</th></tr>{''.join(rows)}</table>")
 
     # evals
-    ev = [(p, r) for p in eval_files(run, cfg.eval) for r in eval_rows(p)]
+    ev = sorted(((p, r) for p in eval_files(run, cfg.eval) for r in eval_rows(p)), key=lambda x: (x[1]["task"], x[0].name))
     parts.append("<h2>Eval results</h2>")
+    if run is not None and ev:
+        parts.append("<p class='sub'>In a run folder <code>eval/&lt;task&gt;.json</code> is the model trained on the "
+                     "task's selection, <code>eval/&lt;task&gt;.base.json</code> the base model on the same eval.</p>")
     if ev:
         parts.append("<table class='eval'><tr><th>result file</th><th>model</th><th>eval task</th><th>metric</th>"
                      "<th>score</th><th>n</th><th>more</th></tr>" + "".join(
