@@ -22,6 +22,7 @@ import numpy as np
 
 from ..config import config_hash, save_config
 from ..ray_runtime import RayStage
+from ..run_lock import locked
 from ..store import (Projection, StoreManifest, features_table, library_versions, remove_temp_files,
                      sha256_file, sha256_files, verified_shard, write_manifest, write_shard)
 
@@ -260,6 +261,7 @@ def finalize(cfg: ExtractConfig, n_shards: int, input_digest: str, dims: list[in
     return paths
 
 
+@locked("extract")  # one writer per out folder (less_ray/run_lock.py)
 def run_extract(cfg: ExtractConfig) -> dict[int, Path]:
     import ray
 

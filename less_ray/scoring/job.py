@@ -35,6 +35,7 @@ import numpy as np
 from ..config import save_config, path_field
 from ..core.influence import TaskQuery, normalize_weights, reduce_max, stack_queries
 from ..ray_runtime import RayStage
+from ..run_lock import locked
 from ..store import (NORM_TOL, StoreIntegrityError, bad_feature_rows, feature_error, read_manifest, read_store,
                      shard_path, verify_shard_checksum)
 from ..store_raw import FeaturePages
@@ -321,6 +322,7 @@ def resolve_weights(cfg: ScoreConfig, stores: list[CheckpointStores]) -> list[fl
     return list(normalize_weights([ck.avg_lr for ck in stores]))
 
 
+@locked("score")  # one writer per out folder (less_ray/run_lock.py)
 def run_score(cfg: ScoreConfig) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.compute as pc
