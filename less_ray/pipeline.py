@@ -30,7 +30,6 @@ from .eval.runner import EvalConfig, run_eval
 from .extract.job import ExtractConfig, run_extract
 from .ray_runtime import ActorPool, ensure_ray
 from .run_lock import locked
-from .run_lock import locked
 from .scoring.job import ScoreConfig, TaskSpec, run_score
 from .scoring.report import ReportConfig, run_report
 from .scoring.select import SelectConfig, run_select, selection_name
@@ -283,7 +282,6 @@ def _write_if_changed(write, records: list, path: Path) -> Path:
     return path
 
 
-@locked("pipeline")  # one writer per run folder: a second run on it fails fast naming the holder
 @locked("pipeline")  # one writer per run folder: a second run on it fails fast naming the holder
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     from .preflight import eval_tasks_for, preflight_pipeline
