@@ -70,17 +70,15 @@ def check_stage_config(cfg: Any, what: str) -> None:
 
 
 def _count_records(path: str, what: str, f: Findings) -> list | None:
-    from .data.io import read_records
+    """The file's records under the bad-input policy; None (and an error naming `what`) when it
+    does not parse or holds none."""
+    from .data.io import read_records, require_records
     from .data.schema import DataFileError
     try:
-        records = read_records(path).records
+        return require_records(read_records(path), "pool examples" if what == "pool" else "target examples")
     except DataFileError as e:
         f.errors.append(f"{what}: {e}")
         return None
-    if not records:
-        f.errors.append(f"{what}: {path} holds no records")
-        return None
-    return records
 
 
 def epoch_mean_lrs(n: int, batch: int, epochs: int, lr: float, warmup_ratio: float, scheduler: str) -> list[float]:

@@ -92,6 +92,11 @@ def test_missing_and_malformed_data_files_are_named_with_the_line(tmp_path, tiny
     err = _fails_before_ray(["pipeline", "--config", str(_config(tmp_path, tiny_model_dir, demo_files,
                                                                      pool=str(bad)))], capsys)
     assert f"{bad}:4:" in err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    err = _fails_before_ray(["pipeline", "--config", str(_config(tmp_path, tiny_model_dir, demo_files,
+                                                                     targets={"t": str(empty)}))], capsys)
+    assert f"targets.t: {empty}: no target examples: the file is empty (0 lines)" in err
 
 
 def test_an_epoch_whose_mean_lr_is_zero_is_an_error_with_the_fix(tmp_path, tiny_model_dir, demo_files, capsys):
