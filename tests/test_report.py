@@ -141,6 +141,8 @@ def test_less_report_in_a_run_folder(world):
     assert str(run / "train" / TASK / "model") in ev
     assert f"{TASK}.base.json" in ev and "loss:demo_arithmetic" in ev and "answer_loss (lower is better)" in ev
     assert "3.2500" in ev and "lower_is_better" not in ev
+    assert re.search(r"<code>demo_arithmetic.base.json</code></td><td>base model</td><td><code>tiny-llama-for-test", ev)
+    assert f"<code>{TASK}.json</code></td><td>trained on the {TASK} selection</td>" in ev
     # near-duplicates of the selection and of the baseline
     assert re.search(r"near-duplicates</th><td>selection: <b>\d+</b> of 10 .*random baseline: <b>\d+</b> of 10", page)
 

@@ -305,7 +305,7 @@ def run_metadata(root: Path, run: Path | None, summary: dict[str, Any], pool: st
                                              f"to d={proj.get('dim')} (seed {proj.get('seed')}), "
                                              f"normalised {m0.get('normalized')}, {m0.get('dtype')}")))
         ck = "".join(f"<tr><td>{i}</td><td><code>{_e(m.get('checkpoint'))}</code></td>"
-                     f"<td><code>{_e(m.get('checkpoint_hash'))}</code></td><td>{_e(m.get('avg_lr'))}</td>"
+                     f"<td><code>{_e(m.get('checkpoint_hash'))}</code></td><td>{_e(_num(m.get('avg_lr'), '.4g'))}</td>"
                      f"<td>{_e(round(w, 4) if isinstance(w, (int, float)) else w)}</td></tr>"
                      for i, (m, w) in enumerate(zip(pool_mans, summary.get("weights") or [None] * len(pool_mans))))
         rows.append(("checkpoints", "<table><tr><th>#</th><th>checkpoint</th><th>content hash</th><th>avg lr</th>"
@@ -371,7 +371,7 @@ def run_metadata(root: Path, run: Path | None, summary: dict[str, Any], pool: st
 def eval_files(run: Path | None, given: list[str]) -> list[Path]:
     out: list[Path] = []
     if run is not None and (run / "eval").is_dir():
-        out += sorted((run / "eval").glob("*.json"))
+        out += sorted((run / "eval").rglob("*.json"))
     for g in given:
         p = Path(g)
         out += sorted(p.glob("*.json")) if p.is_dir() else [p]
@@ -397,7 +397,7 @@ def eval_rows(path: Path) -> list[dict[str, Any]]:
                 rows.append({"model": label, "task": task, "metric": "", "score": r, "n": None, "more": ""})
                 continue
             more = {k: v for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-                    and k not in ("score", "n")}
+                    and k not in ("score", "n", "seconds")}
             metric = str(r.get("metric", "")) + (" (lower is better)" if r.get("lower_is_better") else "")
             rows.append({"model": label, "task": task, "metric": metric, "score": r.get("score"),
                          "n": r.get("n"), "more": ", ".join(f"{k} {_num(v)}" for k, v in more.items())})
@@ -420,19 +420,42 @@ def eval_rows(path: Path) -> list[dict[str, Any]]:
     return flat
 
 
+def _eval_label(path: Path, run: Path | None) -> str:
+    try:
+        return str(path.resolve().relative_to(run / "eval")) if run is not None else path.name
+    except ValueError:
+        return path.name
+
+
+def _eval_role(path: Path, run: Path | None) -> str:
+    """In a run folder: eval/<task>.json is the model trained on the task's selection;
+    eval/<task>.base.json (or eval/base/<task>.json) the base model on the same eval."""
+    try:
+        rel = path.resolve().relative_to(run / "eval") if run is not None else None
+    except ValueError:
+        rel = None
+    if rel is None:
+        return "given"
+    if (len(rel.parts) > 1 and rel.parts[0] == "base") or rel.name.endswith(".base.json"):
+        return "base model"
+    if len(rel.parts) == 1:
+        return f"trained on the {rel.name[:-len('.json')]} selection"
+    return str(rel.parent)
+
+
 def _conversation(messages: Any) -> str:
     return "\n".join(f"[{m['role']}] {m['content']}" for m in (messages or []))
 
 
-def _num(x: Any) -> str:
+def _num(x: Any, fmt: str = ".4f") -> str:
     if isinstance(x, float):
-        return f"{x:.4f}"
+        return format(x, fmt)
     return "" if x is None else str(x)
 
 
 # ---- plots ------------------------------------------------------------------------------------
 
-def _plots(task: str, st: dict[str, Any], sel: Counter, rnd: Counter) -> list[str]:
+def _plots(task: str, st: dict[str, Any], sel: Counter, rnd: Counter, selector: str = "less") -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -453,7 +476,7 @@ def _plots(task: str, st: dict[str, Any], sel: Counter, rnd: Counter) -> list[st
     ax.stairs(st["hist"], st["edges"], fill=True, color="#2a6fb0")
     if st.get("cut") is not None:
         ax.axvline(st["cut"], color="#c0392b", ls="--", lw=1, label="lowest selected score")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left")
     ax.set_title(f"{task}: score histogram over the pool")
     ax.set_xlabel("score")
     ax.set_ylabel("examples")
@@ -463,7 +486,8 @@ def _plots(task: str, st: dict[str, Any], sel: Counter, rnd: Counter) -> list[st
         fig, ax = plt.subplots(figsize=(max(5.2, 0.4 * len(wins)), 3.0))
         ax.bar(range(len(wins)), [c for _, c in wins], color="#7a5195")
         ax.set_xticks(range(len(wins)), [w or "(none)" for w, _ in wins], rotation=50, ha="right", fontsize=8)
-        ax.set_title(f"{task}: best-matching subtask (k-center: cluster), count over the pool")
+        what = "K-Means cluster" if selector.startswith("kcenter") else "best-matching target subtask"
+        ax.set_title(f"{task}: {what}, count over the pool")
         out.append(_png(fig))
     return out
 
@@ -649,13 +673,11 @@ def run_report(cfg: ReportConfig) -> Path:
     # evals
     ev = sorted(((p, r) for p in eval_files(run, cfg.eval) for r in eval_rows(p)), key=lambda x: (x[1]["task"], x[0].name))
     parts.append("<h2>Eval results</h2>")
-    if run is not None and ev:
-        parts.append("<p class='sub'>In a run folder <code>eval/&lt;task&gt;.json</code> is the model trained on the "
-                     "task's selection, <code>eval/&lt;task&gt;.base.json</code> the base model on the same eval.</p>")
     if ev:
-        parts.append("<table class='eval'><tr><th>result file</th><th>model</th><th>eval task</th><th>metric</th>"
-                     "<th>score</th><th>n</th><th>more</th></tr>" + "".join(
-                         f"<tr><td><code>{_e(p.name)}</code></td><td><code>{_e(r['model'])}</code></td>"
+        parts.append("<table class='eval'><tr><th>result file</th><th>which model</th><th>model</th><th>eval task</th>"
+                     "<th>metric</th><th>score</th><th>n</th><th>more</th></tr>" + "".join(
+                         f"<tr><td><code>{_e(_eval_label(p, run))}</code></td><td>{_e(_eval_role(p, run))}</td>"
+                         f"<td><code>{_e(r['model'])}</code></td>"
                          f"<td>{_e(r['task'])}</td><td>{_e(r['metric'])}</td><td class='num'>{_e(_num(r['score']))}</td>"
                          f"<td class='num'>{_e(_num(r['n']))}</td><td>{_e(r['more'])}</td></tr>" for p, r in ev)
                      + "</table><p class='sub'>From: " + ", ".join(f"<code>{_e(p)}</code>" for p in
@@ -689,7 +711,7 @@ def run_report(cfg: ReportConfig) -> Path:
         parts.append("</table>")
         parts.append("<h3>Composition by source</h3>" + _composition_table(st, sel, rnd))
         parts.append("<div class='plots'>" + "".join(f'<img alt="{_e(t["task"])} plot" src="data:image/png;base64,{p}">'
-                                                     for p in _plots(t["task"], st, sel, rnd)) + "</div>")
+                                                     for p in _plots(t["task"], st, sel, rnd, meta["selector"])) + "</div>")
         if t.get("dup_sel") and t["dup_sel"]["pairs"]:
             parts.append("<details><summary>near-duplicate pairs in the selection (first 10)</summary><table>"
                          "<tr><th>selected id</th><th>duplicates (kept, higher-ranked)</th><th>est. Jaccard</th></tr>"
