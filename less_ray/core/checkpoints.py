@@ -22,9 +22,13 @@ def load_lora_checkpoint(base_model_dir: str | Path, ckpt_dir: str | Path, dtype
     from peft import PeftModel
 
     from ..models import load_model_and_tokenizer
+    if not Path(ckpt_dir).is_dir():
+        raise FileNotFoundError(f"{ckpt_dir}: no such checkpoint folder")
     base, tokenizer = load_model_and_tokenizer(base_model_dir, dtype=dtype)
-    # is_trainable: the LoRA parameters must require grad for the backward to reach them
-    model = PeftModel.from_pretrained(base, str(ckpt_dir), is_trainable=True)
+    # is_trainable: the LoRA parameters must require grad for the backward to reach them;
+    # local_files_only: the adapter is this folder, never a hub download (the base model is
+    # `base_model_dir`, not what adapter_config.json names)
+    model = PeftModel.from_pretrained(base, str(ckpt_dir), is_trainable=True, local_files_only=True)
     model.to(device).eval()
     return model, tokenizer
 

@@ -59,10 +59,10 @@ class ExtractConfig(RayStage):
 
 
 def checkpoint_hash(ckpt: str | Path) -> str:
-    """Content hash of what defines the features: adapter weights, its config, the moments."""
-    files = [p for p in (Path(ckpt) / n for n in ("adapter_model.safetensors", "adapter_config.json",
-                                                  "optimizer_moments.safetensors")) if p.exists()]
-    return sha256_files(files)
+    """Content hash of what defines the features: adapter weights, its config (canonical: sorted
+    keys, target_modules sorted, no paths), the moments (less_ray.identity)."""
+    from ..identity import checkpoint_content_hash
+    return checkpoint_content_hash(ckpt)
 
 
 def read_checkpoint_state(ckpt: str | Path) -> dict[str, Any]:

@@ -84,9 +84,9 @@ class TextEncoder:
         torch.set_num_threads(max(1, torch.get_num_threads()))
         self.encoder, self.max_tokens, self.batch_size = encoder, max_tokens, batch_size
         self.chat_format = chat_format
-        if encoder == "minilm":
-            self.tok = AutoTokenizer.from_pretrained(model)
-            self.net = AutoModel.from_pretrained(model)
+        if encoder == "minilm":  # the package's folder: never a hub download
+            self.tok = AutoTokenizer.from_pretrained(model, local_files_only=True)
+            self.net = AutoModel.from_pretrained(model, local_files_only=True)
         else:
             from ..models import load_model_and_tokenizer
             lm, self.tok = load_model_and_tokenizer(model)
