@@ -476,7 +476,7 @@ def _plots(task: str, st: dict[str, Any], sel: Counter, rnd: Counter, selector: 
     ax.stairs(st["hist"], st["edges"], fill=True, color="#2a6fb0")
     if st.get("cut") is not None:
         ax.axvline(st["cut"], color="#c0392b", ls="--", lw=1, label="lowest selected score")
-        ax.legend(fontsize=8, loc="upper left")
+        ax.legend(fontsize=8, loc="upper right")
     ax.set_title(f"{task}: score histogram over the pool")
     ax.set_xlabel("score")
     ax.set_ylabel("examples")
