@@ -27,13 +27,13 @@ import io
 import json
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..config import save_config
+from ..config import path_field, save_config
 from ..core.influence import TopK
 from ..data.io import iter_records
 from .select import pool_file
@@ -43,14 +43,14 @@ RANDOM_SELECTOR = "random"
 
 @dataclass
 class ReportConfig:
-    scores: str = ""  # the score folder (LESS's `score` or any selector's), after select
-    out: str | None = None  # default: <scores>/report.html
-    pool: str | None = None  # pool records for example texts; default: the one the score folder records
+    scores: str = path_field("in", "")  # the score folder (LESS's `score` or any selector's), after select
+    out: str | None = path_field("out", None)  # default: <scores>/report.html
+    pool: str | None = path_field("in", None)  # pool records for example texts; default: the one the folder records
     top_p: float | None = None  # the selection to describe; default: what `select` recorded, else 0.05
     examples: int = 5  # top and bottom examples shown per task
     bins: int = 50
     block_rows: int = 65536
-    eval: list[str] = field(default_factory=list)  # eval JSON files or folders (besides <run>/eval/*.json)
+    eval: list[str] = path_field("in", [])  # eval JSON files or folders (besides <run>/eval/**/*.json)
     random_seed: int = 0  # seed of the computed random baseline (used when the run has no selectors/random)
     dedup_threshold: float | None = 0.8  # near-duplicate: estimated Jaccard of word shingles >= this (None: skip)
     dedup_ngram: int = 5
