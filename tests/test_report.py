@@ -277,8 +277,15 @@ def test_hashes_near_duplicates_and_missing_selection(tmp_path):
     # capped: the highest-ranked 5 (r000 r040 r001 r041 r002) hold 2 duplicates
     page = run_report(ReportConfig(scores=str(tmp_path / "f"), top_p=0.25, dedup_max=5)).read_text()
     assert "selection: <b>2</b> of 5 (40.0%) duplicate a higher-ranked one (2 distinct originals) " \
-           "<i>(the first 5 of 10 checked)</i>" in page
+           "<i>(only 5 of 10 checked" in page
     # dedup off: no near-duplicate row, the rest renders
     page = run_report(ReportConfig(scores=str(tmp_path / "f"), top_p=0.25, dedup_threshold=None)).read_text()
     assert "near-duplicates</th>" not in page and "Composition by source" in page
     assert Path(tmp_path / "f" / "report.html.config.yaml").exists()
+    # a folder that records no pool file still renders, and says what it could not do
+    w = ScoreFolderWriter(tmp_path / "g", ["t"])
+    w.write("t", [r.id for r in recs], [r.source for r in recs], scores)
+    w.close({"selector": "handmade"})
+    page = run_report(ReportConfig(scores=str(tmp_path / "g"))).read_text()
+    assert "no pool file is recorded or given" in page and "selection: not checked (no example texts)" in page
+    assert "k = floor(p·N) = floor(0.05 · 43) = 2" in page

@@ -547,9 +547,11 @@ def _composition_table(st: dict[str, Any], sel: Counter, rnd: Counter) -> str:
 def _dup_text(d: dict[str, Any] | None, what: str) -> str:
     if d is None:
         return ""
+    if not d["checked"]:
+        return f"{what}: not checked (no example texts)"
     frac = d["duplicates"] / d["checked"] if d["checked"] else 0.0
     return (f"{what}: <b>{d['duplicates']}</b> of {d['checked']} ({frac:.1%}) duplicate a higher-ranked one "
-            f"({d['groups']} distinct originals)" + (f" <i>(the first {d['checked']} of {d['of']} checked)</i>"
+            f"({d['groups']} distinct originals)" + (f" <i>(only {d['checked']} of {d['of']} checked: dedup_max, or texts missing)</i>"
                                                      if d["checked"] < d["of"] else ""))
 
 
