@@ -21,7 +21,10 @@ chat_format less renders exactly the text above. Per set:
   {question}" (no separator after the instruction, as LESS), cue "Answer:", completion
   " {first answer}". LESS draws it from GoldP *train* (`tydiqa-one-shot.json`); train exists
   here for english, korean and swahili only: those draw from train, the other six from dev,
-  held out of evaluation (tydiqa_eval_split).
+  held out of evaluation (tydiqa_eval_split). The draw is among questions whose passage has at
+  most `max_context_chars` (2000) characters: LESS draws among all, but a long passage can
+  push the answer past max_seq_length (SmolLM2: the Telugu draw of seed 0 without the bound is
+  8,620 tokens), and LESS would then give that language a NaN target gradient.
 Each list is grouped by subtask (subtasks sorted by name; file order within a subtask).
 """
 from __future__ import annotations
@@ -126,7 +129,7 @@ def _tydiqa_pick(questions: list[dict[str, Any]], lang: str, seed: int,
 
 
 def tydiqa_target_question(data_root: Path, lang: str, seed: int = 0,
-                           max_context_chars: int | None = None) -> tuple[dict[str, Any], str]:
+                           max_context_chars: int | None = 2000) -> tuple[dict[str, Any], str]:
     """(the language's target question, "train" or "dev": the split it was drawn from)."""
     train = tydiqa_train_questions(data_root, lang)
     if train is not None:
@@ -140,7 +143,7 @@ def tydiqa_user(lang: str, context: str, question: str) -> str:
     return instr + p + " " + context + "\n" + q + " " + question
 
 
-def build_tydiqa(data_root: Path, seed: int = 0, max_context_chars: int | None = None) -> list[Record]:
+def build_tydiqa(data_root: Path, seed: int = 0, max_context_chars: int | None = 2000) -> list[Record]:
     # LESS: one GoldP *train* example per language (its random draw is not reproducible: it depends
     # on set order); here a seeded uniform draw, from train where this copy has it, else from dev
     out = []
@@ -153,7 +156,7 @@ def build_tydiqa(data_root: Path, seed: int = 0, max_context_chars: int | None =
 
 
 def tydiqa_eval_split(data_root: Path, seed: int = 0, max_per_language: int | None = 200,
-                      max_context_chars: int | None = None) -> list[dict[str, Any]]:
+                      max_context_chars: int | None = 2000) -> list[dict[str, Any]]:
     """Dev questions for evaluation, never including build_tydiqa's targets (same seed and
     max_context_chars): the first `max_per_language` per language (None = all), file order.
     `answers` is the list of gold answer texts."""

@@ -80,7 +80,7 @@ def mmlu_items(data_root: Path, k: int = 5, max_per_subject: int | None = None) 
 
 
 def tydiqa_items(data_root: Path, seed: int = 0, max_per_language: int | None = 200,
-                 max_context_chars: int | None = None) -> list[EvalItem]:
+                 max_context_chars: int | None = 2000) -> list[EvalItem]:
     """1-shot: the demo is the language's target example (never in this split)."""
     demos = {lang: tydiqa_target_question(data_root, lang, seed, max_context_chars)[0] for lang in TYDIQA_LANGUAGES}
     items = []

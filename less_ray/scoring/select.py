@@ -3,7 +3,13 @@
 Per task folder (from `less-ray score`):
 - `top_p{p}.jsonl` / `top_n{k}.jsonl`: the selected original records, descending score;
 - `sorted.csv`: `source,id,score` for the whole pool, descending (LESS's file);
+- `selection.json`: the size rule used (`{"rule": {...}}`: rule, formula, p, N, scored, k);
 - `select.config.yaml`.
+The size k comes from `selection_count`, the one rule every selector uses: N is every record
+of the pool file (skipped and unscored ones included, as LESS's N counts every line), k =
+floor(p·N + 1e-9) (`count_rule: floor`) or LESS's `int(p·N)` (`count_rule: less`, which
+reproduces LESS's `top_p*.jsonl` line counts, float rounding included: int(0.29·100) = 28), and
+never more than the rows scored.
 The top-k is an exact streaming top-k over the score blocks (ties: smaller id first); the
 sorted list is an external merge of sorted blocks, so neither holds the pool in memory.
 """
@@ -30,10 +36,52 @@ class SelectConfig:
     scores: str = ""  # the score stage's output folder
     pool: str | None = None  # pool records (schema JSONL/Parquet); default: the pool store's input file
     tasks: list[str] | None = None  # default: every task in the score folder
-    top_p: float | None = 0.05  # fraction of the pool (k = floor(p * N), as LESS)
+    top_p: float | None = 0.05  # fraction of the pool file's records (k: selection_count)
     top_n: int | None = None  # or an explicit count (takes precedence)
+    count_rule: str = "floor"  # floor: floor(p·N + 1e-9) | less: LESS's int(p·N)
     sorted_csv: bool = True
     block_rows: int = 65536
+
+
+COUNT_RULES = {"floor": "k = floor(p·N + 1e-9)", "less": "k = int(p·N) (LESS's write_selected_data)"}
+
+
+def selection_count(top_p: float | None, top_n: int | None, n_pool: int, n_scored: int | None = None,
+                    rule: str = "floor") -> int:
+    """k, for every selector: `top_n`, else p of the pool's N records by `rule`; at most the rows
+    scored (`n_scored`, default N)."""
+    if rule not in COUNT_RULES:
+        raise ValueError(f"count_rule must be one of {', '.join(COUNT_RULES)}, got {rule!r}")
+    cap = n_pool if n_scored is None else min(n_scored, n_pool)
+    if top_n is not None:
+        if top_n < 0:
+            raise ValueError(f"top_n must be >= 0, got {top_n}")
+        return min(cap, int(top_n))
+    if top_p is None or not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    k = int(top_p * n_pool) if rule == "less" else int(math.floor(top_p * n_pool + 1e-9))
+    return min(cap, k)
+
+
+def count_record(top_p: float | None, top_n: int | None, n_pool: int, n_scored: int, k: int, rule: str) -> dict:
+    """The size rule as `selection.json` records it (the report shows it)."""
+    if top_n is not None:
+        return {"rule": "top_n", "formula": "k = min(n, scored)", "n": top_n, "N": n_pool, "scored": n_scored, "k": k}
+    return {"rule": rule, "formula": COUNT_RULES[rule], "p": top_p, "N": n_pool,
+            "N_is": "every record of the pool file", "scored": n_scored, "k": k}
+
+
+def pool_size(pool: str) -> int:
+    """N: the number of records in the pool file (Parquet: its metadata; else one read)."""
+    from ..data.io import detect_format, split_format_spec
+    try:
+        parquet = detect_format(pool) == "parquet"
+    except ValueError:
+        parquet = False
+    if parquet:
+        import pyarrow.parquet as pq
+        return pq.ParquetFile(split_format_spec(pool)[0]).metadata.num_rows
+    return sum(1 for _ in iter_records(pool, check_duplicates=False))
 
 
 def selection_name(cfg: SelectConfig) -> str:
@@ -127,15 +175,18 @@ def run_select(cfg: SelectConfig) -> dict[str, Any]:
     if cfg.top_n is None and (cfg.top_p is None or not 0 < cfg.top_p <= 1):
         raise ValueError(f"select: top_p must be in (0, 1], got {cfg.top_p}")
     pool = pool_file(cfg.scores, cfg.pool)
+    n_pool = pool_size(pool)
     result = {}
     for task in tasks:
         scores_path = root / task / "scores.parquet"
         n = pq.ParquetFile(scores_path).metadata.num_rows
-        k = min(n, cfg.top_n) if cfg.top_n is not None else int(math.floor(cfg.top_p * n + 1e-9))
+        k = selection_count(cfg.top_p, cfg.top_n, n_pool, n, cfg.count_rule)
         ids, scores = top_k(scores_path, k, cfg.block_rows)
         sel = root / task / selection_name(cfg)
         write_selection(pool, ids, scores, sel)
-        info = {"selected": k, "pool": n, "file": str(sel)}
+        rule = count_record(cfg.top_p, cfg.top_n, n_pool, n, k, cfg.count_rule)
+        (root / task / "selection.json").write_text(json.dumps({"rule": rule, "file": sel.name}, indent=1))
+        info = {"selected": k, "pool": n_pool, "scored": n, "rule": rule, "file": str(sel)}
         if cfg.sorted_csv:
             write_sorted_csv(scores_path, root / task / "sorted.csv", cfg.block_rows)
             info["sorted_csv"] = str(root / task / "sorted.csv")

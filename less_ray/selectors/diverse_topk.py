@@ -3,7 +3,7 @@
 LESS's paper notes that duplicates score alike and are selected twice. Here candidates are walked
 in descending score (ties: smaller id first, as `core.influence.TopK`) and a candidate is skipped
 when the cosine of its pool gradient feature to an already selected one exceeds `threshold`, until
-k = floor(p·N) (or `top_n`) are selected. `threshold >= 1` turns the check off: plain top-k.
+k = select's selection_count (p of the pool file's records, or `top_n`) are selected. `threshold >= 1` turns the check off: plain top-k.
 
 Features: the pool datastores the score folder was made from (`score.config.yaml`'s pool_stores, or
 `feature_stores`). `features: first` uses the first checkpoint's store; `all` concatenates every
@@ -35,7 +35,8 @@ import numpy as np
 
 from ..config import save_config
 from ..core.influence import TopK
-from ..scoring.select import SelectConfig, _score_blocks, pool_file, selection_name, write_selection
+from ..scoring.select import (SelectConfig, _score_blocks, pool_file, pool_size, selection_count, selection_name,
+                              write_selection)
 
 log = logging.getLogger("less_ray")
 
@@ -156,7 +157,7 @@ def diverse_select_task(cfg: DiverseSelectConfig, task: str, stores: list[str], 
     import pyarrow.parquet as pq
     scores_path = Path(cfg.scores) / task / "scores.parquet"
     n = pq.ParquetFile(scores_path).metadata.num_rows
-    k = min(n, cfg.top_n) if cfg.top_n is not None else int(math.floor(cfg.top_p * n + 1e-9))
+    k = selection_count(cfg.top_p, cfg.top_n, pool_size(pool), n, getattr(cfg, "count_rule", "floor"))  # select's rule
     task_dir = out / task
     task_dir.mkdir(parents=True, exist_ok=True)
     window = max(1, int(math.ceil(cfg.window_factor * k)))

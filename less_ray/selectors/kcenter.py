@@ -15,7 +15,7 @@ a score, so `select`'s top-k (score desc) is the greedy's first k picks for any 
   last pick's (the farthest-point property), kept strictly below it;
 - (kcenter) a pool example outside the chosen clusters scores -(1 + its distance to the nearest
   chosen centroid): below every candidate, nearest first, should the budget exceed them.
-`budget` defaults to select's k = floor(top_p * N).
+`budget` defaults to select's k (scoring.select.selection_count of top_p and the pool's N).
 
 Memory: the pool's N x d embedding matrix in one process (float32: 1.5 GB per million examples at
 d = 384), plus K-Means' N labels; the greedy costs budget x candidates x d.
@@ -36,7 +36,7 @@ from .embeddings import EmbedConfig, check_same_encoder, embed_pool_and_targets
 
 @dataclass
 class KCenterAllConfig(EmbedConfig):
-    budget: int | None = None  # greedy picks (default floor(top_p * N), what select keeps)
+    budget: int | None = None  # greedy picks (default select's k of top_p, what select keeps)
     write_rows: int = 65536
 
 
@@ -112,7 +112,8 @@ def budget_for(cfg: KCenterAllConfig, n: int) -> int:
         return cfg.budget
     if cfg.top_p is None:
         raise ValueError("k-center: give 'budget' or 'top_p'")
-    return int(math.floor(cfg.top_p * n + 1e-9))  # select's k
+    from ..scoring.select import selection_count
+    return selection_count(cfg.top_p, None, n, rule=getattr(cfg, "count_rule", "floor"))  # select's k
 
 
 def _write(cfg: KCenterAllConfig, pool: dict[str, np.ndarray], scores: dict[str, np.ndarray],
