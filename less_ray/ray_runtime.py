@@ -9,24 +9,72 @@ from typing import Any
 log = logging.getLogger("less_ray")
 
 
+# the GCS address of the embedded Ray this process started (exported as RAY_ADDRESS while it runs)
+_started_address: str | None = None
+
+
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     """Connect to `address` (or $RAY_ADDRESS); else start an embedded local Ray.
     Returns True when this call started Ray (the caller may shut it down). The embedded Ray
-    keeps its dashboard: Ray Train V2's placement-group cleaner polls the state API it serves."""
+    keeps its dashboard: Ray Train V2's placement-group cleaner polls the state API it serves.
+
+    Every process of the run talks only to the run's own cluster: its address is exported as
+    RAY_ADDRESS, for the embedded Ray before it starts (so its raylet and every worker inherit
+    it), so code that resolves "the" cluster with no address (Ray Train's placement-group
+    cleaner calls the state API that way) never picks another Ray running on the machine."""
     import ray
 
     from .console import after_ray_init, ray_init_args
+    global _started_address
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS")
+    env = os.environ.get("RAY_ADDRESS")
+    if env and env == _started_address:  # the embedded Ray this process started, since shut down
+        del os.environ["RAY_ADDRESS"]
+        env = None
+    address = address or env
     if address:
         ray.init(address=address, **ray_init_args())
+        os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
     else:
-        # "local": a new Ray here, even if another `ray start` head runs on this machine
-        ray.init(address="local", num_cpus=num_cpus, **ray_init_args())
+        _start_embedded(num_cpus, ray_init_args())
     after_ray_init()
     log.info("ray: %s", {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")})
     return True
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def _start_embedded(num_cpus: int | None, init_args: dict) -> None:
+    """A new Ray here ("local"), even if another head runs on this machine, on a GCS port chosen
+    up front so its address is in RAY_ADDRESS before any of its processes starts."""
+    import ray
+    from ray._private.services import get_node_ip_address
+    global _started_address
+    port = _free_port()
+    planned = f"{get_node_ip_address()}:{port}"
+    saved_port = os.environ.get("RAY_GCS_SERVER_PORT")
+    os.environ["RAY_ADDRESS"], os.environ["RAY_GCS_SERVER_PORT"] = planned, str(port)
+    try:
+        ray.init(address="local", num_cpus=num_cpus, **init_args)
+    except BaseException:
+        del os.environ["RAY_ADDRESS"]
+        raise
+    finally:
+        if saved_port is None:
+            os.environ.pop("RAY_GCS_SERVER_PORT", None)
+        else:
+            os.environ["RAY_GCS_SERVER_PORT"] = saved_port
+    actual = ray.get_runtime_context().gcs_address
+    if actual != planned:  # not expected; the driver at least follows its own cluster
+        log.warning("ray: the embedded Ray runs at %s, not the planned %s; its workers may see the wrong RAY_ADDRESS",
+                    actual, planned)
+    os.environ["RAY_ADDRESS"] = _started_address = actual
 
 
 @dataclass(kw_only=True)
