@@ -133,22 +133,10 @@ def selection_spec(task_dir: Path, n: int, top_p: float | None) -> dict[str, Any
     name = selection_name(SelectConfig(top_p=top_p, top_n=top_n))
     path = task_dir / name
     k_rule = min(n, int(top_n)) if top_n is not None else int(math.floor(top_p * n + 1e-9))
+    recorded_rule = _read_json(task_dir / "selection.json")  # select's record of the size rule it used
     rule = None
-    for side in (task_dir / f"{name}.rule.json", task_dir / "select.json", task_dir / "selection.json",
-                 task_dir / "select_summary.json"):
-        data = _read_json(side)
-        if isinstance(data, dict):
-            rule = data.get("rule", data.get("size_rule"))
-            if rule is not None:
-                break
-    if rule is None and path.exists():  # a rule recorded on the selection's own first line
-        with open(path, encoding="utf-8") as fh:
-            first = fh.readline()
-        try:
-            rec = json.loads(first) if first.strip() else {}
-        except ValueError:
-            rec = {}
-        rule = rec.get("selection_rule") if isinstance(rec, dict) else None
+    if isinstance(recorded_rule, dict) and recorded_rule.get("file", name) == name:
+        rule = recorded_rule.get("rule")
     return {"top_p": top_p, "top_n": top_n, "k_rule": k_rule, "file": path if path.exists() else None,
             "name": name, "rule": rule}
 
@@ -590,7 +578,7 @@ def _rule_text(spec: dict[str, Any], k: int, n: int, from_file: bool) -> str:
     return f"as <code>select</code> recorded it: {shown}"
 
 
-def render_task(task: str, root: Path, run: Path | None, n: int, spec: dict[str, Any], cfg: ReportConfig,
+def render_task(task: str, root: Path, run: Path | None, spec: dict[str, Any], cfg: ReportConfig,
                 selected_records: list[dict[str, Any]] | None, seed: int) -> dict[str, Any]:
     k = len(selected_records) if selected_records is not None else spec["k_rule"]
     need_random = not (run is not None and (run / "selectors" / RANDOM_SELECTOR / "score_summary.json").exists()
@@ -628,7 +616,7 @@ def run_report(cfg: ReportConfig) -> Path:
         n = pq.ParquetFile(root / task / "scores.parquet").metadata.num_rows
         spec = selection_spec(root / task, n, cfg.top_p)
         selected = read_selection(spec["file"], max(cfg.examples, dup_n)) if spec["file"] is not None else None
-        tasks.append(render_task(task, root, run, n, spec, cfg, selected, seed))
+        tasks.append(render_task(task, root, run, spec, cfg, selected, seed))
 
     # one pass over the pool for every text the page needs (shown examples, selections without
     # their records, random baselines)
