@@ -48,7 +48,9 @@ class WarmupOptions(TrainingSettings):
 @dataclass
 class ExtractOptions(ActorPool):
     dim: int = 8192
-    projection: str = "rademacher"
+    projection: str = "sjlt"  # sjlt | rademacher | identity (ExtractConfig)
+    sjlt_s: int = 1
+    precision: str = "fp32"  # fp32 | bf16 | less (ExtractConfig)
     seed: int = 0
     dtype: str = "float16"
     batch_size: int = 16
@@ -180,7 +182,8 @@ def stage_ray(cfg: PipelineConfig) -> dict[str, Any]:
 def extract_config(cfg: PipelineConfig, ckpt: str, data: str, out: Path, kind: str) -> ExtractConfig:
     e = cfg.extract
     return ExtractConfig(data=data, checkpoint=ckpt, out=str(out), kind=kind, base_model=cfg.base_model,
-                         dims=[e.dim], projection=e.projection, seed=e.seed, dtype=e.dtype,
+                         dims=[e.dim], projection=e.projection, sjlt_s=e.sjlt_s, precision=e.precision,
+                         seed=e.seed, dtype=e.dtype,
                          chat_format=cfg.chat_format, max_seq_length=cfg.max_seq_length, batch_size=e.batch_size,
                          batch_tokens=e.batch_tokens, shard_rows=e.shard_rows, **e.pool_settings(), **stage_ray(cfg))
 

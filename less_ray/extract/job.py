@@ -28,6 +28,8 @@ from ..store import (Projection, StoreManifest, features_table, library_versions
 
 log = logging.getLogger("less_ray")
 STAGED = "_input.parquet"
+PROJECTIONS = ("sjlt", "rademacher", "identity")
+PRECISIONS = ("fp32", "bf16", "less")
 
 
 @dataclass
@@ -38,8 +40,15 @@ class ExtractConfig(RayStage):
     kind: str = "adam"  # adam (pool) | sgd (targets)
     base_model: str | None = None  # default: the checkpoint's state.json base_model
     dims: list[int] | None = None  # default [8192]; several dims in one pass
-    projection: str = "rademacher"  # rademacher | identity (audits: the full gradient)
+    # sjlt: sparse JL (sjlt_s hashed nonzeros per gradient coordinate, core/sparse_projection.py);
+    # rademacher: LESS's dense +-1/sqrt(d) matrix; identity: audits (the full gradient)
+    projection: str = "sjlt"
+    sjlt_s: int = 1
     seed: int = 0  # projection seed
+    # fp32: model and gradients in fp32; bf16: the model (base and LoRA) in bf16, per-example LoRA
+    # gradients formed and accumulated in fp32; less: bf16 and the (adam) gradient rounded to fp16
+    # before the projection, as LESS's collect_grad_reps.py does
+    precision: str = "fp32"
     dtype: str = "float16"  # stored feature dtype: float16 | float32
     normalize: bool = True
     chat_format: str = "tulu"
@@ -82,8 +91,12 @@ def resolve(cfg: ExtractConfig) -> ExtractConfig:
         raise ValueError(f"extract: no base_model given and none recorded in {cfg.checkpoint}/state.json")
     if cfg.kind not in ("adam", "sgd"):
         raise ValueError(f"extract: kind must be adam or sgd, not {cfg.kind!r}")
-    if cfg.projection not in ("rademacher", "identity"):
-        raise ValueError(f"extract: projection must be rademacher or identity, not {cfg.projection!r}")
+    if cfg.projection not in PROJECTIONS:
+        raise ValueError(f"extract: projection must be one of {PROJECTIONS}, not {cfg.projection!r}")
+    if cfg.projection == "sjlt" and not 1 <= cfg.sjlt_s <= min(64, min(cfg.dims)):
+        raise ValueError(f"extract: sjlt_s must be in [1, min(64, smallest dim)], not {cfg.sjlt_s}")
+    if cfg.precision not in PRECISIONS:
+        raise ValueError(f"extract: precision must be one of {PRECISIONS}, not {cfg.precision!r}")
     if cfg.dtype not in ("float16", "float32"):
         raise ValueError(f"extract: dtype must be float16 or float32, not {cfg.dtype!r}")
     return cfg
@@ -126,10 +139,28 @@ def stage_input(data: str, out: Path, shard_rows: int) -> tuple[int, int, str]:
 
 def projection_batch(cfg: ExtractConfig, num_params: int) -> int:
     """Examples per projection pass: the configured number, or what the buffer budget holds."""
+    if cfg.projection == "sjlt":  # nothing to share across batches: each is projected as it goes
+        return cfg.batch_size
     if cfg.projection_batch:
         return max(cfg.projection_batch, cfg.batch_size)
     fits = int(cfg.projection_buffer_gb * 2 ** 30 // (4 * num_params))
     return max(cfg.batch_size, fits // cfg.batch_size * cfg.batch_size)
+
+
+def projection_type(cfg: ExtractConfig) -> str:
+    """The manifest's projection type: sjlt records its s ("sjlt-s1"), so stores of different s
+    never score together."""
+    return f"sjlt-s{cfg.sjlt_s}" if cfg.projection == "sjlt" else cfg.projection
+
+
+def make_projector(cfg: ExtractConfig, num_params: int):
+    from ..core.projection import IdentityProjector, RademacherProjector
+    from ..core.sparse_projection import SparseJLProjector
+    if cfg.projection == "identity":
+        return IdentityProjector(num_params)
+    if cfg.projection == "sjlt":
+        return SparseJLProjector(num_params, cfg.dims, seed=cfg.seed, s=cfg.sjlt_s)
+    return RademacherProjector(num_params, cfg.dims, seed=cfg.seed)
 
 
 def store_dir(out: str | Path, dim: int) -> Path:
@@ -145,15 +176,16 @@ class ShardExtractor:
         from ..core.checkpoints import load_lora_checkpoint, load_moments
         from ..core.formatting import FormatConfig
         from ..core.grads import LoraGradientComputer
-        from ..core.projection import IdentityProjector, RademacherProjector
         self.cfg = cfg
         self.device = torch.device("cuda" if cfg.actor_num_gpus > 0 and torch.cuda.is_available() else "cpu")
         self.model, self.tok = load_lora_checkpoint(cfg.base_model, cfg.checkpoint, device=self.device)
-        self.computer = LoraGradientComputer(self.model)
+        if cfg.precision != "fp32":  # LESS's: the whole PeftModel in bf16
+            self.model.to(torch.bfloat16)
+        self.computer = LoraGradientComputer(self.model,
+                                             feature_cast=torch.float16 if cfg.precision == "less" else None)
         self.moments = load_moments(cfg.checkpoint, self.model).to(self.device) if cfg.kind == "adam" else None
         n = self.computer.num_params
-        self.projector = IdentityProjector(n) if cfg.projection == "identity" else \
-            RademacherProjector(n, cfg.dims, seed=cfg.seed)
+        self.projector = make_projector(cfg, n)
         self.dims = self.projector.dims
         self.fmt = FormatConfig(cfg.chat_format, cfg.max_seq_length)
         self.projection_batch = projection_batch(cfg, n)
@@ -246,7 +278,7 @@ def finalize(cfg: ExtractConfig, n_shards: int, input_digest: str, dims: list[in
             (sd / "skipped.jsonl").write_text("".join(json.dumps(s) + "\n" for s in skipped))
         man = StoreManifest(
             kind=cfg.kind, checkpoint=str(cfg.checkpoint), checkpoint_hash=ck_hash, model=str(cfg.base_model),
-            projection=Projection(cfg.projection, cfg.seed, d), normalized=cfg.normalize, dtype=cfg.dtype,
+            projection=Projection(projection_type(cfg), cfg.seed, d), normalized=cfg.normalize, dtype=cfg.dtype,
             count=sum(e["rows"] for e in entries), shards=entries, checkpoint_epoch=state.get("epoch"),
             avg_lr=state.get("avg_lr"),
             input={"path": str(cfg.data), "sha256": input_digest, "chat_format": cfg.chat_format,
@@ -254,6 +286,7 @@ def finalize(cfg: ExtractConfig, n_shards: int, input_digest: str, dims: list[in
             skipped={"count": len(skipped), "file": "skipped.jsonl" if skipped else None},
             versions=library_versions(),
             extra={"adam": {"betas": list(cfg.betas), "eps": cfg.eps} if cfg.kind == "adam" else None,
+                   "precision": cfg.precision,
                    "config_hash": config_hash(cfg)})
         write_manifest(sd, man)
         save_config(cfg, sd / "extract.config.yaml")
@@ -269,7 +302,7 @@ def run_extract(cfg: ExtractConfig) -> dict[int, Path]:
     cfg = resolve(cfg)
     out = Path(cfg.out)
     n_rows, n_shards, digest = stage_input(cfg.data, out, cfg.shard_rows)
-    dims = cfg.dims if cfg.projection == "rademacher" else [_identity_dim(cfg)]
+    dims = [_identity_dim(cfg)] if cfg.projection == "identity" else cfg.dims
     todo = pending_shards(out, dims, n_shards)
     log.info("extract %s: %d examples in %d shards, %d to do (%s, dims %s)", cfg.kind, n_rows, n_shards,
              len(todo), Path(cfg.checkpoint).name, dims)
