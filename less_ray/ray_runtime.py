@@ -9,33 +9,24 @@ from typing import Any
 log = logging.getLogger("less_ray")
 
 
-# the GCS address of the embedded Ray this process started (exported as RAY_ADDRESS while it runs)
-_started_address: str | None = None
-
-
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     """Connect to `address` (or $RAY_ADDRESS); else start an embedded local Ray.
     Returns True when this call started Ray (the caller may shut it down). The embedded Ray
     keeps its dashboard: Ray Train V2's placement-group cleaner polls the state API it serves.
 
-    Every process of the run talks only to the run's own cluster: its address is exported as
-    RAY_ADDRESS, for the embedded Ray before it starts (so its raylet and every worker inherit
-    it), so code that resolves "the" cluster with no address (Ray Train's placement-group
-    cleaner calls the state API that way) never picks another Ray running on the machine."""
+    Every process of the embedded Ray talks only to it: its address is in RAY_ADDRESS while it
+    starts, so its raylet and every worker inherit it, and code that resolves "the" cluster with
+    no address (Ray Train's placement-group cleaner calls the state API that way) never picks
+    another Ray running on the machine. The driver's own environment is restored afterwards: a
+    process started later must not inherit the address of a Ray that may be gone by then."""
     import ray
 
     from .console import after_ray_init, ray_init_args
-    global _started_address
     if ray.is_initialized():
         return False
-    env = os.environ.get("RAY_ADDRESS")
-    if env and env == _started_address:  # the embedded Ray this process started, since shut down
-        del os.environ["RAY_ADDRESS"]
-        env = None
-    address = address or env
+    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, **ray_init_args())
-        os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
     else:
         _start_embedded(num_cpus, ray_init_args())
     after_ray_init()
@@ -52,29 +43,25 @@ def _free_port() -> int:
 
 def _start_embedded(num_cpus: int | None, init_args: dict) -> None:
     """A new Ray here ("local"), even if another head runs on this machine, on a GCS port chosen
-    up front so its address is in RAY_ADDRESS before any of its processes starts."""
+    up front so that its address is in RAY_ADDRESS when its processes start."""
     import ray
     from ray._private.services import get_node_ip_address
-    global _started_address
     port = _free_port()
     planned = f"{get_node_ip_address()}:{port}"
-    saved_port = os.environ.get("RAY_GCS_SERVER_PORT")
+    saved = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT")}
     os.environ["RAY_ADDRESS"], os.environ["RAY_GCS_SERVER_PORT"] = planned, str(port)
     try:
         ray.init(address="local", num_cpus=num_cpus, **init_args)
-    except BaseException:
-        del os.environ["RAY_ADDRESS"]
-        raise
     finally:
-        if saved_port is None:
-            os.environ.pop("RAY_GCS_SERVER_PORT", None)
-        else:
-            os.environ["RAY_GCS_SERVER_PORT"] = saved_port
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     actual = ray.get_runtime_context().gcs_address
-    if actual != planned:  # not expected; the driver at least follows its own cluster
-        log.warning("ray: the embedded Ray runs at %s, not the planned %s; its workers may see the wrong RAY_ADDRESS",
+    if actual != planned:  # not expected: Ray took another port
+        log.warning("ray: the embedded Ray runs at %s, not the planned %s: its workers see the wrong RAY_ADDRESS",
                     actual, planned)
-    os.environ["RAY_ADDRESS"] = _started_address = actual
 
 
 @dataclass(kw_only=True)
