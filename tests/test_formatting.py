@@ -156,3 +156,24 @@ def test_real_tokenizer_tulu_and_template(smollm2_tokenizer):
     # the template keeps content as given (no strip); labels are content + end-of-turn
     assert [tok.decode(r) for r in _runs(tmpl)] == ["2 + 3 = 5. So the answer is 5.<|im_end|>",
                                                     " 4 + 4 = 8.\n<|im_end|>"]
+
+
+def test_format_names_and_aliases(tiny_tokenizer):
+    from less_ray.core.formatting import canonical_format
+    assert [canonical_format(n) for n in ("less", "tulu", "tulu_stripped", "template")] == \
+        ["less", "tulu_stripped", "tulu_stripped", "template"]
+    with pytest.raises(ValueError, match="unknown chat_format 'llama2'; expected one of less, tulu_stripped, template"):
+        tokenize_messages(MULTI, tiny_tokenizer, FormatConfig("llama2"))
+
+
+def test_cue_is_unlabelled_in_every_format(tiny_tokenizer, smollm2_tokenizer):
+    from less_ray.data.schema import validation
+    msgs = validation("Q: What is 2 + 2?", "A:", " 4")
+    text, spans = render_tulu(msgs, "</s>")  # tulu_stripped: the cue opens the assistant turn, eos labelled
+    assert text == "<|user|>\nQ: What is 2 + 2?\n<|assistant|>\nA: 4</s>"
+    assert [text[a:b] for a, b in spans] == [" 4</s>"]
+    ex = tokenize_messages(msgs, tiny_tokenizer, STRIPPED)
+    assert [tiny_tokenizer.decode(r).strip() for r in _runs(ex)] == ["4</s>"]
+    tmpl = tokenize_messages(msgs, smollm2_tokenizer, FormatConfig("template"))
+    assert "<|im_start|>assistant\nA: 4<|im_end|>" in smollm2_tokenizer.decode(tmpl.input_ids)
+    assert [smollm2_tokenizer.decode(r) for r in _runs(tmpl)] == [" 4<|im_end|>"]
