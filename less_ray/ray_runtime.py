@@ -30,8 +30,29 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     else:
         _start_embedded(num_cpus, ray_init_args())
     after_ray_init()
+    protect_auth_token()
     log.info("ray: %s", {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")})
     return True
+
+
+def protect_auth_token() -> list[str]:
+    """Ray's token file (written by Ray with mode 644 where it generates one) readable by its
+    owner only: chmod 600 `$RAY_AUTH_TOKEN_PATH` and `~/.ray/auth_token` where they are ours and
+    open to others. Returns the paths changed."""
+    from pathlib import Path
+    changed = []
+    for p in {Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token"),
+              Path.home() / ".ray" / "auth_token"}:
+        try:
+            st = p.stat()
+            if st.st_uid == os.getuid() and st.st_mode & 0o077:
+                p.chmod(0o600)
+                changed.append(str(p))
+        except OSError:
+            continue
+    if changed:
+        log.info("ray: token file(s) %s made readable by their owner only (mode 600)", changed)
+    return changed
 
 
 def _free_port() -> int:

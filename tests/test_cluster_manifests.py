@@ -346,3 +346,172 @@ def test_dockerfile():
             srcs = [s for s in a.split() if not s.startswith("--")][:-1]
             for s in srcs:
                 assert (ROOT / s).exists(), f"{where}: COPY {s}: no such path in the repository"
+
+
+# ---------------------------------------------------------------- hardening
+
+
+NETPOL = CLUSTER / "kuberay" / "networkpolicy.yaml"
+CONSTRAINTS = CLUSTER / "constraints.txt"
+RAY_PORT_PARAMS = ("node-manager-port", "object-manager-port", "runtime-env-agent-port", "dashboard-agent-grpc-port",
+                   "dashboard-agent-listen-port", "metrics-export-port")
+
+
+def cluster_specs():
+    yield rel(RAYCLUSTER), load_one(RAYCLUSTER, "RayCluster")["spec"]
+    yield f"{rel(RAYJOB)} spec.rayClusterSpec", load_one(RAYJOB, "RayJob")["spec"]["rayClusterSpec"]
+
+
+def pod_templates(spec: dict, where: str):
+    yield f"{where} headGroupSpec.template", spec["headGroupSpec"]["template"], spec["headGroupSpec"]["rayStartParams"]
+    for g in spec["workerGroupSpecs"]:
+        yield f"{where} workerGroupSpecs[{g['groupName']}].template", g["template"], g["rayStartParams"]
+
+
+def check_container_security(sc: dict | None, where: str) -> None:
+    sc = sc or {}
+    assert "ALL" in ((sc.get("capabilities") or {}).get("drop") or []), f"{where}: securityContext.capabilities.drop lacks ALL"
+    assert sc.get("allowPrivilegeEscalation") is False, f"{where}: securityContext.allowPrivilegeEscalation must be false"
+    assert sc.get("readOnlyRootFilesystem") is True, f"{where}: securityContext.readOnlyRootFilesystem must be true"
+    assert sc.get("runAsNonRoot") is True, f"{where}: securityContext.runAsNonRoot must be true"
+    assert (sc.get("seccompProfile") or {}).get("type") == "RuntimeDefault", \
+        f"{where}: securityContext.seccompProfile.type must be RuntimeDefault"
+    assert not sc.get("privileged"), f"{where}: privileged"
+
+
+def test_pods_are_hardened():
+    for where, spec in cluster_specs():
+        for w, template, _ in pod_templates(spec, where):
+            pod = template["spec"]
+            assert pod.get("automountServiceAccountToken") is False, f"{w}: spec.automountServiceAccountToken must be false"
+            psc = pod.get("securityContext") or {}
+            assert psc.get("runAsNonRoot") is True and psc.get("runAsUser") not in (None, 0), \
+                f"{w}: spec.securityContext must run as a non-root uid"
+            assert (psc.get("seccompProfile") or {}).get("type") == "RuntimeDefault", \
+                f"{w}: spec.securityContext.seccompProfile.type must be RuntimeDefault"
+            empty = {v["name"] for v in pod.get("volumes") or [] if "emptyDir" in v}
+            tokens = {v["name"] for v in pod.get("volumes") or []
+                      if any("serviceAccountToken" in s for s in (v.get("projected") or {}).get("sources") or [])}
+            for c in pod["containers"]:
+                cw = f"{w} container {c['name']}"
+                check_container_security(c.get("securityContext"), cw)
+                mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts") or []}
+                assert mounts.get("/tmp") in empty, f"{cw}: no writable emptyDir at /tmp (the root file system is read-only)"
+                assert not tokens & set(mounts.values()), f"{cw}: mounts the service-account token"
+        # the autoscaler sidecar: hardened too, and the one container that gets the API token
+        auto = spec["autoscalerOptions"]
+        check_container_security(auto.get("securityContext"), f"{where} autoscalerOptions")
+        head_volumes = {v["name"]: v for v in spec["headGroupSpec"]["template"]["spec"]["volumes"]}
+        mounts = {m["mountPath"]: m["name"] for m in auto.get("volumeMounts") or []}
+        token = mounts.get("/var/run/secrets/kubernetes.io/serviceaccount")
+        assert token and "projected" in head_volumes.get(token, {}), \
+            f"{where}: autoscalerOptions.volumeMounts lack the projected service-account token (it scales pods)"
+        assert "emptyDir" in head_volumes.get(mounts.get("/tmp"), {}), f"{where}: autoscalerOptions: no emptyDir at /tmp"
+
+
+def netpol_ports(rule: dict) -> list[tuple[int, int]]:
+    return [(p["port"], p.get("endPort", p["port"])) for p in rule.get("ports") or []]
+
+
+def test_networkpolicy_keeps_ray_ports_inside_the_cluster():
+    where = rel(NETPOL)
+    pol = load_one(NETPOL, "NetworkPolicy")
+    assert pol.get("apiVersion") == "networking.k8s.io/v1", f"{where}: apiVersion"
+    spec = get(pol, "spec", where)
+    assert "Ingress" in spec.get("policyTypes", []), f"{where}: spec.policyTypes lacks Ingress"
+    selector = get(spec, "podSelector.matchLabels", where)
+    rules = spec.get("ingress") or []
+    assert rules, f"{where}: no ingress rules"
+    for i, rule in enumerate(rules):
+        peers = rule.get("from") or []
+        assert peers, f"{where}: ingress[{i}] has no `from`: it would admit any source"
+        for p in peers:
+            assert "ipBlock" not in p, f"{where}: ingress[{i}] admits an ipBlock ({p['ipBlock']}): outside the cluster"
+        assert rule.get("ports"), f"{where}: ingress[{i}] opens every port"
+    # the Ray pods match the policy, and talk to each other on every port Ray uses
+    intra = [r for r in rules if any((p.get("podSelector") or {}).get("matchLabels") == selector
+                                     and "namespaceSelector" not in p for p in r["from"])]
+    assert intra, f"{where}: no rule admitting the Ray pods ({selector}) to each other"
+    allowed = [rng for r in intra for rng in netpol_ports(r)]
+
+    def open_(port: int) -> bool:
+        return any(lo <= port <= hi for lo, hi in allowed)
+    for port in (6379, 8265, 10001):
+        assert open_(port), f"{where}: port {port} not allowed between the Ray pods"
+    for w_spec, spec_ in cluster_specs():
+        for w, template, params in pod_templates(spec_, w_spec):
+            labels = template["metadata"]["labels"]
+            assert all(labels.get(k) == v for k, v in selector.items()), f"{w}: labels {labels} not selected by {where}"
+            for key in RAY_PORT_PARAMS:
+                assert key in params, f"{w}: rayStartParams.{key} not fixed (Ray would pick a random port)"
+                assert open_(int(params[key])), f"{w}: rayStartParams.{key}={params[key]} not allowed by {where}"
+            lo, hi = int(params["min-worker-port"]), int(params["max-worker-port"])
+            assert any(a <= lo and hi <= b for a, b in allowed), \
+                f"{w}: worker ports {lo}-{hi} not allowed between the Ray pods by {where}"
+    # clients from outside the Ray pods: only the job API / client ports
+    for i, rule in enumerate(rules):
+        if rule not in intra:
+            assert {p for lo, hi in netpol_ports(rule) for p in range(lo, hi + 1)} <= {8265, 10001}, \
+                f"{where}: ingress[{i}] opens more than the job API (8265) and client (10001) ports to other pods"
+
+
+def all_images():
+    for where, spec in cluster_specs():
+        for w, template, _ in pod_templates(spec, where):
+            for c in template["spec"]["containers"]:
+                yield w, c["image"]
+    for path in LAUNCHERS:
+        yield rel(path), load_one_mapping(path)["docker"]["image"]
+
+
+def test_images_by_immutable_version_or_digest():
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    for where, image in all_images():
+        name, _, digest = image.partition("@")
+        tag = name.rsplit(":", 1)[1] if ":" in name.rsplit("/", 1)[-1] else None
+        assert tag != "latest" and (tag or digest), f"{where}: image {image!r} by a moving tag (or none)"
+        assert digest.startswith("sha256:") or re.fullmatch(r"v?\d+\.\d+\.\d+([.-]\w+)?", tag or ""), \
+            f"{where}: image {image!r} neither by digest nor by a version tag"
+        if not digest:
+            assert tag == version, f"{where}: image tag {tag} is not the package version {version}"
+
+
+def test_dockerfile_installs_from_the_constraints_file():
+    where = rel(DOCKERFILE)
+    ins = dockerfile_instructions()
+    copies = [a for op, a in ins if op == "COPY" and "cluster/constraints.txt" in a]
+    assert copies, f"{where}: does not COPY cluster/constraints.txt"
+    dest = copies[0].split()[-1]
+    dest = dest + "constraints.txt" if dest.endswith("/") else dest
+    runs = [a for op, a in ins if op == "RUN"]
+    pip_cmds = [c for r in runs for c in re.split(r"&&|;", r) if re.search(r"\bpip3? install\b", c)]
+    assert pip_cmds
+    for c in pip_cmds:
+        assert re.search(rf"(-c|--constraint)[ =]+\S*{re.escape(Path(dest).name)}\b", c), \
+            f"{where}: `{c.strip()}` installs without -c {dest}"
+    pins = {}
+    for ln in CONSTRAINTS.read_text().splitlines():
+        if ln.strip() and not ln.startswith("#"):
+            m = re.fullmatch(r"([A-Za-z0-9_.-]+)==([\w.!+-]+)", ln.strip())
+            assert m, f"{rel(CONSTRAINTS)}: {ln!r} is not an exact pin"
+            pins[m.group(1).lower()] = m.group(2)
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for d in deps:
+        name = re.match(r"[A-Za-z0-9_.-]+", d).group(0).lower().replace("_", "-")
+        assert name in pins, f"{rel(CONSTRAINTS)}: no pin for the dependency {name}"
+    assert pins["torch"] == "2.13.0" and pins["ray"] == load_one(RAYCLUSTER, "RayCluster")["spec"]["rayVersion"], \
+        f"{rel(CONSTRAINTS)}: torch / ray pins disagree with pyproject and rayVersion"
+
+
+@pytest.mark.parametrize("path", LAUNCHERS, ids=lambda p: p.name)
+def test_launcher_pins_packages_and_protects_the_token(path):
+    where = rel(path)
+    cfg = load_one_mapping(path)
+    commands = [c for k, v in cfg.items() if k.endswith("commands") and isinstance(v, list) for c in v]
+    installs = [c for c in commands if re.search(r"\bpip3? install\b", c)]
+    for c in installs:
+        pkgs = [a.strip("'\"") for a in c.split("install", 1)[1].split() if not a.startswith("-")]
+        assert pkgs and all("==" in p for p in pkgs), f"{where}: `{c}` installs unpinned packages"
+    setup = cfg.get("setup_commands") or []
+    assert any(re.search(r"chmod 600 ~/\.ray/auth_token", c) for c in setup), \
+        f"{where}: setup_commands do not chmod 600 ~/.ray/auth_token"

@@ -108,3 +108,21 @@ def test_ensure_ray_leaves_the_drivers_environment_as_it_was(monkeypatch):
     assert ray_runtime.ensure_ray(num_cpus=1)  # a fresh one, not the dead address
     assert ray.get_runtime_context().gcs_address != first
     ray.shutdown()
+
+
+def test_the_token_file_is_made_owner_only(tmp_path, monkeypatch):
+    from less_ray.ray_runtime import protect_auth_token
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    token = tmp_path / ".ray" / "auth_token"
+    token.parent.mkdir()
+    token.write_text("secret")
+    token.chmod(0o644)  # as Ray left it
+    assert protect_auth_token() == [str(token)]
+    assert token.stat().st_mode & 0o777 == 0o600
+    assert protect_auth_token() == []  # already private
+    other = tmp_path / "tok"
+    other.write_text("x")
+    other.chmod(0o640)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(other))
+    assert protect_auth_token() == [str(other)] and other.stat().st_mode & 0o777 == 0o600
