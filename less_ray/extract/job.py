@@ -59,7 +59,9 @@ class ExtractConfig(RayStage):
     batch_tokens: int | None = None
     # examples projected together: one generation of the projection matrix serves them all,
     # their fp32 gradients held whole meanwhile (N x P x 4 bytes); None: as many as fit in
-    # projection_buffer_gb, in whole batches (changes speed and memory, not the features)
+    # projection_buffer_gb, in whole batches. Changes speed and memory; the features only by
+    # float32 summation order, so a stored float16 value may differ by one float16 step (<= 2^-11
+    # of its magnitude; the audit of issue #17 saw 59 of 400 rows differ, by at most 1.2e-4)
     projection_batch: int | None = None
     projection_buffer_gb: float = 4.0
     shard_rows: int = 2048  # examples per shard (the unit of work and of resumption)
