@@ -51,7 +51,8 @@ def quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    for name in ("ray", "ray.data", "ray.train", "ray.tune", "torch.distributed"):
+    for name in ("ray", "ray.data", "ray.data._internal.execution.streaming_executor", "ray.train", "ray.tune",
+                 "torch.distributed"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # notices about the machine, not the run: DeepSpeed finding no GPU, Ray's default token auth
     for name in ("DeepSpeed", "deepspeed", "ray._private.authentication.authentication_token_setup",
@@ -84,9 +85,9 @@ def after_ray_init() -> None:
     """Ray Data's progress: bars on a terminal, nothing in a log file unless verbose."""
     if verbose():
         return
-    quiet_libraries()
     try:
-        from ray.data import DataContext
+        from ray.data import DataContext  # first: Ray Data sets its loggers' levels when imported
+        quiet_libraries()
         ctx = DataContext.get_current()
         ctx.enable_progress_bars = sys.stderr.isatty()
         if hasattr(ctx, "enable_operator_progress_bars"):

@@ -120,13 +120,15 @@ class Run:
         self.ledger: dict[str, Any] = json.loads(self.ledger_path.read_text()) if self.ledger_path.exists() else {}
 
     def stage(self, name: str, stage_cfg: Any, artifact: Path, fn: Callable[[], Any],
-              folder: Path | None = None) -> Any:
+              folder: Path | None = None, watch: tuple[Path, ...] = (),
+              describe: Callable[[Any], str] | None = None) -> Any:
         """Run `fn` unless `artifact` exists from a finished run of the same config on inputs of the
         same content. A stage that starts over with another config or other inputs first clears
         `folder` (its own), so nothing it left earlier (shards, Ray runs) is taken for new work; an
-        interrupted run of the same config and inputs resumes there."""
-        from .fingerprint import input_fingerprints
-        inputs = input_fingerprints(stage_cfg)
+        interrupted run of the same config and inputs resumes there. `watch`: inputs the stage
+        reads that its config does not name; `describe(result)`: counts for the log line."""
+        from .fingerprint import content_fingerprint, input_fingerprints
+        inputs = {**input_fingerprints(stage_cfg), **{f"watch:{p}": content_fingerprint(p) for p in watch}}
         h = config_hash(stage_cfg)
         key = hashlib.sha256(json.dumps([h, inputs], sort_keys=True).encode()).hexdigest()[:16]
         done = self.ledger.get(name)
@@ -144,7 +146,8 @@ class Run:
         result = fn()
         self._record(name, {**self.ledger[name], "state": "done", "seconds": round(time.time() - t0, 1),
                             "result": _jsonable(result)})
-        log.info("stage %-8s done in %.1fs -> %s", name, time.time() - t0, artifact)
+        what = f" ({describe(result)})" if describe else ""
+        log.info("stage %-8s done in %.1fs%s -> %s", name, time.time() - t0, what, artifact)
         return self.ledger[name]["result"]
 
     def _record(self, name: str, entry: dict[str, Any]) -> None:
@@ -152,6 +155,17 @@ class Run:
         tmp = self.ledger_path.with_name(self.ledger_path.name + ".tmp")
         tmp.write_text(json.dumps(self.ledger, indent=2))
         tmp.replace(self.ledger_path)  # a killed run leaves the old ledger or the new one, whole
+
+
+def _store_counts(result: dict[str, str]) -> str:
+    """An extract stage's counts, from its stores' manifests."""
+    parts = []
+    for path in result.values():
+        m = json.loads((Path(path) / "manifest.json").read_text())
+        skipped = m.get("skipped")
+        n_skipped = len(skipped) if isinstance(skipped, list) else int(skipped or 0)
+        parts.append(f"{m.get('count')} examples" + (f", {n_skipped} skipped" if n_skipped else ""))
+    return "; ".join(parts)
 
 
 def _what_changed(done: dict[str, Any], config_hash_now: str, inputs_now: dict[str, str]) -> str:
@@ -321,7 +335,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
             if "extract" in want:
                 run.stage(f"extract/epoch_{c['epoch']}/{name}", ecfg, base / name / f"dim{cfg.extract.dim}" /
                           "manifest.json", lambda ecfg=ecfg: {str(d): str(p) for d, p in run_extract(ecfg).items()},
-                          folder=base / name)
+                          folder=base / name, describe=_store_counts)
             store = base / name / f"dim{cfg.extract.dim}"  # this run's dim (a folder may hold others)
             (pool_stores if name == "pool" else target_stores[name]).append(str(store))
 
@@ -358,6 +372,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     rcfg = ReportConfig(scores=str(scores_dir), out=str(run.root / "report.html"), pool=cfg.pool,
                         top_p=cfg.score.top_p)
     if "report" in want:
-        summary["report"] = run.stage("report", rcfg, Path(rcfg.out), lambda: str(run_report(rcfg)))
+        summary["report"] = run.stage("report", rcfg, Path(rcfg.out), lambda: str(run_report(rcfg)),
+                                      watch=(run.root / "eval",))  # the page shows every eval result
     (run.root / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
