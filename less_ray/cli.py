@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores", help="the score stage's output folder")
     p.add_argument("--out")
     p.add_argument("--top-p", type=float)
+    p.add_argument("--eval", nargs="+", metavar="JSON", help="eval results (files or folders) to show")
 
     p = stages.add_parser("selector", help="another selector (random, full, rds, kcenter, ...): score folder + top p%%")
     p.add_argument("name", help="the selector ('list' names them all)")
@@ -229,7 +230,7 @@ def _cmd_scoring(args) -> int:
     else:
         from .scoring.report import ReportConfig, run_report
         result = {"report": str(run_report(load_config(ReportConfig, args.config, {
-            "scores": args.scores, "out": args.out, "top_p": args.top_p})))}
+            "scores": args.scores, "out": args.out, "top_p": args.top_p, "eval": args.eval})))}
     print(json.dumps(result, indent=2, default=str))
     return 0
 
