@@ -37,7 +37,7 @@ def parse_args(argv=None):
     p.add_argument("--pool-size", type=int, default=1000, help="sampled from the ~80K-example pool")
     p.add_argument("--top-p", type=float, default=0.05)
     p.add_argument("--max-seq-length", type=int, default=256)
-    p.add_argument("--chat-format", default="template", choices=["tulu", "template"])
+    p.add_argument("--chat-format", default="template", choices=["less", "tulu_stripped", "tulu", "template"])
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--lora-alpha", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-4)

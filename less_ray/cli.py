@@ -36,7 +36,7 @@ def _add_inspect(sub) -> None:
                    help="read the file as this format (default: the record schema); one of "
                         + ", ".join(INPUT_FORMATS))
     p.add_argument("--tokenizer", help="model folder whose tokenizer measures token lengths")
-    p.add_argument("--chat-format", default="tulu", choices=["tulu", "template"])
+    p.add_argument("--chat-format", default="less", choices=["less", "tulu_stripped", "tulu", "template"])
     p.add_argument("--max-seq-length", type=int, default=2048)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import absolute_paths, config_hash, save_config, path_field
+from .core.formatting import ChatFormat
 from .eval.runner import EvalConfig, run_eval
 from .extract.job import ExtractConfig, run_extract
 from .ray_runtime import ActorPool, ensure_ray
@@ -93,7 +94,7 @@ class PipelineConfig:
     pool: str = path_field("in", "")  # candidate pool (schema JSONL/Parquet)
     targets: dict[str, str] = path_field("in", {})  # task name -> target examples file
     seed: int = 0
-    chat_format: str = "tulu"
+    chat_format: ChatFormat = "less"  # less: the tokens LESS's code makes | tulu_stripped | template
     max_seq_length: int = 2048
     stages: list[str] = field(default_factory=lambda: list(STAGES))
     warmup: WarmupOptions = field(default_factory=WarmupOptions)

@@ -161,3 +161,17 @@ def test_plan_prints_the_work_per_stage(tmp_path, tiny_model_dir, demo_files, ca
     assert main(["plan", "--config", str(cfg)]) == 0
     text = capsys.readouterr().out
     assert "warmup   20 examples x 4 epochs = 20 optimizer steps" in text and "extract  1640 gradient features" in text
+
+
+def test_example_configs_load_with_paths_made_absolute(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from less_ray.config import load_config
+    from less_ray.pipeline import PipelineConfig
+    root = Path(__file__).resolve().parents[1] / "examples"
+    monkeypatch.chdir(tmp_path)
+    own = load_config(PipelineConfig, root / "own_task.yaml")
+    assert own.pool == str(tmp_path / "data" / "pool.jsonl") and own.base_model == str(tmp_path / "models" / "smollm2")
+    assert own.targets == {"my_task": str(tmp_path / "data" / "targets.jsonl")} and own.chat_format == "less"
+    gpu = load_config(PipelineConfig, root / "gpu_cluster.yaml")
+    assert gpu.warmup.scaling.use_gpu and gpu.extract.actor_num_gpus == 1.0 and gpu.ray.address == "auto"

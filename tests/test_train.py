@@ -91,7 +91,9 @@ def _rel(a, b):
 
 def _examples(path, model_dir):
     from less_ray.models import load_tokenizer
-    kept, _ = tokenize_records(read_records(path).records, load_tokenizer(model_dir), FormatConfig("tulu", MAX_LEN))
+    from less_ray.train import WarmupConfig
+    fmt = FormatConfig(WarmupConfig.__dataclass_fields__["chat_format"].default, MAX_LEN)  # what warmup trains on
+    kept, _ = tokenize_records(read_records(path).records, load_tokenizer(model_dir), fmt)
     return kept
 
 

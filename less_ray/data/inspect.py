@@ -43,7 +43,7 @@ def _stats(values: list[int]) -> dict[str, float]:
             "p95": float(np.percentile(a, 95)), "max": int(a.max())}
 
 
-def inspect_file(path: str, format: str | None = None, tokenizer=None, chat_format: str = "tulu",
+def inspect_file(path: str, format: str | None = None, tokenizer=None, chat_format: str = "less",
                  max_seq_length: int = 2048) -> InspectResult:
     """Read every line; never raises on bad lines (they are returned as problems)."""
     rep = read_records(path, format=format, on_error="collect")

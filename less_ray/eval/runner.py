@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..config import save_config, path_field
+from ..core.formatting import ChatFormat
 from .metrics import bbh_extract, exact_match, max_f1
 from .prompts import EvalItem, bbh_items, mmlu_items, tydiqa_items
 
@@ -30,7 +31,7 @@ class EvalConfig:
     heldout: dict[str, str] = path_field("in", {})
     out: str = path_field("out", "")  # results JSON
     data_root: str | None = path_field("in", None)
-    chat_format: str = "tulu"  # tulu | template
+    chat_format: ChatFormat = "less"  # less | tulu_stripped: the tulu chat; template: the tokenizer's own
     batch_size: int = 8
     max_prompt_tokens: int = 2048  # longer prompts keep their end
     bbh_max_per_task: int | None = 40  # LESS evaluates 40 per BBH task
@@ -61,7 +62,7 @@ def load_for_eval(model_path: str, base_model: str | None, dtype: str):
 
 
 def render(item: EvalItem, tok, chat_format: str) -> str:
-    if chat_format == "tulu":
+    if chat_format != "template":  # less and tulu_stripped render a prompt the same way
         return f"<|user|>\n{item.prompt.rstrip()}\n<|assistant|>\n{item.cue}"
     text = tok.apply_chat_template([{"role": "user", "content": item.prompt.rstrip()}], tokenize=False,
                                    add_generation_prompt=True)
@@ -69,7 +70,7 @@ def render(item: EvalItem, tok, chat_format: str) -> str:
 
 
 def _encode(texts: list[str], tok, max_tokens: int, chat_format: str) -> dict[str, torch.Tensor]:
-    rows = [tok(t, add_special_tokens=chat_format == "tulu")["input_ids"][-max_tokens:] for t in texts]
+    rows = [tok(t, add_special_tokens=chat_format != "template")["input_ids"][-max_tokens:] for t in texts]
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), tok.pad_token_id)
     mask = torch.zeros((len(rows), width), dtype=torch.long)

@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from ..config import config_hash, save_config
+from ..config import config_hash, save_config, path_field
+from ..core.formatting import ChatFormat
+from ..resources import auto_shard_rows, count_rows, estimate_extract_memory, explain_actor_failure
 from ..ray_runtime import RayStage
 from ..run_lock import locked
 from ..store import (Projection, StoreManifest, features_table, library_versions, remove_temp_files,
@@ -34,11 +36,11 @@ PRECISIONS = ("fp32", "bf16", "less")
 
 @dataclass
 class ExtractConfig(RayStage):
-    data: str = ""  # records (schema JSONL/Parquet): the pool (kind adam) or targets (kind sgd)
-    checkpoint: str = ""  # a warmup checkpoint folder (adapter + moments + state.json)
-    out: str = ""  # one store per projection dim: <out>/dim<d>
+    data: str = path_field("in", "")  # records (schema JSONL/Parquet): the pool (kind adam) or targets (kind sgd)
+    checkpoint: str = path_field("in", "")  # a warmup checkpoint folder (adapter + moments + state.json)
+    out: str = path_field("out", "")  # one store per projection dim: <out>/dim<d>
     kind: str = "adam"  # adam (pool) | sgd (targets)
-    base_model: str | None = None  # default: the checkpoint's state.json base_model
+    base_model: str | None = path_field("model", None)  # default: the checkpoint's state.json base_model
     dims: list[int] | None = None  # default [8192]; several dims in one pass
     # sjlt: sparse JL (sjlt_s hashed nonzeros per gradient coordinate, core/sparse_projection.py);
     # rademacher: LESS's dense +-1/sqrt(d) matrix; identity: audits (the full gradient)
@@ -51,7 +53,7 @@ class ExtractConfig(RayStage):
     precision: str = "fp32"
     dtype: str = "float16"  # stored feature dtype: float16 | float32
     normalize: bool = True
-    chat_format: str = "tulu"
+    chat_format: ChatFormat = "less"  # less (LESS's tokens) | tulu_stripped | template
     max_seq_length: int = 2048
     batch_size: int = 16  # examples per forward/backward
     # also cut a batch at this many padded tokens (rows x longest row): activation memory follows
@@ -64,7 +66,9 @@ class ExtractConfig(RayStage):
     # of its magnitude; the audit of issue #17 saw 59 of 400 rows differ, by at most 1.2e-4)
     projection_batch: int | None = None
     projection_buffer_gb: float = 4.0
-    shard_rows: int = 2048  # examples per shard (the unit of work and of resumption)
+    # examples per shard (the unit of work and of resumption); None: the pool spread over
+    # max_actors, at most 2048 per shard
+    shard_rows: int | None = None
     betas: tuple[float, float] | None = None  # default: the checkpoint's AdamW betas
     eps: float | None = None
 
@@ -303,18 +307,25 @@ def run_extract(cfg: ExtractConfig) -> dict[int, Path]:
     t0 = time.time()
     cfg = resolve(cfg)
     out = Path(cfg.out)
+    if cfg.shard_rows is None:
+        cfg.shard_rows = auto_shard_rows(count_rows(cfg.data), cfg.max_actors)
     n_rows, n_shards, digest = stage_input(cfg.data, out, cfg.shard_rows)
     dims = [_identity_dim(cfg)] if cfg.projection == "identity" else cfg.dims
     todo = pending_shards(out, dims, n_shards)
-    log.info("extract %s: %d examples in %d shards, %d to do (%s, dims %s)", cfg.kind, n_rows, n_shards,
+    log.debug("extract %s: %d examples in %d shards, %d to do (%s, dims %s)", cfg.kind, n_rows, n_shards,
              len(todo), Path(cfg.checkpoint).name, dims)
     if todo:
         cfg.join_ray()
+        memory = None if cfg.actor_memory_gb else estimate_extract_memory(cfg)
         ds = ray.data.from_items([{"shard": i} for i in todo], override_num_blocks=len(todo))
         ds = ds.map_batches(ShardExtractor, batch_size=1, fn_constructor_kwargs={"cfg": cfg},
-                            **cfg.map_batches_args())
-        done = ds.take_all()
-        log.info("extract: %d shards, %d examples, %d skipped by the truncation policy in %.1fs",
+                            **cfg.map_batches_args(memory))
+        try:
+            done = ds.take_all()
+        except Exception as e:  # an actor killed for memory: say so, with the settings to change
+            raise explain_actor_failure(e, "extract", memory, "extract.batch_tokens (or batch_size), "
+                                        "projection_buffer_gb or max_actors") from e
+        log.debug("extract: %d shards, %d examples, %d skipped by the truncation policy in %.1fs",
                  len(done), sum(int(d["rows"]) for d in done), sum(int(d["skipped"]) for d in done), time.time() - t0)
     return finalize(cfg, n_shards, digest, dims)
 

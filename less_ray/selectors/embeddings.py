@@ -33,6 +33,8 @@ import numpy as np
 from ..store import (Projection, StoreManifest, features_table, library_versions, read_manifest, remove_temp_files,
                      verified_shard, write_manifest, write_shard)
 from .base import SelectorConfig, map_shards, stage_records
+from ..config import path_field
+from ..core.formatting import ChatFormat
 
 log = logging.getLogger("less_ray")
 ENCODERS = ("minilm", "model")
@@ -41,11 +43,11 @@ ENCODERS = ("minilm", "model")
 @dataclass
 class EmbedConfig(SelectorConfig):
     encoder: str = "minilm"  # minilm | model
-    model: str | None = None  # encoder=model: a causal LM folder (the pipeline fills in its base model)
-    chat_format: str = "tulu"  # encoder=model: the rendering LESS trains on
+    model: str | None = path_field("model", None)  # encoder=model: a causal LM folder (the pipeline fills in its base model)
+    chat_format: ChatFormat = "less"  # encoder=model: the rendering LESS trains on
     embed_max_tokens: int = 256
     embed_batch_size: int = 32
-    embeddings: str | None = None  # folder of embedding stores to share and reuse (default <out>/embeddings)
+    embeddings: str | None = path_field("out", None)  # folder of embedding stores to share and reuse (default <out>/embeddings)
 
 
 def minilm_dir() -> Path:
@@ -78,7 +80,7 @@ def encoder_identity(cfg: EmbedConfig) -> dict[str, Any]:
 class TextEncoder:
     """Pure torch: rows (schema dicts) -> L2-normalised mean-pooled embeddings [n, d] float32."""
 
-    def __init__(self, encoder: str, model: str, max_tokens: int, chat_format: str = "tulu", batch_size: int = 32):
+    def __init__(self, encoder: str, model: str, max_tokens: int, chat_format: str = "less", batch_size: int = 32):
         import torch
         from transformers import AutoModel, AutoTokenizer
         torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -94,17 +96,16 @@ class TextEncoder:
         self.net.eval()
         self.dim = int(self.net.config.hidden_size)
 
-    def text(self, messages: list[dict[str, str]]) -> str:
+    def text(self, messages: list[dict[str, str]]) -> tuple[str, bool]:
+        """The text to embed, and whether the tokenizer adds its special tokens (a template writes its own)."""
         if self.encoder == "minilm":
-            return "\n".join(m["content"] for m in messages)
-        from ..core.formatting import render_template, render_tulu
-        text, _ = (render_tulu(messages, self.tok.eos_token) if self.chat_format == "tulu"
-                   else render_template(messages, self.tok))
-        return text
+            return "\n".join(m["content"] for m in messages), True
+        from ..core.formatting import render_text
+        return render_text(messages, self.tok, self.chat_format)
 
     def token_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        add_special = self.encoder == "minilm" or self.chat_format == "tulu"  # a template writes its own
-        return self.tok(self.text(messages), add_special_tokens=add_special, truncation=True,
+        text, add_special = self.text(messages)
+        return self.tok(text, add_special_tokens=add_special, truncation=True,
                         max_length=self.max_tokens)["input_ids"]
 
     def embed(self, rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -136,7 +137,7 @@ class _EmbedShards:
     def __init__(self, items: list[tuple[str, str, int, bool]], encoder: dict[str, Any], batch_size: int):
         self.items = items  # (staged file, store, shard, targets) per global index
         self.enc = TextEncoder(encoder["encoder"], encoder["model"], encoder["max_tokens"],
-                               encoder["chat_format"] or "tulu", batch_size)
+                               encoder["chat_format"] or "less", batch_size)
 
     def process(self, staged: str, store: str, shard: int, targets: bool) -> int:
         import pyarrow.parquet as pq

@@ -35,7 +35,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..config import config_hash
+from ..config import config_hash, path_field
+from ..core.formatting import ChatFormat
 from .base import ALL_TASK, SelectorConfig, ShardActor, map_shards, register, stage_records
 
 log = logging.getLogger("less_ray")
@@ -46,13 +47,13 @@ PASS_COLUMNS = {"base": ("loss_base", "el2n_base"), "ckpt": ("loss_ckpt", "el2n_
 
 @dataclass
 class LossStatsConfig(SelectorConfig):
-    checkpoint: str | None = None  # warmup checkpoint (LoRA adapter); needed by all but perplexity on base
-    base_model: str | None = None  # default: the checkpoint's state.json base_model
+    checkpoint: str | None = path_field("in", None)  # warmup checkpoint (LoRA adapter); needed by all but perplexity on base
+    base_model: str | None = path_field("model", None)  # default: the checkpoint's state.json base_model
     on: str | None = None  # el2n / perplexity: "base" or "checkpoint" (defaults: el2n checkpoint, perplexity base)
     perplexity_keep: str = "mid"  # mid | low | high
     grand_store: str | None = None  # grand: read the `norm` column of this datastore instead of recomputing
-    stats: str | None = None  # per-example statistics folder, shareable by the loss selectors
-    chat_format: str = "tulu"
+    stats: str | None = path_field("out", None)  # per-example statistics folder, shareable by the loss selectors
+    chat_format: ChatFormat = "less"
     max_seq_length: int = 2048
     batch_size: int = 16
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from typing import Literal, Optional
+from ..core.formatting import ChatFormat
 from ..config import path_field
 
 
@@ -77,7 +78,7 @@ class TrainingSettings:
 class TrainingJob(TrainingSettings):
     """A training run on Ray: the settings, the examples' formatting, seeds and the Ray to use."""
     seed: int = 0  # LoRA init, epoch shuffles, dropout
-    chat_format: Literal["tulu", "template"] = "tulu"
+    chat_format: ChatFormat = "less"  # less (LESS's tokens) | tulu_stripped | template
     max_seq_length: int = 2048
     ray: RaySettings = field(default_factory=RaySettings)
 
