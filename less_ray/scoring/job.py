@@ -11,8 +11,9 @@ cache-sized chunks. The driver then checks id uniqueness from the hashes, and on
 the parts into one `scores.parquet` per task.
 
 Verify on read (`verify`, on by default): each pool shard's sha256 is checked against its manifest
-before its features are used (the actors hash the file; the page read that follows comes from
-the page cache), every features row is checked finite and, in normalised stores, of unit norm
+(an actor hashes the shard's files in a thread while it scores them, so hashing overlaps disk
+reads and, on GPU actors, the matmul; nothing of a shard is written, and no other error is
+reported for it, before its checksum is known), every features row is checked finite and, in normalised stores, of unit norm
 (the norm is taken from the float32 rows the matmul widens anyway), and every subtask score must
 lie in [-1, 1] (within float16 rounding) when the stores are normalised, as a weighted cosine with
 weights summing to 1 must. Targets are read through `store.read_store`, which checks the same. A
@@ -103,6 +104,9 @@ class ShardScorer:
         self.files = [[shard_path(s, e) for e in m.shards] for s, m in zip(pool_stores, manifests)]
         self.normalized = [m.normalized for m in manifests]
         self.verify = verify
+        if verify:
+            from concurrent.futures import ThreadPoolExecutor
+            self._hasher = ThreadPoolExecutor(1, thread_name_prefix="shard-sha256")
         self.pool_stores = pool_stores
         self.tasks = tasks
         self.parts = Path(parts_dir)
@@ -146,13 +150,31 @@ class ShardScorer:
         batches = pq.ParquetFile(path).iter_batches(batch_size=self.block_rows, columns=["features"])
         return (_features(t) for t in _windows(batches, self.block_rows))
 
+    def _verify_checksums(self, shard: int) -> None:
+        for c, store in enumerate(self.pool_stores):
+            verify_shard_checksum(store, self.entries[c][shard])
+
     def score_shard(self, shard: int) -> dict[str, Any]:
+        import pyarrow.parquet as pq
+        check = self._hasher.submit(self._verify_checksums, shard) if self.verify else None
+        try:
+            table = self._score(shard)
+        except Exception:
+            if check is not None:
+                check.result()  # a damaged shard is reported as damaged, whatever it broke downstream
+            raise
+        if check is not None:
+            check.result()  # nothing of the shard is written before its bytes verify
+        tmp = self.parts / f".tmp-{shard:05d}.parquet"
+        pq.write_table(table, tmp)
+        tmp.rename(self.parts / f"{shard:05d}.parquet")
+        return {"shard": shard, "rows": table.num_rows}
+
+    def _score(self, shard: int):
+        """The shard's part table (ids, sources, id hashes, per task score and best subtask)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
         import torch
-        if self.verify:  # before any byte of the shard is used
-            for c, store in enumerate(self.pool_stores):
-                verify_shard_checksum(store, self.entries[c][shard])
         head = pq.read_table(self.files[0][shard], columns=["id", "source"])
         ids = head.column("id").combine_chunks()
         for c in range(1, len(self.files)):  # the stores share one id layout: a merge join on id
@@ -196,11 +218,7 @@ class ShardScorer:
             score, best = reduce_max(total, sl)
             cols[f"score/{name}"] = pa.array(score.astype(np.float32))
             cols[f"best/{name}"] = pa.array(best.astype(np.int32))
-        table = pa.table(cols)
-        tmp = self.parts / f".tmp-{shard:05d}.parquet"
-        pq.write_table(table, tmp)
-        tmp.rename(self.parts / f"{shard:05d}.parquet")
-        return {"shard": shard, "rows": table.num_rows}
+        return pa.table(cols)
 
     def _check_scores(self, total: np.ndarray, shard: int, ids) -> None:
         """Every subtask score finite, and within [-1, 1] (plus rounding) for normalised stores."""
@@ -410,5 +428,5 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
     summary["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
     (out / "score_summary.json").write_text(json.dumps(summary, indent=2))
     save_config(cfg, out / "score.config.yaml")
-    log.info("score: done in %.1fs", time.time() - t0)
+    log.debug("score: done in %.1fs", time.time() - t0)
     return summary
