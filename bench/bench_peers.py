@@ -10,9 +10,9 @@ the mean token loss projected to d ~ 8192:
 - Bergson: InMemoryCollector (its per-module double-sided Rademacher projection, 6 x 6 per LoRA
   module: 240 modules x 36 = 8,640 dims) with AdamNormalizer (its Adam preconditioning);
 - dattri-llm: HookManager + CaptureCallback, per-layer "dense" projection (dattri's rademacher
-  projector) to 34 dims per LoRA module (8,160 dims), the Adam transform applied per layer to the
-  materialised per-example gradient before projection is not available in its capture path, so
-  its per-layer dense projection is timed as is (less work than ours and Bergson's).
+  projector) to 34 dims per LoRA module (8,160 dims), materialised per batch. No Adam transform
+  is applied here (not wired: its capture path would need an optimizer), so dattri does slightly
+  less work than ours and Bergson's.
 Each peer runs in its own venv (installed here on first use under --cache, torch==2.13.0 pinned;
 Bergson's torchvision/torchaudio dependencies break `import transformers` and are removed).
 Methods run in separate processes, interleaved over --rounds (order rotated each round); each
