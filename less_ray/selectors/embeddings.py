@@ -96,7 +96,10 @@ class TextEncoder:
         self.net.eval()
         self.dim = int(self.net.config.hidden_size)
 
-    def text(self, messages: list[dict[str, str]]) -> tuple[str, bool]:
+    def text(self, messages: list[dict[str, str]]) -> str:
+        return self._rendered(messages)[0]
+
+    def _rendered(self, messages: list[dict[str, str]]) -> tuple[str, bool]:
         """The text to embed, and whether the tokenizer adds its special tokens (a template writes its own)."""
         if self.encoder == "minilm":
             return "\n".join(m["content"] for m in messages), True
@@ -104,7 +107,7 @@ class TextEncoder:
         return render_text(messages, self.tok, self.chat_format)
 
     def token_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        text, add_special = self.text(messages)
+        text, add_special = self._rendered(messages)
         return self.tok(text, add_special_tokens=add_special, truncation=True,
                         max_length=self.max_tokens)["input_ids"]
 
