@@ -26,15 +26,15 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..config import save_config
+from ..config import save_config, path_field
 from ..core.influence import TopK
 from ..data.io import iter_records
 
 
 @dataclass
 class SelectConfig:
-    scores: str = ""  # the score stage's output folder
-    pool: str | None = None  # pool records (schema JSONL/Parquet); default: the pool store's input file
+    scores: str = path_field("in", "")  # the score stage's output folder
+    pool: str | None = path_field("in", None)  # pool records (schema JSONL/Parquet); default: the pool store's input file
     tasks: list[str] | None = None  # default: every task in the score folder
     top_p: float | None = 0.05  # fraction of the pool file's records (k: selection_count)
     top_n: int | None = None  # or an explicit count (takes precedence)

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..config import load_config, save_config
+from ..config import load_config, save_config, path_field
 from ..ray_runtime import RayStage
 
 log = logging.getLogger("less_ray")
@@ -39,9 +39,9 @@ ALL_TASK = "all"  # the one task of a task-agnostic selector
 
 @dataclass
 class SelectorConfig(RayStage):
-    pool: str = ""  # candidate pool (schema JSONL/Parquet)
-    targets: dict[str, str] = field(default_factory=dict)  # task -> target examples file (targeted selectors)
-    out: str = ""  # the score folder
+    pool: str = path_field("in", "")  # candidate pool (schema JSONL/Parquet)
+    targets: dict[str, str] = path_field("in", {})  # task -> target examples file (targeted selectors)
+    out: str = path_field("out", "")  # the score folder
     seed: int = 0
     top_p: float | None = 0.05  # select this fraction after scoring (None: score only)
     shard_rows: int = 2048  # examples per Ray Data work unit

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import save_config
+from ..config import save_config, path_field
 from ..core.influence import TopK
 from ..scoring.select import (SelectConfig, _score_blocks, pool_file, pool_size, selection_count, selection_name,
                               write_selection)
@@ -43,14 +43,14 @@ log = logging.getLogger("less_ray")
 
 @dataclass
 class DiverseSelectConfig:
-    scores: str = ""  # a LESS score folder (less-ray score)
-    out: str | None = None  # default <scores>/diverse_t{threshold}
-    pool: str | None = None  # default: the pool file the score folder records
+    scores: str = path_field("in", "")  # a LESS score folder (less-ray score)
+    out: str | None = path_field("out", None)  # default <scores>/diverse_t{threshold}
+    pool: str | None = path_field("in", None)  # default: the pool file the score folder records
     tasks: list[str] | None = None  # default: every task in the folder
     top_p: float | None = 0.05
     top_n: int | None = None  # takes precedence over top_p
     threshold: float = 0.9  # skip a candidate whose cosine to a selected one exceeds this (>= 1: off)
-    feature_stores: list[str] | None = None  # default: score.config.yaml's pool_stores
+    feature_stores: list[str] | None = path_field("in", None)  # default: score.config.yaml's pool_stores
     features: str = "first"  # first | all (concatenated checkpoints)
     window_factor: float = 2.0  # candidates gathered per window, in multiples of k
     chunk: int = 512

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..config import save_config
+from ..config import save_config, path_field
 from ..ray_runtime import RayStage
 from .base import ShardActor, map_shards, stage_records
 
@@ -40,8 +40,8 @@ SCHEME = "affine32"
 
 @dataclass
 class DedupConfig(RayStage):
-    pool: str = ""  # records (schema JSONL/Parquet)
-    out: str = ""  # the filtered pool (.jsonl or .parquet)
+    pool: str = path_field("in", "")  # records (schema JSONL/Parquet)
+    out: str = path_field("out", "")  # the filtered pool (.jsonl or .parquet)
     threshold: float = 0.8  # estimated Jaccard of shingle sets at or above which a record is a duplicate
     ngram: int = 5  # words per shingle
     num_perm: int = 128
