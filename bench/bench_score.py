@@ -7,7 +7,10 @@ float32, numpy), and peak RSS of the driver and of each scoring actor. The timed
 matching, target queries, the embedded Ray's start, the actor pool, scoring, the id uniqueness
 check and writing the three scores.parquet; its parts are printed beside it. How much of the pool
 store sat in the page cache when scoring began is printed too (fincore).
-Run: flock /tmp/less_ray_bench.lock nice -n 5 python bench/bench_score.py [--n 1000000] [--keep]
+`--verify on|off` (default on): score's verify-on-read (shard sha256, row norms, score range);
+`--verify both` scores twice on the same store, off then on, and prints both (`both-on-first`: on, then off);
+`--cold` evicts the pool shards from the page cache before each run.
+Run: flock /tmp/less_ray_bench.lock nice -n 5 python bench/bench_score.py [--n 1000000] [--keep] [--verify both]
 """
 from __future__ import annotations
 
@@ -50,6 +53,11 @@ def main() -> None:
     ap.add_argument("--actor-cpus", type=float, default=1.0, help="per actor; also its torch threads")
     ap.add_argument("--dir", default="/tmp/less_ray_bench_score")
     ap.add_argument("--keep", action="store_true", help="reuse a store written by an earlier run")
+    ap.add_argument("--verify", choices=["on", "off", "both", "both-on-first"], default="on")
+    ap.add_argument("--write-only", action="store_true", help="write the store and stop")
+    ap.add_argument("--cold", action="store_true",
+                    help="evict the pool stores' shards from the page cache before each score run (posix_fadvise "
+                         "DONTNEED on these files only), so runs side by side start equally cold")
     args = ap.parse_args()
     root = Path(args.dir)
     ids = [f"cand{i:07d}" for i in range(args.n)]
@@ -76,15 +84,40 @@ def main() -> None:
             del feats
     t_write = time.time() - t0
     size_gb = sum(f.stat().st_size for f in root.rglob("*.parquet")) / 2**30
+    if args.write_only:
+        print(f"store written in {t_write:.1f}s: {size_gb:.2f} GiB")
+        return
+    t_gemm = None
+    order = {"both": [False, True], "both-on-first": [True, False]}.get(args.verify, [args.verify == "on"])
+    for verify in order:
+        t_gemm = run_once(args, root, size_gb, t_write, verify, t_gemm)
+
+
+def run_once(args, root, size_gb, t_write, verify, t_gemm):
 
     # score + select run in a fresh process, so its peak RSS is theirs, not the store writer's
+    if args.cold:
+        evict(root, args.ckpts)
     cached_gb = page_cache_gb(root, args.ckpts)
     import multiprocessing as mp
     ctx = mp.get_context("spawn")
     with ctx.Pool(1) as pool:
-        res = pool.apply(score_and_select, (str(root), args.ckpts, args.block_rows, args.actors, args.actor_cpus))
+        res = pool.apply(score_and_select, (str(root), args.ckpts, args.block_rows, args.actors, args.actor_cpus,
+                                            verify))
     t_score, t_select, summary, driver_rss = res["score_s"], res["select_s"], res["summary"], res["rss_mb"]
-    _reference_and_print(args, root, size_gb, cached_gb, t_write, t_score, t_select, summary, driver_rss)
+    return _reference_and_print(args, root, size_gb, cached_gb, t_write, t_score, t_select, summary, driver_rss,
+                                verify, t_gemm)
+
+
+def evict(root: Path, ckpts: int) -> None:
+    import os
+    for c in range(ckpts):
+        for f in (root / f"pool_c{c}" / "shards").glob("*.parquet"):
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
 
 
 def page_cache_gb(root: Path, ckpts: int) -> float | None:
@@ -99,7 +132,7 @@ def page_cache_gb(root: Path, ckpts: int) -> float | None:
     return round(sum(int(x) for x in out.split()) / 2**30, 2)
 
 
-def score_and_select(root: str, ckpts: int, block_rows: int, actors: int, actor_cpus: float) -> dict:
+def score_and_select(root: str, ckpts: int, block_rows: int, actors: int, actor_cpus: float, verify: bool = True) -> dict:
     # peak RSS sampled while this process works (ru_maxrss can carry the parent's high-water
     # mark across fork+exec)
     import threading
@@ -118,7 +151,7 @@ def score_and_select(root: str, ckpts: int, block_rows: int, actors: int, actor_
         pool_stores=[str(root / f"pool_c{c}") for c in range(ckpts)],
         tasks=[TaskSpec(t, [str(root / f"{t}_c{c}") for c in range(ckpts)]) for t in TASKS],
         out=str(root / "scores"), block_rows=block_rows, min_actors=actors, max_actors=actors, actor_num_cpus=actor_cpus,
-        num_cpus=2))
+        num_cpus=2, verify=verify))
     t_score = time.time() - t1
     t2 = time.time()
     run_select(SelectConfig(scores=str(root / "scores"), top_p=0.05, sorted_csv=True, block_rows=block_rows))
@@ -129,21 +162,25 @@ def score_and_select(root: str, ckpts: int, block_rows: int, actors: int, actor_
     return {"score_s": t_score, "select_s": t_select, "summary": summary, "rss_mb": peak[0] / 2**20}
 
 
-def _reference_and_print(args, root, size_gb, cached_gb, t_write, t_score, t_select, summary, driver_rss) -> None:
+def _reference_and_print(args, root, size_gb, cached_gb, t_write, t_score, t_select, summary, driver_rss, verify,
+                         t_gemm=None) -> float:
 
     # Reference: one in-memory GEMM per checkpoint on the same data (features already decoded to
     # float32 in memory, all ~300 target rows, as LESS computes G_c V_cᵀ), timed on the same machine.
     from less_ray.store import iter_blocks, read_store
-    t_gemm = 0.0
-    for c in range(args.ckpts):
-        v = np.concatenate([read_store(root / f"{t}_c{c}")["features"] for t in TASKS])
-        g = np.concatenate([b["features"] for b in iter_blocks(root / f"pool_c{c}", ("features",), 200_000)])
-        t = time.time()
-        _ = g @ v.T
-        t_gemm += time.time() - t
-        del g, _
+    if t_gemm is None:  # measured once per invocation
+        t_gemm = 0.0
+        for c in range(args.ckpts):
+            v = np.concatenate([read_store(root / f"{t}_c{c}", verify=False)["features"] for t in TASKS])
+            g = np.concatenate([b["features"] for b in iter_blocks(root / f"pool_c{c}", ("features",), 200_000,
+                                                                   verify=False)])
+            t = time.time()
+            _ = g @ v.T
+            t_gemm += time.time() - t
+            del g, _
     rows = args.n * args.ckpts
     print(json.dumps({
+        "verify_on_read": verify,
         "actors": f"{args.actors} x {args.actor_cpus:g} CPU", "block_rows": args.block_rows, "pool": args.n, "dim": args.dim, "checkpoints": args.ckpts, "targets": TASKS, "store_gib": round(size_gb, 2),
         "pool_store_in_page_cache_gib": cached_gb,
         "store_write_s": round(t_write, 1),
@@ -157,6 +194,7 @@ def _reference_and_print(args, root, size_gb, cached_gb, t_write, t_score, t_sel
         "note": "ratio > 1 is possible: score multiplies by per-subtask mean targets (ΣS=27 columns), "
                 "the reference GEMM by all ~300 targets; the store is read from disk, the GEMM's input is in memory",
     }, indent=2))
+    return t_gemm
 
 
 if __name__ == "__main__":
