@@ -96,11 +96,17 @@ def run(b):
     batch = {"input_ids": pad(rows, "input_ids", W["pad"]), "labels": pad(rows, "labels", -100),
              "attention_mask": pad([{"m": [1] * len(r["input_ids"])} for r in rows], "m", 0)}
     return comp.features(batch, "adam", proj, moments=mom)["features"][8192]
-run(batches[0]); spent[0] = 0.0
+sys.path.insert(0, W["root"] + "/bench")
+from bench_extract_core import flop_counter
+with flop_counter() as fc:  # the warm-up batch, counted (matmuls and attention, torch's flop_registry)
+    run(batches[0])
+per_token = fc.total / sum(len(data[i]["input_ids"]) for i in batches[0])
+spent[0] = 0.0
 t0 = time.perf_counter()
 for b in batches[1:]:
     run(b)
-report(time.perf_counter() - t0, 8192, {"projection_seconds": spent[0]})
+flops = per_token * sum(len(data[i]["input_ids"]) for b in batches[1:] for i in b)
+report(time.perf_counter() - t0, 8192, {"projection_seconds": spent[0], "flops": flops})
 '''
 
 BERGSON = COMMON + r'''
@@ -244,6 +250,12 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", nargs="*", default=["ours", "bergson", "dattri"])
     args = ap.parse_args()
+    import torch
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_precision import matmul_peak
+    torch.set_num_threads(1)
+    print(f"# one-thread matmul 2048^2 peak: fp32 {matmul_peak(torch.float32):.0f} GFLOP/s, "
+          f"bf16 {matmul_peak(torch.bfloat16):.0f} GFLOP/s", flush=True)
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     pys = {"ours": Path(sys.executable)}
@@ -261,7 +273,8 @@ def main():
                 res = run_worker(pys[m], codes[m], work, m)
                 results[m].append(res)
                 extra = (f", projection {res['projection_seconds'] / res['n']:.3f} s/ex "
-                         f"({100 * res['projection_seconds'] / res['seconds']:.1f}% of ours)"
+                         f"({100 * res['projection_seconds'] / res['seconds']:.1f}% of ours), "
+                         f"{res['flops'] / res['seconds'] / 1e9:.0f} GFLOP/s achieved"
                          if "projection_seconds" in res else "")
                 print(f"round {r} {m:<8} {res['seconds'] / res['n']:.3f} s/example ({res['n']} examples, "
                       f"dim {res['dim']}), peak RSS {res['peak_rss_gb']:.2f} GB{extra}", flush=True)
@@ -270,7 +283,7 @@ def main():
     if "ours" in best:
         for m in best:
             if m != "ours":
-                per_round = [f"{o['seconds'] / o['n'] and (p['seconds'] / p['n']) / (o['seconds'] / o['n']):.2f}"
+                per_round = [f"{(p['seconds'] / p['n']) / (o['seconds'] / o['n']):.2f}"
                              for o, p in zip(results["ours"], results[m])]
                 print(f"# {m} / ours per round: {', '.join(per_round)}")
         for m in best:
