@@ -18,7 +18,7 @@ negative ones, so a block is scattered as it is (`index_add_`, no sign multiply)
 subtracts the halves. Each step of rows is one 2-D `index_add_` along the columns, on CPU and
 GPU alike (on CPU ~1.1 ns per example and coordinate at s = 1, as fast as or faster than
 scatter_add_ and per-row 1-D adds: bench/results/sparse_kernels_cpu.txt). The hashed indices are
-cached per actor within `index_cache_mb` (8 bytes per coordinate and nonzero: 118 MB for
+cached per actor within `index_cache_mb` (int32: 4 bytes per coordinate and nonzero, 59 MB for
 SmolLM2's LoRA at s = 1), so the hash runs once; the cache is derived and refilled identically.
 """
 from __future__ import annotations
@@ -126,7 +126,7 @@ class SparseJLProjector(_ProjectorBase):
             self.offsets[d] = off
             off += 2 * d
         self.width = off
-        # the hashed indices of rows already seen (8 bytes per row and nonzero): a derived cache,
+        # the hashed indices of rows already seen (4 bytes per row and nonzero): a derived cache,
         # refilled identically on a miss; within the budget the hash runs once per actor
         self._cache: dict[tuple, torch.Tensor] = {}
         self._cache_left = int(index_cache_mb * 2 ** 20)
@@ -141,9 +141,11 @@ class SparseJLProjector(_ProjectorBase):
         parts = [sparse_indices(self.seed, d, self.s, row_start, row_stop, device) + self.offsets[d]
                  for d in self.dims]
         idx = parts[0] if len(parts) == 1 else torch.cat(parts)
-        if idx.numel() * 8 <= self._cache_left:
+        if self.width < 2 ** 31:  # index_add_ takes int32 indices: half the cache
+            idx = idx.to(torch.int32)
+        if idx.numel() * idx.element_size() <= self._cache_left:
             self._cache[key] = idx
-            self._cache_left -= idx.numel() * 8
+            self._cache_left -= idx.numel() * idx.element_size()
         return idx
 
     def new_accumulator(self, batch: int, device) -> torch.Tensor:
@@ -160,7 +162,7 @@ class SparseJLProjector(_ProjectorBase):
             xs = x_block[:, a:b]
             for row in idx:
                 if kernel == "scatter":
-                    acc.scatter_add_(1, row.expand(batch, -1), xs)
+                    acc.scatter_add_(1, row.long().expand(batch, -1), xs)
                 elif kernel == "rows":
                     for e in range(batch):
                         acc[e].index_add_(0, row, xs[e])
