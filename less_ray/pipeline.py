@@ -163,8 +163,7 @@ def _store_counts(result: dict[str, str]) -> str:
     parts = []
     for path in result.values():
         m = json.loads((Path(path) / "manifest.json").read_text())
-        skipped = m.get("skipped")
-        n_skipped = len(skipped) if isinstance(skipped, list) else int(skipped or 0)
+        n_skipped = int((m.get("skipped") or {}).get("count") or 0)  # the manifest's {"count", "file"}
         parts.append(f"{m.get('count')} examples" + (f", {n_skipped} skipped" if n_skipped else ""))
     return "; ".join(parts)
 
