@@ -66,7 +66,7 @@ def test_actor_killed_for_memory_ends_the_run_with_the_setting_to_change(oom_ray
     ckpt = make_lora_checkpoint(tiny_model_dir, tmp_path / "ckpt", r=4)
     write_jsonl(generate_pool(20, seed=3), tmp_path / "pool.jsonl")
     cfg = ExtractConfig(data=str(tmp_path / "pool.jsonl"), checkpoint=str(ckpt), out=str(tmp_path / "store"),
-                        base_model=str(tiny_model_dir), dims=[64], max_actors=1, actor_max_restarts=1)
+                        base_model=str(tiny_model_dir), dims=[64], max_actors=1)  # default: no restart
     t0 = time.time()
     with pytest.raises(ActorFailure) as e:
         run_extract(cfg)
