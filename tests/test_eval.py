@@ -60,3 +60,17 @@ def test_run_eval_writes_results(tiny_model_dir, tmp_path, root):
     assert {t: saved["tasks"][t]["n"] for t in saved["tasks"]} == {"mmlu": 57, "bbh": 27, "tydiqa": 9,
                                                                    "demo:arithmetic": 4}
     assert all(0 <= v["score"] <= 1 for v in saved["tasks"].values())
+
+
+def test_less_format_uses_less_eval_prompts_for_the_benchmarks():
+    """Under chat_format less, BBH and MMLU prompts are LESS's plain-text ones and TydiQA's its
+    tulu chat; a demo task keeps the tulu chat the demo model was trained on."""
+    from less_ray.eval.prompts import EvalItem
+    from less_ray.eval.runner import render
+    bbh = EvalItem("bbh", "t", "i", "Task.\n\nQ: 2+2?", "A:", ["4"])
+    assert render(bbh, None, "less") == "Task.\n\nQ: 2+2?\nA:"  # LESS's bbh eval: prompt + "\nA:"
+    tydi = EvalItem("tydiqa", "english", "j", "Passage: p\nQuestion: q", "Answer:", ["x"])
+    assert render(tydi, None, "less") == "<|user|>\nPassage: p\nQuestion: q\n<|assistant|>\nAnswer:"
+    demo = EvalItem("demo:arithmetic", "add", "k", "What is 2 + 2?", "", ["4"])
+    assert render(demo, None, "less") == "<|user|>\nWhat is 2 + 2?\n<|assistant|>\n"
+    assert render(bbh, None, "tulu_stripped") == "<|user|>\nTask.\n\nQ: 2+2?\n<|assistant|>\nA:"

@@ -19,6 +19,7 @@ from .metrics import bbh_extract, exact_match, max_f1
 from .prompts import EvalItem, bbh_items, mmlu_items, tydiqa_items
 
 log = logging.getLogger("less_ray")
+LESS_EVAL_TASKS = ("bbh", "mmlu", "tydiqa")  # benchmarks whose prompts LESS's own eval scripts build
 
 
 @dataclass
@@ -62,7 +63,9 @@ def load_for_eval(model_path: str, base_model: str | None, dtype: str):
 
 
 def render(item: EvalItem, tok, chat_format: str) -> str:
-    if chat_format != "template":  # less and tulu_stripped render a prompt the same way
+    if chat_format == "less" and item.task in LESS_EVAL_TASKS:  # LESS's eval scripts' exact prompt strings
+        return item.less_text()
+    if chat_format != "template":  # the tulu chat (also demo tasks under less)
         return f"<|user|>\n{item.prompt.rstrip()}\n<|assistant|>\n{item.cue}"
     text = tok.apply_chat_template([{"role": "user", "content": item.prompt.rstrip()}], tokenize=False,
                                    add_generation_prompt=True)
