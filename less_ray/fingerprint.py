@@ -15,6 +15,7 @@ from typing import Any
 from .config import path_fields
 
 _FILE_CACHE: dict[tuple, str] = {}
+LOCK_PREFIX = ".less_ray.lock"  # run_lock's files (LOCK_FILE, HOLDER_FILE): touched by every writer, not content
 
 
 def file_sha256(path: Path) -> str:
@@ -47,7 +48,7 @@ def content_fingerprint(path: str | Path) -> str:
     if (p / "config.json").exists():
         return "model:" + (model_content_hash(p) or "none")
     h = hashlib.sha256()
-    for f in sorted(x for x in p.rglob("*") if x.is_file()):
+    for f in sorted(x for x in p.rglob("*") if x.is_file() and not x.name.startswith(LOCK_PREFIX)):
         st = f.stat()
         h.update(f"{f.relative_to(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return "folder:" + h.hexdigest()
