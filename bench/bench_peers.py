@@ -100,12 +100,14 @@ sys.path.insert(0, W["root"] + "/bench")
 from bench_extract_core import flop_counter
 with flop_counter() as fc:  # the warm-up batch, counted (matmuls and attention, torch's flop_registry)
     run(batches[0])
-per_token = fc.total / sum(len(data[i]["input_ids"]) for i in batches[0])
+def padded(b):  # the positions the model computes: rows x longest row
+    return len(b) * max(len(data[i]["input_ids"]) for i in b)
+per_token = fc.total / padded(batches[0])
 spent[0] = 0.0
 t0 = time.perf_counter()
 for b in batches[1:]:
     run(b)
-flops = per_token * sum(len(data[i]["input_ids"]) for b in batches[1:] for i in b)
+flops = per_token * sum(padded(b) for b in batches[1:])  # counts padding: computed, if not useful
 report(time.perf_counter() - t0, 8192, {"projection_seconds": spent[0], "flops": flops})
 '''
 
