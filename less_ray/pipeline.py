@@ -50,7 +50,7 @@ class WarmupOptions(TrainingSettings):
 class ExtractOptions(ActorPool):
     dim: int = 8192
     projection: str = "sjlt"  # sjlt | rademacher | identity (ExtractConfig)
-    sjlt_s: int = 2
+    sjlt_s: int = 1
     precision: str = "fp32"  # fp32 | bf16 | less (ExtractConfig)
     seed: int = 0
     dtype: str = "float16"
