@@ -49,7 +49,7 @@ class WarmupOptions(TrainingSettings):
 @dataclass
 class ExtractOptions(ActorPool):
     dim: int = 8192
-    projection: str = "sjlt"  # sjlt | rademacher | identity (ExtractConfig)
+    projection: str = "rademacher"  # rademacher (LESS's) | sjlt | identity (ExtractConfig)
     sjlt_s: int = 1
     precision: str = "fp32"  # fp32 | bf16 | less (ExtractConfig)
     seed: int = 0
