@@ -8,25 +8,19 @@ from less_ray.core.projection import (IdentityProjector, RademacherProjector, _g
                                       _sign_words_torch, _words_np, sign_block, sign_words)
 from less_ray.core.sign_lookup import BAG_ROWS, STEP_ROWS, SignLookup
 
-M32 = 0xFFFFFFFF
+from hash_reference import M32, mix32
 
 
 # --- the scheme in plain Python integers (no overflow semantics to worry about) ---------
 
-def _mix32(h):
-    h ^= h >> 16
-    h = (h * 0x7FEB352D) & M32
-    h ^= h >> 15
-    h = (h * 0x846CA68B) & M32
-    return h ^ (h >> 16)
 
 
 def _ref_sign(seed, row, col):
     s = seed & (2 ** 64 - 1)
-    seed_key = _mix32(_mix32((s & M32) ^ 0x5BD1E995) ^ (s >> 32))
-    row_key = _mix32(_mix32((row & M32) ^ seed_key) ^ (row >> 32))
-    group_key = _mix32(((col // 32) * 0x9E3779B9 + 1) & M32)
-    return 1.0 if (_mix32(row_key ^ group_key) >> (col % 32)) & 1 else -1.0
+    seed_key = mix32(mix32((s & M32) ^ 0x5BD1E995) ^ (s >> 32))
+    row_key = mix32(mix32((row & M32) ^ seed_key) ^ (row >> 32))
+    group_key = mix32(((col // 32) * 0x9E3779B9 + 1) & M32)
+    return 1.0 if (mix32(row_key ^ group_key) >> (col % 32)) & 1 else -1.0
 
 
 @pytest.mark.parametrize("seed", [0, 12345, 2 ** 40 + 7])

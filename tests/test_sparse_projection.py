@@ -8,27 +8,21 @@ import torch
 
 from less_ray.core.sparse_projection import SparseJLProjector, sparse_indices, sparse_words
 
-M32 = 0xFFFFFFFF
+from hash_reference import M32, mix32
 
 
 # --- the scheme in plain Python integers, written from the module docstring ---------------
 
-def _mix32(h):
-    h ^= h >> 16
-    h = (h * 0x7FEB352D) & M32
-    h ^= h >> 15
-    h = (h * 0x846CA68B) & M32
-    return h ^ (h >> 16)
 
 
 def _ref_entries(seed, dim, s, row):
     """[(column, sign)] of one input row: one bucket in each of the s blocks of the d outputs."""
     u = seed & (2 ** 64 - 1)
-    seed_key = _mix32(_mix32((u & M32) ^ 0x5BD1E995) ^ (u >> 32))
+    seed_key = mix32(mix32((u & M32) ^ 0x5BD1E995) ^ (u >> 32))
     out = []
     for j in range(s):
-        k = _mix32(seed_key ^ _mix32(((64 * dim + j) * 0x9E3779B9 + 1) & M32))
-        h = _mix32(_mix32((row & M32) ^ k) ^ (row >> 32))
+        k = mix32(seed_key ^ mix32(((64 * dim + j) * 0x9E3779B9 + 1) & M32))
+        h = mix32(mix32((row & M32) ^ k) ^ (row >> 32))
         lo, hi = j * dim // s, (j + 1) * dim // s
         out.append((lo + (((h >> 1) * (hi - lo)) >> 31), 1.0 if h & 1 else -1.0))
     return out
