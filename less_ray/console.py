@@ -19,6 +19,23 @@ VERBOSE_ENV = "LESS_RAY_VERBOSE"
 _NOISE = (DeprecationWarning, FutureWarning, PendingDeprecationWarning)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record is emitted, not the stream it was created
+    with: a handler made under a replaced stderr (a test's capture, a notebook cell) must not
+    write to it after it is closed."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def verbose() -> bool:
     return os.environ.get(VERBOSE_ENV, "").strip().lower() in ("1", "true", "yes")
 
@@ -29,7 +46,7 @@ def configure(verbose_flag: bool | None = None) -> None:
         os.environ[VERBOSE_ENV] = "1" if verbose_flag else "0"
     logger = logging.getLogger("less_ray")
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s less_ray %(message)s", "%H:%M:%S"))
         logger.addHandler(handler)
         logger.propagate = False

@@ -175,3 +175,17 @@ def test_example_configs_load_with_paths_made_absolute(tmp_path, monkeypatch):
     assert own.targets == {"my_task": str(tmp_path / "data" / "targets.jsonl")} and own.chat_format == "less"
     gpu = load_config(PipelineConfig, root / "gpu_cluster.yaml")
     assert gpu.warmup.scaling.use_gpu and gpu.extract.actor_num_gpus == 1.0 and gpu.ray.address == "auto"
+
+
+def test_log_lines_go_to_the_stderr_of_the_moment(monkeypatch):
+    """A handler made under one stderr (a test's capture) writes to the current one later, never
+    to a closed stream (it once broke a later test's CLI call with '--- Logging error ---')."""
+    import io
+    import logging
+
+    from less_ray.console import configure
+    configure(False)
+    buf = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", buf)
+    logging.getLogger("less_ray").info("stage x done")
+    assert "less_ray stage x done" in buf.getvalue()
