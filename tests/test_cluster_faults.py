@@ -12,6 +12,8 @@ from less_ray.extract.job import ExtractConfig, run_extract
 from less_ray.store import read_store
 from less_ray.testing.fake_checkpoint import make_lora_checkpoint
 
+pytestmark = pytest.mark.slow  # a real Ray cluster or job: minutes on 2 cores
+
 
 @pytest.fixture
 def cluster():

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a real Ray cluster or job: minutes on 2 cores
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -17,6 +17,8 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a real Ray cluster or job: minutes on 2 cores
+
 RUN = """
 import json, os
 import ray

@@ -233,6 +233,7 @@ def _check_warmup_against_reference(out, ref, model_dir, stage):
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(model_dir)), str(last))
 
 
+@pytest.mark.slow  # Ray Train + DeepSpeed
 @pytest.mark.parametrize("stage", [0, 2, 3])
 def test_warmup_moments_match_plain_adamw(stage, ray_local, pool_file, tiny_model_dir, warmup_reference, tmp_path):
     from less_ray.train import WarmupConfig, run_warmup
@@ -240,6 +241,7 @@ def test_warmup_moments_match_plain_adamw(stage, ray_local, pool_file, tiny_mode
     _check_warmup_against_reference(out, warmup_reference, tiny_model_dir, stage)
 
 
+@pytest.mark.slow  # Ray Train + DeepSpeed
 def test_killed_worker_resumes_from_last_checkpoint(ray_local, pool_file, tiny_model_dir, warmup_reference,
                                                     tmp_path, monkeypatch):
     """Rank 1 exits mid-epoch 2 (ZeRO 1); Ray restarts the group from the epoch-1 checkpoint
@@ -253,6 +255,7 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_local, pool_file, tiny_m
     _check_warmup_against_reference(out, warmup_reference, tiny_model_dir, 1)
 
 
+@pytest.mark.slow  # Ray Train + DeepSpeed
 def test_target_training_full_finetune_other_base(ray_local, pool_file, tmp_path):
     """LESS-T: full fine-tune of a different (smaller) base on a selection, ZeRO 2."""
     from transformers import AutoModelForCausalLM
