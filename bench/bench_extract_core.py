@@ -69,12 +69,29 @@ def make_examples(tokenizer, n: int, max_len: int, seed: int = 0):
     return out
 
 
-def build_model(name: str, rank: int, workdir: Path, device: str, dtype: str = "float32"):
-    """PeftModel (eval) with random lora_B and random Adam moments: (model, tokenizer, moments)."""
+def random_lora_state(model):
+    """Seeded random lora_B (in place; peft starts it at zero, which makes every lora_A gradient
+    zero) and random Adam moments of every LoRA parameter, on CPU."""
     import torch
-    from peft import LoraConfig, get_peft_model
 
     from less_ray.core.grads import Moments
+    gen = torch.Generator().manual_seed(0)
+    names, m, v = [], [], []
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            if "lora_B" in n:
+                with torch.no_grad():
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+            names.append(n)
+            m.append(torch.randn(p.shape, generator=gen) * 1e-4)
+            v.append(torch.rand(p.shape, generator=gen) * 1e-8)
+    return Moments(names, m, v)
+
+
+def build_model(name: str, rank: int, workdir: Path, device: str, dtype: str = "float32"):
+    """PeftModel (eval) with random lora_B and random Adam moments: (model, tokenizer, moments)."""
+    from peft import LoraConfig, get_peft_model
+
     from less_ray.demo import build_demo_model
     from less_ray.models import load_model_and_tokenizer
     if name == "tiny":
@@ -89,18 +106,9 @@ def build_model(name: str, rank: int, workdir: Path, device: str, dtype: str = "
     base, tok = load_model_and_tokenizer(path, dtype=dtype)
     model = get_peft_model(base, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.1,
                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
-    gen = torch.Generator().manual_seed(0)
-    names, m, v = [], [], []
-    for n, p in model.named_parameters():
-        if p.requires_grad:
-            if "lora_B" in n:
-                with torch.no_grad():
-                    p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
-            names.append(n)
-            m.append(torch.randn(p.shape, generator=gen) * 1e-4)
-            v.append(torch.rand(p.shape, generator=gen) * 1e-8)
+    moments = random_lora_state(model)
     model.to(device).eval()
-    return model, tok, Moments(names, m, v).to(device)
+    return model, tok, moments.to(device)
 
 
 class NoProjection:

@@ -45,23 +45,14 @@ def build(arch: dict, rank: int, device: str, dtype):
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from less_ray.core.grads import Moments
     torch.manual_seed(0)
     base = LlamaForCausalLM(LlamaConfig(**arch))
     model = get_peft_model(base, LoraConfig(r=rank, lora_alpha=4 * rank, lora_dropout=0.0,
                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
-    gen = torch.Generator().manual_seed(0)
-    names, m, v = [], [], []
-    for n, p in model.named_parameters():
-        if p.requires_grad:
-            if "lora_B" in n:
-                with torch.no_grad():
-                    p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
-            names.append(n)
-            m.append(torch.randn(p.shape, generator=gen) * 1e-4)
-            v.append(torch.rand(p.shape, generator=gen) * 1e-8)
+    from bench_extract_core import random_lora_state
+    moments = random_lora_state(model)
     model.to(device=device, dtype=dtype).eval()
-    return model, Moments(names, m, v).to(device)
+    return model, moments.to(device)
 
 
 def examples(n: int, vocab: int, min_len: int, max_len: int, seed: int = 0):
