@@ -24,13 +24,11 @@ TOKEN_SAMPLE = 400
 
 def model_sizes(base_model: str, lora: Any) -> dict[str, int]:
     """Parameters of the base model and of its LoRA adapter (LESS's gradient dimension P)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-    config = AutoConfig.from_pretrained(base_model, local_files_only=True)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    total = sum(p.numel() for p in model.parameters())
     from peft import LoraConfig, get_peft_model
+
+    from .resources import meta_model
+    model = meta_model(base_model)
+    total = sum(p.numel() for p in model.parameters())
     peft_model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, target_modules=list(lora.target_modules)))
     lora_params = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     return {"model_params": int(total), "lora_params": int(lora_params)}

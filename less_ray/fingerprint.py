@@ -24,11 +24,8 @@ def file_sha256(path: Path) -> str:
     st = path.stat()
     key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
     if key not in _FILE_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            while block := fh.read(1 << 20):
-                h.update(block)
-        _FILE_CACHE[key] = h.hexdigest()
+        from .store import sha256_file
+        _FILE_CACHE[key] = sha256_file(path)
     return _FILE_CACHE[key]
 
 

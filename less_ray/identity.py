@@ -16,6 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .store import sha256_file
+
 # keys that name where a folder came from, or the tool that wrote it, not what it computes
 VOLATILE_KEYS = frozenset({"_name_or_path", "name_or_path", "base_model_name_or_path", "transformers_version",
                            "peft_version", "revision", "_commit_hash", "auto_mapping"})
@@ -46,14 +48,6 @@ def canonical_json(path: str | Path) -> bytes:
     return json.dumps(_canonical(data), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _digest(parts: list[tuple[str, str]]) -> str:
     h = hashlib.sha256()
     for name, value in sorted(parts):
@@ -64,7 +58,7 @@ def _digest(parts: list[tuple[str, str]]) -> str:
 def _part(path: Path) -> tuple[str, str]:
     if path.suffix == ".json":
         return path.name, hashlib.sha256(canonical_json(path)).hexdigest()
-    return path.name, _file_sha256(path)
+    return path.name, sha256_file(path)
 
 
 def checkpoint_content_hash(ckpt: str | Path) -> str:

@@ -19,13 +19,20 @@ ACTIVATION_BYTES_PER_HIDDEN = 64  # per token, layer and hidden unit: saved acti
 LOGIT_BYTES_PER_VOCAB = 12  # per token and vocabulary entry: logits, their softmax and its gradient
 
 
-def model_shape(base_model: str) -> dict[str, int]:
-    """Parameter count, layers, hidden size and vocabulary of a local model, from its config alone."""
+def meta_model(base_model: str):
+    """A local model built from its config on the meta device: its shapes, no weights read."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
     config = AutoConfig.from_pretrained(base_model, local_files_only=True)
     with torch.device("meta"):
-        n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+        return AutoModelForCausalLM.from_config(config)
+
+
+def model_shape(base_model: str) -> dict[str, int]:
+    """Parameter count, layers, hidden size and vocabulary of a local model, from its config alone."""
+    model = meta_model(base_model)
+    config = model.config
+    n_params = sum(p.numel() for p in model.parameters())
     return {"params": int(n_params), "layers": int(config.num_hidden_layers), "hidden": int(config.hidden_size),
             "vocab": int(config.vocab_size)}
 
