@@ -66,36 +66,33 @@ def _absolute(value: Any, kind: str) -> Any:
     return value
 
 
-def path_fields(cfg: Any, prefix: str = "") -> typing.Iterator[tuple[str, str, Any]]:
-    """(key path, kind, value) of every path field in `cfg` and its nested configs."""
+def _path_slots(cfg: Any, prefix: str = "") -> typing.Iterator[tuple[Any, dataclasses.Field, str]]:
+    """(owning config, field, dotted key) of every path field in `cfg` and its nested configs."""
     if not dataclasses.is_dataclass(cfg):
         return
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         key = f"{prefix}{f.name}"
         if "path" in f.metadata:
-            yield key, f.metadata["path"], value
+            yield cfg, f, key
         elif dataclasses.is_dataclass(value):
-            yield from path_fields(value, key + ".")
+            yield from _path_slots(value, key + ".")
         elif isinstance(value, list):
             for i, v in enumerate(value):
-                yield from path_fields(v, f"{key}[{i}].")
+                yield from _path_slots(v, f"{key}[{i}].")
+
+
+def path_fields(cfg: Any, prefix: str = "") -> typing.Iterator[tuple[str, str, Any]]:
+    """(key path, kind, value) of every path field in `cfg` and its nested configs."""
+    for owner, f, key in _path_slots(cfg, prefix):
+        yield key, f.metadata["path"], getattr(owner, f.name)
 
 
 def absolute_paths(cfg: T) -> T:
     """Make every path field of `cfg` (nested configs too) absolute, in place; returns `cfg`.
     Relative paths mean the driver's working directory, as in a shell."""
-    if not dataclasses.is_dataclass(cfg):
-        return cfg
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if "path" in f.metadata:
-            setattr(cfg, f.name, _absolute(value, f.metadata["path"]))
-        elif dataclasses.is_dataclass(value):
-            absolute_paths(value)
-        elif isinstance(value, list):
-            for v in value:
-                absolute_paths(v)
+    for owner, f, _ in list(_path_slots(cfg)):
+        setattr(owner, f.name, _absolute(getattr(owner, f.name), f.metadata["path"]))
     return cfg
 
 
