@@ -9,7 +9,7 @@ import torch
 
 from less_ray.data.demo import generate_pool
 from less_ray.data.io import write_jsonl
-from less_ray.extract.job import KILL_FILE, ExtractConfig, run_extract
+from less_ray.extract.job import ExtractConfig, run_extract
 from less_ray.store import read_manifest, read_store
 from less_ray.testing.fake_checkpoint import make_lora_checkpoint
 
@@ -98,21 +98,88 @@ def test_projected_store_several_dims_plain_arrow(ray_local, ckpt, records, tmp_
     assert read_manifest(stores[16]).projection.seed == 3
 
 
-def test_killed_actor_then_resume_equals_uninterrupted(ray_local, ckpt, records, tmp_path):
+def _dying_extractor(marker, shard: int):
+    """The stage's actor, except that the first actor to take `shard` dies there (once: `marker`).
+    Defined here, so Ray ships it by value; production code carries no kill switch."""
+    import os
+
+    from less_ray.extract import job
+
+    class Dying(job.ShardExtractor):
+        def __call__(self, batch):
+            if shard in [int(s) for s in batch["shard"]] and not marker.exists():
+                marker.write_text("died")
+                os._exit(1)
+            return super().__call__(batch)
+    return Dying
+
+
+def test_killed_actor_then_resume_equals_uninterrupted(ray_local, ckpt, records, tmp_path, monkeypatch):
+    from less_ray.extract import job
     _, path = records
     kw = dict(data=str(path), checkpoint=str(ckpt), kind="adam", dims=[32], shard_rows=10, batch_size=4,
               max_actors=2, actor_num_cpus=0.5)
     clean = run_extract(ExtractConfig(out=str(tmp_path / "clean"), **kw))[32]
-    (tmp_path / "hurt").mkdir()
-    (tmp_path / "hurt" / KILL_FILE).write_text("3")
-    try:
-        run_extract(ExtractConfig(out=str(tmp_path / "hurt"), **kw))
-    except Exception:
-        pass  # Ray may retry the dead actor's shard itself, or give up: either way, rerun
-    assert not (tmp_path / "hurt" / KILL_FILE).exists()  # the actor really died
+    marker = tmp_path / "died"
+    with monkeypatch.context() as m:
+        m.setattr(job, "ShardExtractor", _dying_extractor(marker, 3))
+        try:
+            run_extract(ExtractConfig(out=str(tmp_path / "hurt"), **kw))
+        except Exception:
+            pass  # Ray may retry the dead actor's shard itself, or give up: either way, rerun
+    assert marker.exists()  # the actor really died
     hurt = run_extract(ExtractConfig(out=str(tmp_path / "hurt"), **kw))[32]
     a, b = read_store(clean, ("id", "features", "norm")), read_store(hurt, ("id", "features", "norm"))
     assert list(a["id"]) == list(b["id"]) and len(set(b["id"])) == 60
     np.testing.assert_array_equal(a["features"], b["features"])
     assert not list((hurt / "shards").glob(".tmp-*"))
     assert json.loads((hurt / "manifest.json").read_text())["count"] == 60
+
+
+@pytest.fixture(scope="module")
+def ckpt_b(tiny_model_dir, tmp_path_factory):
+    return make_lora_checkpoint(tiny_model_dir, tmp_path_factory.mktemp("ckpt_b"), r=4, seed=1)
+
+
+@pytest.mark.parametrize("change", ["seed", "checkpoint", "data", "max_seq_length"])
+def test_a_rerun_with_other_inputs_into_a_used_folder_equals_a_fresh_run(ray_local, ckpt, ckpt_b, records, tmp_path,
+                                                                       change, caplog, monkeypatch):
+    """Issue #16: shards were reused on input hash + shard_rows alone, and the manifest then
+    claimed the new checkpoint / seed over the old features."""
+    import logging
+
+    from less_ray.extract import job
+    pool, path = records
+    kw = dict(data=str(path), checkpoint=str(ckpt), kind="adam", dims=[32], seed=0, shard_rows=20, batch_size=8,
+              max_actors=1, actor_num_cpus=1)
+    run_extract(ExtractConfig(out=str(tmp_path / "used"), **kw))
+    other = {"seed": {"seed": 5}, "checkpoint": {"checkpoint": str(ckpt_b)}, "max_seq_length": {"max_seq_length": 40},
+             "data": {"data": str(tmp_path / "pool2.jsonl")}}[change]
+    write_jsonl(list(reversed(pool)), tmp_path / "pool2.jsonl")  # the same ids, another order
+    kw2 = {**kw, **other}
+    fresh = run_extract(ExtractConfig(out=str(tmp_path / "fresh"), **kw2))[32]
+    want = read_store(fresh, ("id", "features"))
+    logger = logging.getLogger("less_ray")  # it stops propagating once console.configure() ran
+    logger.addHandler(caplog.handler)
+    try:  # a rerun killed before it finishes must not leave the old features under any manifest
+        with monkeypatch.context() as m:
+            m.setattr(job, "ShardExtractor", _dying_extractor(tmp_path / "died", 0))
+            try:
+                run_extract(ExtractConfig(out=str(tmp_path / "used"), **kw2))
+            except Exception:
+                pass
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert (tmp_path / "died").exists()
+    man = tmp_path / "used" / "dim32" / "manifest.json"
+    if man.exists():  # Ray retried the shard on another actor and finished: then it is the new store
+        np.testing.assert_array_equal(read_store(man.parent, ("features",))["features"], want["features"])
+    key = {"seed": "seed 0 -> 5", "checkpoint": "checkpoint ", "max_seq_length": "max_seq_length 2048 -> 40",
+           "data": "input_sha256 "}[change]
+    assert "was made from other inputs" in caplog.text and key in caplog.text, caplog.text
+    used = run_extract(ExtractConfig(out=str(tmp_path / "used"), **kw2))[32]
+    got = read_store(used, ("id", "features"))
+    assert list(got["id"]) == list(want["id"])
+    np.testing.assert_array_equal(got["features"], want["features"])
+    if change == "seed":
+        assert read_manifest(used).projection.seed == 5

@@ -6,8 +6,10 @@
    loads the base model, the checkpoint's LoRA adapter and (adam) its moments once, then per
    shard tokenises, computes batched per-example features (core.grads) for every projection
    dim, and writes one shard per dim store (`<out>/dim<d>/shards/`), atomically.
-3. The manifests are written last. A rerun skips shards that verify in every dim store, so a
-   killed actor or job costs only its unfinished shards.
+3. The manifests are written last. A rerun skips shards that verify in every dim store and were
+   computed from the same inputs (`_shard_key.json`: data, checkpoint and model content, projection,
+   seed, formatting, ...), so a killed actor or job costs only its unfinished shards; a store made
+   from other inputs loses its manifest, then its shards, and is recomputed.
 """
 from __future__ import annotations
 
@@ -245,25 +247,63 @@ class ShardExtractor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         done = []
         for s in batch["shard"]:
-            _maybe_die(Path(self.cfg.out), int(s))
             done.append(self.extract_shard(int(s)))
         return {k: np.array([d[k] for d in done]) for k in ("shard", "rows", "skipped")}
 
 
-KILL_FILE = "_test_kill_at_shard"
+SHARD_KEY = "_shard_key.json"  # in each dim store: what its shards were computed from
 
 
-def _maybe_die(out: Path, shard: int) -> None:
-    """Fault injection for tests: a file naming a shard kills the actor that takes it, once."""
-    kill = out / KILL_FILE
-    if kill.exists() and kill.read_text().strip() == str(shard):
-        kill.unlink()
-        import os
-        os._exit(1)
+def shard_key(cfg: ExtractConfig, dim: int, input_digest: str) -> dict[str, Any]:
+    """Everything a stored feature depends on, by content: a shard is reused only when this equals
+    what it was computed with. Speed settings (batch sizes, actors, buffers) are left out: they
+    change the features by float rounding only."""
+    from ..identity import model_content_hash
+    model = Path(str(cfg.base_model))
+    return {"input_sha256": input_digest, "shard_rows": cfg.shard_rows,
+            "checkpoint": checkpoint_hash(cfg.checkpoint),
+            "base_model": model_content_hash(model) if model.is_dir() else str(cfg.base_model),
+            "kind": cfg.kind, "projection": projection_type(cfg), "seed": cfg.seed, "dim": dim,
+            "precision": cfg.precision, "dtype": cfg.dtype, "normalize": cfg.normalize,
+            "chat_format": cfg.chat_format, "max_seq_length": cfg.max_seq_length,
+            "betas": list(cfg.betas) if cfg.kind == "adam" else None, "eps": cfg.eps if cfg.kind == "adam" else None}
 
 
-def pending_shards(out: Path, dims: list[int], n_shards: int) -> list[int]:
+def claim_store(store: Path, key: dict[str, Any]) -> None:
+    """Make `store` hold only shards computed from `key`. A store made from anything else (another
+    checkpoint, seed, data file, formatting, ... or a store that predates the key) loses its
+    manifest first, then its shards, so a killed rerun can never pass old features off as new."""
+    import shutil
+    path = store / SHARD_KEY
+    before = json.loads(path.read_text()) if path.exists() else None
+    if before == key:
+        return
+    if store.exists() and any(store.iterdir()):
+        if before is None:
+            why = "its shards record no inputs"
+        else:
+            why = ", ".join(f"{k} {_short(before.get(k))} -> {_short(key.get(k))}"
+                            for k in sorted(set(before) | set(key)) if before.get(k) != key.get(k))
+        log.warning("extract: %s was made from other inputs (%s): recomputing it", store, why)
+        (store / "manifest.json").unlink(missing_ok=True)
+        shutil.rmtree(store / "shards", ignore_errors=True)
+        for f in store.iterdir():
+            if f.is_file():
+                f.unlink()
+    store.mkdir(parents=True, exist_ok=True)
+    tmp = store / f".{SHARD_KEY}.tmp"
+    tmp.write_text(json.dumps(key, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+def _short(v: Any) -> str:
+    return f"{v[:12]}..." if isinstance(v, str) and len(v) > 16 else str(v)
+
+
+def pending_shards(cfg: ExtractConfig, dims: list[int], n_shards: int, input_digest: str) -> list[int]:
+    out = Path(cfg.out)
     for d in dims:
+        claim_store(store_dir(out, d), shard_key(cfg, d, input_digest))
         remove_temp_files(store_dir(out, d))
     return [i for i in range(n_shards) if not all(verified_shard(store_dir(out, d), i) for d in dims)]
 
@@ -293,7 +333,8 @@ def finalize(cfg: ExtractConfig, n_shards: int, input_digest: str, dims: list[in
             versions=library_versions(),
             extra={"adam": {"betas": list(cfg.betas), "eps": cfg.eps} if cfg.kind == "adam" else None,
                    "precision": cfg.precision,
-                   "config_hash": config_hash(cfg)})
+                   "config_hash": config_hash(cfg),
+                   "computed_from": shard_key(cfg, d, input_digest)})  # what every shard was made from
         write_manifest(sd, man)
         save_config(cfg, sd / "extract.config.yaml")
         paths[d] = sd
@@ -311,7 +352,7 @@ def run_extract(cfg: ExtractConfig) -> dict[int, Path]:
         cfg.shard_rows = auto_shard_rows(count_rows(cfg.data), cfg.max_actors)
     n_rows, n_shards, digest = stage_input(cfg.data, out, cfg.shard_rows)
     dims = [_identity_dim(cfg)] if cfg.projection == "identity" else cfg.dims
-    todo = pending_shards(out, dims, n_shards)
+    todo = pending_shards(cfg, dims, n_shards, digest)
     log.debug("extract %s: %d examples in %d shards, %d to do (%s, dims %s)", cfg.kind, n_rows, n_shards,
              len(todo), Path(cfg.checkpoint).name, dims)
     if todo:
