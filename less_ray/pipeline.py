@@ -332,11 +332,13 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         jobs = [("pool", cfg.pool, "adam")] + [(t, path, "sgd") for t, path in target_files.items()]
         for name, data, kind in jobs:
             ecfg = extract_config(cfg, c["path"], data, base / name, kind)
+            # one ledger entry and folder per dim: a run with another dim into the same run folder
+            # adds its stores beside the others and leaves them alone
+            store = base / name / f"dim{cfg.extract.dim}"
             if "extract" in want:
-                run.stage(f"extract/epoch_{c['epoch']}/{name}", ecfg, base / name / f"dim{cfg.extract.dim}" /
-                          "manifest.json", lambda ecfg=ecfg: {str(d): str(p) for d, p in run_extract(ecfg).items()},
-                          folder=base / name, describe=_store_counts)
-            store = base / name / f"dim{cfg.extract.dim}"  # this run's dim (a folder may hold others)
+                run.stage(f"extract/epoch_{c['epoch']}/{name}/dim{cfg.extract.dim}", ecfg, store / "manifest.json",
+                          lambda ecfg=ecfg: {str(d): str(p) for d, p in run_extract(ecfg).items()},
+                          folder=store, describe=_store_counts)
             (pool_stores if name == "pool" else target_stores[name]).append(str(store))
 
     scores_dir = run.root / "scores"

@@ -1,4 +1,5 @@
 """The pipeline's stage ledger: skip a stage whose artifact exists with the same config hash."""
+import json
 from dataclasses import dataclass
 
 from less_ray.config import path_field
@@ -98,3 +99,39 @@ def test_selector_configs_get_the_warmup_checkpoint_they_want(tmp_path):
     got = {name: selector_config(cfg, run, name, ckpts).checkpoint for name in cfg.selectors}
     assert got == {"el2n": "ep1", "grand": "ep1", "learnability": "ep3", "perplexity": "mine"}
     assert selector_config(cfg, run, "el2n", []).checkpoint is None  # no warmup ran
+
+
+def test_two_projection_dims_in_one_run_folder(tmp_path, tiny_model_dir):
+    """Issue #16: a run folder with stores of two dims crashed, and a run with another dim cleared
+    the other dim's stores. Warmup is stood in for by one made checkpoint."""
+    from less_ray.data.demo import generate_pool, generate_targets
+    from less_ray.data.io import write_jsonl
+    from less_ray.pipeline import ExtractOptions, PipelineConfig, run_pipeline
+    from less_ray.store import read_manifest
+    from less_ray.testing.fake_checkpoint import make_lora_checkpoint
+    from less_ray.train.checkpoint import write_warmup_manifest
+    run = tmp_path / "run"
+    ck = make_lora_checkpoint(tiny_model_dir, run / "warmup" / "checkpoints" / "epoch_1", r=4)
+    write_warmup_manifest(run / "warmup", [{"epoch": 1, "path": str(ck), "avg_lr": 2e-5}], {})
+    write_jsonl(generate_pool(40, seed=1), tmp_path / "pool.jsonl")
+    write_jsonl(generate_targets("arithmetic", 4, seed=2), tmp_path / "t.jsonl")
+
+    def pipeline(dim):
+        return run_pipeline(PipelineConfig(
+            out=str(run), base_model=str(tiny_model_dir), pool=str(tmp_path / "pool.jsonl"),
+            targets={"t": str(tmp_path / "t.jsonl")}, stages=["extract", "score", "select"],
+            extract=ExtractOptions(dim=dim, shard_rows=40, max_actors=1)))
+
+    pipeline(16)
+    pool16 = run / "datastore" / "epoch_1" / "pool" / "dim16"
+    made16 = (pool16 / "manifest.json").stat().st_mtime_ns
+    pipeline(32)  # another dim into the same run folder: adds its stores, scores with them
+    assert read_manifest(run / "datastore" / "epoch_1" / "pool" / "dim32").projection.dim == 32
+    assert (pool16 / "manifest.json").stat().st_mtime_ns == made16  # the dim-16 stores are untouched
+    scored = json.loads((run / "scores" / "manifests" / "pool_ckpt0.json").read_text())
+    assert scored["projection"]["dim"] == 32
+    pipeline(16)  # back to 16: its stores are reused, only score and select rerun
+    assert (pool16 / "manifest.json").stat().st_mtime_ns == made16
+    ledger = json.loads((run / "stages.json").read_text())
+    assert {"extract/epoch_1/pool/dim16", "extract/epoch_1/pool/dim32", "extract/epoch_1/t/dim16"} <= set(ledger)
+    assert json.loads((run / "scores" / "manifests" / "pool_ckpt0.json").read_text())["projection"]["dim"] == 16
