@@ -1,18 +1,23 @@
-"""The gradient datastore on disk: Parquet shards + manifest.json, readable without Ray.
+"""The gradient datastore on disk: Arrow IPC shards + manifest.json, readable without Ray.
 
     <store>/manifest.json
-    <store>/shards/part-00000.parquet   (+ part-00000.parquet.json: rows and sha256)
+    <store>/shards/part-00000.arrow   (+ part-00000.arrow.json: rows and sha256)
 
-Columns: `id` string, `source` string, `features` fixed_size_list<float16|float32>[dim] (a plain
-Arrow type that pyarrow, pandas and duckdb read), `norm` float32 (L2 norm before normalisation),
-`n_tokens` int32, `loss` float32, and for targets `task`, `subtask` strings.
+A shard is one uncompressed Arrow IPC file (the Feather v2 format) of record batches of at most
+`BATCH_BYTES` of features. Columns: `id` string, `source` string, `features`
+fixed_size_list<float16|float32>[dim], `norm` float32 (L2 norm before normalisation), `n_tokens`
+int32, `loss` float32, and for targets `task`, `subtask` strings. pyarrow reads the features of a
+batch as they lie in the file, with no decoding (`read_shard`, `shard_batches`); pyarrow.dataset
+and pandas (`read_feather`) read the shards too. Stores of the retired Parquet layout
+(less_ray.datastore/1, `part-NNNNN.parquet`) are refused by `read_manifest` with the fix: rerun
+extract, which replaces their shards.
 
 A shard is written to a hidden temp name and renamed into place with its sidecar, so a killed
 writer leaves no partial shard visible; a rerun skips shards whose sidecar checksum verifies.
 The manifest is written last, from the sidecars, with a sha256 of its own content.
 
 Verify on read: `read_manifest` checks the manifest's own checksum and that every shard `file`
-stays inside the store; `iter_blocks` / `read_store` (and `score`'s page reader) check each
+stays inside the store; `iter_blocks` / `read_store` (and `score`'s block reader) check each
 shard's sha256 against the manifest before using it, and every features row read for being
 finite and, in a normalised store, of unit norm (`check_features`). A failure is a
 `StoreIntegrityError` naming the file (and row) and how to repair it.
@@ -29,9 +34,13 @@ from typing import Any, Iterator
 
 import numpy as np
 
-FORMAT = "less_ray.datastore/1"
+FORMAT = "less_ray.datastore/2"
+PARQUET_FORMAT = "less_ray.datastore/1"  # the retired layout: Parquet shards, part-NNNNN.parquet
 MANIFEST = "manifest.json"
 SHARDS = "shards"
+SUFFIX = ".arrow"
+# features bytes per record batch of a shard: what a reader holds in memory per shard it reads
+BATCH_BYTES = 16 << 20
 MANIFEST_SUM = "manifest_sha256"  # sha256 of the manifest's canonical JSON without this key
 # A stored unit row has |row|² within this of 1 (float16 rounding moves it by < 1e-3), or is all
 # zeros (a zero gradient is stored as a zero row, norm 0).
@@ -61,7 +70,7 @@ def sha256_files(paths: list[str | Path]) -> str:
 
 
 def shard_name(index: int) -> str:
-    return f"part-{index:05d}.parquet"
+    return f"part-{index:05d}{SUFFIX}"
 
 
 def _arrow_schema(dim: int, dtype: str, with_task: bool):
@@ -94,16 +103,16 @@ def features_table(ids: list[str], sources: list[str], features: np.ndarray, nor
 
 
 def write_shard(store: str | Path, index: int, table) -> dict[str, Any]:
-    """Atomically write shard `index` and its sidecar; returns the sidecar entry."""
-    import pyarrow.parquet as pq
+    """Atomically write shard `index` (an Arrow IPC file) and its sidecar; returns the sidecar entry."""
+    import pyarrow as pa
     shards = Path(store) / SHARDS
     shards.mkdir(parents=True, exist_ok=True)
     final = shards / shard_name(index)
     tmp = shards / f".tmp-{final.name}-{uuid.uuid4().hex}"
-    # features: no dictionary, no statistics, no compression (random floats gain nothing from
-    # them; with them a reader decodes ~10x slower); the small columns keep the defaults
-    small = [n for n in table.column_names if n != "features"]
-    pq.write_table(table, tmp, use_dictionary=small, write_statistics=small, compression="none")
+    ftype = table.schema.field("features").type
+    row_bytes = ftype.list_size * ftype.value_type.bit_width // 8
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=max(1, BATCH_BYTES // max(1, row_bytes)))
     entry = {"file": f"{SHARDS}/{final.name}", "index": index, "rows": table.num_rows, "sha256": sha256_file(tmp)}
     tmp_side = shards / f".tmp-{final.name}.json-{uuid.uuid4().hex}"
     tmp_side.write_text(json.dumps(entry))
@@ -126,12 +135,15 @@ def verified_shard(store: str | Path, index: int) -> dict[str, Any] | None:
 
 
 def remove_temp_files(store: str | Path) -> int:
-    """Leftovers of killed writers (never visible as shards); returns how many were removed."""
+    """Leftovers of killed writers (never visible as shards), and shards of the retired Parquet
+    layout with their sidecars (this version never reads them; extract replaces them); returns
+    how many files were removed."""
     shards = Path(store) / SHARDS
     n = 0
-    for p in shards.glob(".tmp-*") if shards.exists() else []:
-        p.unlink(missing_ok=True)
-        n += 1
+    if shards.exists():
+        for p in [*shards.glob(".tmp-*"), *shards.glob("part-*.parquet"), *shards.glob("part-*.parquet.json")]:
+            p.unlink(missing_ok=True)
+            n += 1
     return n
 
 
@@ -209,7 +221,7 @@ def shard_path(store: str | Path, entry: dict[str, Any], where: str | Path | Non
     where = where or Path(store) / MANIFEST
     p = PurePosixPath(file) if isinstance(file, str) else None
     if (p is None or "\\" in file or p.is_absolute() or len(p.parts) != 2 or p.parts[0] != SHARDS
-            or p.parts[1] in ("..", ".") or not p.parts[1].endswith(".parquet")):
+            or p.parts[1] in ("..", ".") or not p.parts[1].endswith(SUFFIX)):
         raise StoreIntegrityError(f"{where}: shard file {file!r} is not a file under {SHARDS}/ of its store: refused")
     full = Path(store) / p
     if not full.resolve().is_relative_to(Path(store).resolve()):
@@ -226,8 +238,14 @@ def read_manifest(store: str | Path) -> StoreManifest:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise StoreIntegrityError(f"{path}: damaged manifest ({e}); {REPAIR}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        fmt = data.get("format") if isinstance(data, dict) else None
+    fmt = data.get("format") if isinstance(data, dict) else None
+    if fmt == PARQUET_FORMAT:
+        raise StoreIntegrityError(
+            f"{path}: a store in the retired Parquet layout ({PARQUET_FORMAT}, shards/part-NNNNN.parquet); this "
+            f"version reads Arrow IPC shards ({FORMAT}, shards/part-NNNNN{SUFFIX}). Rerun `less-ray extract` with "
+            "the config that wrote it (or the stage that did): it rewrites every shard in the new layout and removes "
+            "the Parquet ones")
+    if fmt != FORMAT:
         raise ValueError(f"{path}: unknown store format {fmt!r} (expected {FORMAT})")
     stored = data.pop(MANIFEST_SUM, None)
     if stored is None:
@@ -279,29 +297,84 @@ def check_features(path: str | Path, features: np.ndarray, normalized: bool, ids
         raise feature_error(path, row0 + i, None if ids is None else ids[i], float(sumsq[i]), normalized)
 
 
+def shard_batches(path: str | Path, columns: list[str] | tuple[str, ...] | None = None) -> Iterator:
+    """The record batches of one shard file, in order, with only `columns` read from disk (all when
+    None). pyarrow reads each batch's buffers from the file as they lie (no decoding); one batch is
+    held at a time. A file that is not an Arrow IPC shard with these columns is a
+    StoreIntegrityError naming the file."""
+    import pyarrow as pa
+    path = Path(path)
+    try:
+        with pa.OSFile(str(path)) as f:
+            schema = pa.ipc.open_file(f).schema
+            missing = [c for c in columns or () if c not in schema.names]
+            if missing:
+                raise StoreIntegrityError(f"{path}: shard has no column(s) {missing} (it holds {schema.names}); "
+                                          f"{REPAIR}")
+            fields = None if columns is None else [schema.get_field_index(c) for c in columns]
+            reader = pa.ipc.open_file(f, options=pa.ipc.IpcReadOptions(included_fields=fields))
+            for i in range(reader.num_record_batches):
+                batch = reader.get_batch(i)
+                batch.validate()
+                yield batch if columns is None else batch.select(list(columns))
+    except (pa.ArrowException, OSError) as e:
+        raise StoreIntegrityError(f"{path}: not a readable Arrow IPC shard ({type(e).__name__}: {e}); "
+                                  f"{REPAIR}") from None
+
+
+def read_shard(path: str | Path, columns: list[str] | tuple[str, ...] | None = None):
+    """One shard file (or `columns` of it) as a pyarrow Table."""
+    import pyarrow as pa
+    batches = list(shard_batches(path, columns))
+    if batches:
+        return pa.Table.from_batches(batches)
+    with pa.OSFile(str(path)) as f:
+        schema = pa.ipc.open_file(f).schema
+    return (schema if columns is None else pa.schema([schema.field(c) for c in columns])).empty_table()
+
+
+def features_view(col, path: str | Path = "", dim: int | None = None) -> np.ndarray:
+    """A fixed_size_list<float16|float32> column as an [n, dim] numpy array sharing its memory
+    (read-only: the bytes belong to the record batch). A null row or value is refused."""
+    import pyarrow as pa
+    t = col.type
+    if (not pa.types.is_fixed_size_list(t) or not (pa.types.is_float16(t.value_type) or pa.types.is_float32(t.value_type))
+            or (dim is not None and t.list_size != dim)):
+        raise StoreIntegrityError(f"{path}: features column is {t}, not fixed_size_list<float16|float32>"
+                                  f"[{dim if dim is not None else 'd'}]; {REPAIR}")
+    values = col.flatten()
+    if col.null_count or values.null_count:
+        raise StoreIntegrityError(f"{path}: features hold nulls; {REPAIR}")
+    return values.to_numpy(zero_copy_only=True).reshape(-1, t.list_size)
+
+
 def iter_blocks(store: str | Path, columns: tuple[str, ...] = ("id", "features"),
                 batch_rows: int = 65536, verify: bool = True) -> Iterator[dict[str, Any]]:
     """Stream the store shard by shard: dicts of numpy columns; `features` as [n, dim] float32.
-    Memory is bounded by `batch_rows`, not by the store's size. `verify`: each shard's sha256 is
+    Blocks follow the shards' record batches, at most `batch_rows` rows each, so memory is bounded
+    by one record batch and `batch_rows`, not by the store's size. `verify`: each shard's sha256 is
     checked before it is read, and features rows (when read) for being finite / of unit norm."""
-    import pyarrow.parquet as pq
     man = read_manifest(store)
     want = list(columns) + (["id"] if verify and "features" in columns and "id" not in columns else [])
     for entry in man.shards:
         path = verify_shard_checksum(store, entry) if verify else shard_path(store, entry)
         row = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=want):
-            block = {name: _column_to_numpy(batch.column(name), man.projection.dim) for name in want}
-            if verify and "features" in block:
-                check_features(path, block["features"], man.normalized, block["id"], row)
-            row += batch.num_rows
-            yield {name: block[name] for name in columns}
+        for whole in shard_batches(path, want):
+            for lo in range(0, max(whole.num_rows, 1), batch_rows):
+                batch = whole.slice(lo, batch_rows)
+                if not batch.num_rows:
+                    continue
+                block = {name: _column_to_numpy(batch.column(name), man.projection.dim, path) for name in want}
+                if verify and "features" in block:
+                    check_features(path, block["features"], man.normalized, block["id"], row)
+                row += batch.num_rows
+                yield {name: block[name] for name in columns}
 
 
-def _column_to_numpy(col, dim: int):
+def _column_to_numpy(col, dim: int, path: str | Path = ""):
     import pyarrow as pa
     if pa.types.is_fixed_size_list(col.type):
-        return col.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
+        return features_view(col, path, dim).astype(np.float32, copy=False)
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         return np.asarray(col.to_pylist(), dtype=object)
     return col.to_numpy(zero_copy_only=False)

@@ -42,9 +42,9 @@ def test_node_removed_during_extraction(cluster, tiny_model_dir, tmp_path):
     job = threading.Thread(target=lambda: _run_catching(ExtractConfig(out=str(out), **kw), errors))
     job.start()
     deadline = time.time() + 300
-    while not list((out / "dim32" / "shards").glob("part-*.parquet")) and time.time() < deadline:
+    while not list((out / "dim32" / "shards").glob("part-*.arrow")) and time.time() < deadline:
         time.sleep(0.2)
-    done_before = len(list((out / "dim32" / "shards").glob("part-*.parquet")))
+    done_before = len(list((out / "dim32" / "shards").glob("part-*.arrow")))
     c.remove_node(workers[0])  # a worker node dies with whatever actor it hosted
     assert 0 < done_before < 12  # the node really went away mid-job
     job.join(timeout=600)

@@ -5,7 +5,7 @@ import os
 import shutil
 
 import numpy as np
-import pyarrow.parquet as pq
+import pyarrow as pa
 import pytest
 
 from less_ray import store as S
@@ -54,8 +54,8 @@ def _rewrite_vouched(store, index, table):
     bytes whose checksums verify, so only the value checks can catch them."""
     man = S.read_manifest(store)
     path = S.shard_path(store, man.shards[index])
-    pq.write_table(table, path, use_dictionary=["id", "source"], write_statistics=["id", "source"],
-                   compression="none")
+    with pa.ipc.new_file(path, table.schema) as w:
+        w.write_table(table)
     man.shards[index]["sha256"] = S.sha256_file(path)
     S.write_manifest(store, man)
     return path
@@ -63,9 +63,9 @@ def _rewrite_vouched(store, index, table):
 
 def test_flipped_byte_in_a_pool_shard_is_refused_naming_it_cleanly(ray_local, world, capsys):
     root, _, pools, _ = world
-    shard = root / "pool1" / "shards" / "part-00002.parquet"
+    shard = root / "pool1" / "shards" / "part-00002.arrow"
     data = bytearray(shard.read_bytes())
-    data[len(data) // 2] ^= 0x40  # one byte inside the feature pages
+    data[len(data) // 2] ^= 0x40  # one byte inside the features buffer
     shard.write_bytes(bytes(data))
     with pytest.raises(S.StoreIntegrityError) as e:
         run_score(_cfg(world))
@@ -92,11 +92,10 @@ def test_flipped_byte_in_a_pool_shard_is_refused_naming_it_cleanly(ray_local, wo
 
 def test_nan_and_non_unit_rows_with_valid_checksums_are_refused_naming_shard_and_row(ray_local, world):
     root, ids, pools, _ = world
-    table = pq.read_table(root / "pool0" / "shards" / "part-00001.parquet")
+    table = pa.ipc.open_file(root / "pool0" / "shards" / "part-00001.arrow").read_all()
     f = np.stack(table.column("features").to_numpy(zero_copy_only=False)).astype(np.float32)
     keep = f[17, 3]
     f[17, 3] = np.nan
-    import pyarrow as pa
     flat = pa.array(f.astype(np.float16).reshape(-1), pa.float16())
     bad = table.set_column(2, "features", pa.FixedSizeListArray.from_arrays(flat, D))
     path = _rewrite_vouched(pools[0], 1, bad)
@@ -104,14 +103,14 @@ def test_nan_and_non_unit_rows_with_valid_checksums_are_refused_naming_shard_and
         run_score(_cfg(world))
     assert str(e.value).startswith(f"{path}: row 17 (id '{ids[117]}') holds non-finite values")
     # the same store read by a selector's reader (store.iter_blocks)
-    with pytest.raises(S.StoreIntegrityError, match=r"part-00001.parquet: row 17 \(id 'ex0117'\) holds non-finite"):
+    with pytest.raises(S.StoreIntegrityError, match=r"part-00001.arrow: row 17 \(id 'ex0117'\) holds non-finite"):
         S.read_store(pools[0])
     # a row of norm 2 in a normalised store
     f[17, 3] = keep
     f[40] *= 2
     flat = pa.array(f.astype(np.float16).reshape(-1), pa.float16())
     _rewrite_vouched(pools[0], 1, table.set_column(2, "features", pa.FixedSizeListArray.from_arrays(flat, D)))
-    with pytest.raises(S.StoreIntegrityError, match=r"part-00001.parquet: row 40 \(id 'ex0140'\) holds squared norm 4"):
+    with pytest.raises(S.StoreIntegrityError, match=r"part-00001.arrow: row 40 \(id 'ex0140'\) holds squared norm 4"):
         run_score(_cfg(world))
 
 
@@ -151,11 +150,11 @@ def test_an_edited_manifest_is_refused(world):
         S.read_manifest(root / "pool1")
 
 
-@pytest.mark.parametrize("file", ["../x.parquet", "shards/../../x.parquet", "/etc/passwd", "shards/a/b.parquet",
-                                  "other/part-00000.parquet"])
+@pytest.mark.parametrize("file", ["../x.arrow", "shards/../../x.arrow", "/etc/passwd", "shards/a/b.arrow",
+                                  "other/part-00000.arrow", "shards/part-00000.parquet"])
 def test_a_manifest_path_outside_its_store_is_refused(world, file):
     root, _, pools, _ = world
-    (root / "x.parquet").write_bytes((root / "pool0" / "shards" / "part-00000.parquet").read_bytes())
+    (root / "x.arrow").write_bytes((root / "pool0" / "shards" / "part-00000.arrow").read_bytes())
     man = S.read_manifest(pools[0])
     man.shards[0]["file"] = file  # re-vouched: the checksum does not make it acceptable
     S.write_manifest(pools[0], man)
@@ -165,10 +164,10 @@ def test_a_manifest_path_outside_its_store_is_refused(world, file):
 
 def test_a_shard_linked_out_of_its_store_is_refused(world):
     root, _, pools, _ = world
-    shard = root / "pool0" / "shards" / "part-00000.parquet"
-    shutil.move(shard, root / "elsewhere.parquet")
-    os.symlink(root / "elsewhere.parquet", shard)
-    with pytest.raises(S.StoreIntegrityError, match="'shards/part-00000.parquet' leads outside its store"):
+    shard = root / "pool0" / "shards" / "part-00000.arrow"
+    shutil.move(shard, root / "elsewhere.arrow")
+    os.symlink(root / "elsewhere.arrow", shard)
+    with pytest.raises(S.StoreIntegrityError, match="'shards/part-00000.arrow' leads outside its store"):
         S.read_manifest(pools[0])
 
 

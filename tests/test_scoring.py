@@ -99,24 +99,26 @@ def test_scores_and_selection_equal_dense_numpy(ray_local, world, tmp_path):
 
 
 def test_compressed_pool_shards_score_the_same(ray_local, world, tmp_path):
-    """A pool store written with pyarrow's defaults (snappy, dictionary) and other row groups is
-    read by pyarrow's decoder, the others straight from their pages: same scores as dense numpy."""
+    """A pool store whose shards were rewritten as zstd-compressed record batches of 37 rows (other
+    batch boundaries than its sibling stores') is read through pyarrow the same: same scores as
+    dense numpy."""
     import shutil
 
+    import pyarrow as pa
     import pyarrow.parquet as pq
     from less_ray.scoring.stores import shard_files
-    from less_ray.store_raw import FeaturePages
     cfg = _cfg(world, tmp_path / "out")
-    snappy = tmp_path / "pool_c1"
-    shutil.copytree(cfg.pool_stores[1], snappy)
+    zstd = tmp_path / "pool_c1"
+    shutil.copytree(cfg.pool_stores[1], zstd)
     from less_ray.store import read_manifest, sha256_file, write_manifest
-    man = read_manifest(snappy)
-    for f, entry in zip(shard_files(str(snappy)), man.shards):
-        pq.write_table(pq.read_table(f), f, row_group_size=37)
-        assert FeaturePages.open(f) is None
+    man = read_manifest(zstd)
+    for f, entry in zip(shard_files(str(zstd)), man.shards):
+        table = pa.ipc.open_file(f).read_all()
+        with pa.ipc.new_file(f, table.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as w:
+            w.write_table(table, max_chunksize=37)
         entry["sha256"] = sha256_file(f)  # a rewrite the manifest vouches for
-    write_manifest(snappy, man)
-    cfg.pool_stores[1] = str(snappy)
+    write_manifest(zstd, man)
+    cfg.pool_stores[1] = str(zstd)
     run_score(cfg)
     for task in TASKS:
         table = pq.read_table(tmp_path / "out" / task / "scores.parquet").to_pydict()

@@ -4,10 +4,11 @@ Ray Data runs one `ShardScorer` actor pool over the pool's shard indices. An act
 of every checkpoint's pool store in lockstep (the stores share one id layout; each shard's ids
 are checked equal, so this is a merge join on id), multiplies each block by the small
 per-checkpoint [ΣS, d] matrix of weighted subtask-mean target features (core.influence), and
-writes the shard's scores and id hashes. Feature memory per actor is bounded by `block_rows`;
-ids and scores by the shard. The work is IO/decode bound (ΣS is a few dozen columns), so
-features are copied straight from Parquet pages (store_raw) and widened to float32 in
-cache-sized chunks. The driver then checks id uniqueness from the hashes, and only then streams
+writes the shard's scores and id hashes. Feature memory per actor is one record batch per
+store (at most `store.BATCH_BYTES`); ids and scores are bounded by the shard. The work is IO bound (ΣS is a few dozen columns): the shards are
+Arrow IPC files, whose features pyarrow reads one record batch at a time with no decoding
+(`store.shard_batches`); they are used in place and widened to float32 in cache-sized chunks.
+The driver then checks id uniqueness from the hashes, and only then streams
 the parts into one `scores.parquet` per task.
 
 Verify on read (`verify`, on by default): each pool shard's sha256 is checked against its manifest
@@ -37,9 +38,8 @@ from ..config import save_config, path_field
 from ..core.influence import TaskQuery, normalize_weights, reduce_max, stack_queries
 from ..ray_runtime import RayStage
 from ..run_lock import locked
-from ..store import (NORM_TOL, StoreIntegrityError, bad_feature_rows, feature_error, read_manifest, read_store,
-                     shard_path, verify_shard_checksum)
-from ..store_raw import FeaturePages
+from ..store import (NORM_TOL, StoreIntegrityError, bad_feature_rows, feature_error, features_view, read_manifest,
+                     read_shard, read_store, shard_batches, shard_path, verify_shard_checksum)
 from .stores import CheckpointStores, StoreMismatch, match_stores
 
 # |score| of unit rows (within NORM_TOL) against weighted means of unit rows, plus float32 rounding
@@ -103,6 +103,7 @@ class ShardScorer:
         self.entries = [m.shards for m in manifests]
         self.files = [[shard_path(s, e) for e in m.shards] for s, m in zip(pool_stores, manifests)]
         self.normalized = [m.normalized for m in manifests]
+        self.dims = [m.projection.dim for m in manifests]
         self.verify = verify
         if verify:
             from concurrent.futures import ThreadPoolExecutor
@@ -121,8 +122,12 @@ class ShardScorer:
         """out += features @ M_cᵀ (and, given `norms`, each row's L2 norm into it). Float16 rows
         are widened to float32 a few hundred at a time, so the converted copy stays in cache
         instead of a second [rows, d] array in memory; the norm is taken from that copy."""
+        import warnings
+
         import torch
-        x = torch.from_numpy(features if features.flags.writeable else features.copy())
+        with warnings.catch_warnings():  # a read-only view of a record batch: read here, never written
+            warnings.simplefilter("ignore", UserWarning)
+            x = torch.from_numpy(features)
         m_t = self.matrices[c].T
         if self.device.type != "cpu":
             xf = x.to(self.device).float()
@@ -137,18 +142,13 @@ class ShardScorer:
                 torch.linalg.vector_norm(xf, dim=1, out=norms[lo:lo + _WIDEN_ROWS])
 
     def _feature_blocks(self, c: int, shard: int):
-        """[block_rows, d] feature blocks of one store's shard: raw pages when the shard was written
-        PLAIN and uncompressed (as `write_shard` does), else pyarrow's decoder."""
-        import pyarrow.parquet as pq
-        path = self.files[c][shard]
-        try:
-            raw = FeaturePages.open(path)
-        except ValueError as e:  # malformed pages (a damaged shard read with verify off)
-            raise StoreIntegrityError(f"{e}; rerun `less-ray extract` for {self.pool_stores[c]}") from None
-        if raw is not None:
-            return raw.blocks(self.block_rows)
-        batches = pq.ParquetFile(path).iter_batches(batch_size=self.block_rows, columns=["features"])
-        return (_features(t) for t in _windows(batches, self.block_rows))
+        """[rows, d] feature blocks of one store's shard, views of its record batches as pyarrow
+        reads them (no copy, no decoding), at most `block_rows` rows each."""
+        path, dim = self.files[c][shard], self.dims[c]
+        for batch in shard_batches(path, ["features"]):
+            feats = features_view(batch.column(0), path, dim)
+            for lo in range(0, len(feats), self.block_rows):
+                yield feats[lo:lo + self.block_rows]
 
     def _verify_checksums(self, shard: int) -> None:
         for c, store in enumerate(self.pool_stores):
@@ -173,12 +173,11 @@ class ShardScorer:
     def _score(self, shard: int):
         """The shard's part table (ids, sources, id hashes, per task score and best subtask)."""
         import pyarrow as pa
-        import pyarrow.parquet as pq
         import torch
-        head = pq.read_table(self.files[0][shard], columns=["id", "source"])
+        head = read_shard(self.files[0][shard], ["id", "source"])
         ids = head.column("id").combine_chunks()
         for c in range(1, len(self.files)):  # the stores share one id layout: a merge join on id
-            other = pq.read_table(self.files[c][shard], columns=["id"]).column(0).combine_chunks()
+            other = read_shard(self.files[c][shard], ["id"]).column(0).combine_chunks()
             if not other.equals(ids):
                 a, b = ids.to_pylist(), other.to_pylist()
                 row = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
@@ -193,7 +192,7 @@ class ShardScorer:
         norms = torch.empty(n, dtype=torch.float32) if self.verify else None
         row = 0
         readers = [self._feature_blocks(c, shard) for c in range(len(self.files))]
-        for blocks in zip(*readers, strict=True):
+        for blocks in _aligned(readers, shard):
             rows = len(blocks[0])
             if any(len(b) != rows for b in blocks) or row + rows > n:
                 raise StoreMismatch(f"shard {shard}: feature rows of the pool stores do not line up with their ids")
@@ -251,25 +250,22 @@ class ShardScorer:
 _WIDEN_ROWS = 256  # float16 rows widened per matmul: 1 MiB of float32, cache-sized
 
 
-def _windows(batches, rows: int):
-    """Re-slice record batches into tables of exactly `rows` rows (the last may be shorter), so
-    stores written with different row-group sizes still line up block for block."""
-    import pyarrow as pa
-    buf = None
-    for b in batches:
-        t = pa.Table.from_batches([b])
-        buf = t if buf is None else pa.concat_tables([buf, t])
-        while buf.num_rows >= rows:
-            yield buf.slice(0, rows).combine_chunks()
-            buf = buf.slice(rows)
-    if buf is not None and buf.num_rows:
-        yield buf.combine_chunks()
-
-
-def _features(batch) -> np.ndarray:
-    col = batch.column("features").combine_chunks()
-    dim = col.type.list_size
-    return col.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
+def _aligned(readers, shard: int):
+    """Blocks of every store's reader cut at common row offsets (views, no copy), so stores whose
+    shards were written in other record batch sizes still line up row for row."""
+    its = [iter(r) for r in readers]
+    cur = [np.empty((0, 0), np.float16) for _ in its]
+    while True:
+        for i, it in enumerate(its):
+            while cur[i] is not None and not len(cur[i]):
+                cur[i] = next(it, None)
+        if all(b is None for b in cur):
+            return
+        if any(b is None for b in cur):
+            raise StoreMismatch(f"shard {shard}: feature rows of the pool stores do not line up with their ids")
+        rows = min(len(b) for b in cur)
+        yield [b[:rows] for b in cur]
+        cur = [b[rows:] for b in cur]
 
 
 def vanished_subtasks(store: str, stored: set[str]) -> dict[str, int]:
