@@ -246,10 +246,25 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_local, pool_file, tiny_m
                                                     tmp_path, monkeypatch):
     """Rank 1 exits mid-epoch 2 (ZeRO 1); Ray restarts the group from the epoch-1 checkpoint
     and the finished run is exactly the uninterrupted one."""
-    from less_ray.train import WarmupConfig, run_warmup
-    from less_ray.train.runner import FAIL_AT_ENV
+    from less_ray.train import WarmupConfig, loop, run_warmup
     marker = tmp_path / "failed_once"
-    monkeypatch.setenv(FAIL_AT_ENV, f"1:2:3:{marker}")  # rank 1, epoch 2, micro-step 3 of 6
+    real_loop = loop.train_loop_per_worker
+
+    def dying_loop(config):  # defined here, so Ray ships it to the workers by value
+        import os
+
+        from less_ray.train import plan
+        real_batches = plan.micro_batches
+
+        def micro_batches(n, seed, epoch, per_device, accumulation, world, rank):
+            for step, idx in enumerate(real_batches(n, seed, epoch, per_device, accumulation, world, rank)):
+                if (rank, epoch, step) == (1, 2, 3) and not marker.exists():  # rank 1, epoch 2, step 3 of 6
+                    marker.write_text("exited")
+                    os._exit(1)
+                yield idx
+        plan.micro_batches = micro_batches  # in this worker process only
+        return real_loop(config)
+    monkeypatch.setattr(loop, "train_loop_per_worker", dying_loop)
     out = run_warmup(load_config(WarmupConfig, None, _overrides(pool_file, tmp_path / "w", tiny_model_dir, 1)))
     assert marker.exists()
     _check_warmup_against_reference(out, warmup_reference, tiny_model_dir, 1)

@@ -28,7 +28,7 @@ from ..resources import auto_shard_rows, count_rows, estimate_extract_memory, ex
 from ..ray_runtime import RayStage
 from ..run_lock import locked
 from ..store import (Projection, StoreManifest, features_table, library_versions, remove_temp_files,
-                     sha256_file, sha256_files, verified_shard, write_manifest, write_shard)
+                     sha256_file, verified_shard, write_manifest, write_shard)
 
 log = logging.getLogger("less_ray")
 STAGED = "_input.parquet"

@@ -10,29 +10,14 @@ state.json (the epoch order is a pure function of seed and epoch, see plan.py).
 """
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ..core.formatting import FormatConfig
 from .config import LoraSettings, OptimSettings
-
-
-@dataclass
-class FailAt:
-    """Testing hook: rank `rank` exits at micro-step `step` of `epoch`, once (marker file)."""
-    rank: int
-    epoch: int
-    step: int
-    marker: str
-
-    @classmethod
-    def parse(cls, text: str) -> "FailAt":
-        rank, epoch, step, marker = text.split(":", 3)
-        return cls(int(rank), int(epoch), int(step), marker)
 
 
 @dataclass
@@ -53,7 +38,6 @@ class LoopSpec:
     save_moments: bool  # warmup: AdamW moments in every checkpoint
     export_every_epoch: bool  # adapter/model in every checkpoint (else only the last)
     state_extra: dict[str, Any] = field(default_factory=dict)  # copied into state.json
-    fail_at: Optional[FailAt] = None
 
 
 def load_examples(spec: LoopSpec, tokenizer):
@@ -66,13 +50,6 @@ def load_examples(spec: LoopSpec, tokenizer):
         raise RuntimeError(f"{spec.data_path}: worker tokenised a different training set "
                            f"(hash {got}, driver {spec.data_hash})")
     return kept
-
-
-def _maybe_fail(spec: LoopSpec, rank: int, epoch: int, step: int) -> None:
-    f = spec.fail_at
-    if f and (f.rank, f.epoch, f.step) == (rank, epoch, step) and not os.path.exists(f.marker):
-        Path(f.marker).write_text(f"rank {rank} exited at epoch {epoch} micro-step {step}\n")
-        os._exit(1)
 
 
 def _all_sum(values: list[float], device) -> list[float]:
@@ -171,7 +148,6 @@ def train_loop_per_worker(config: dict) -> None:
         t0, lrs, loss_sum, n_micro, tokens = time.perf_counter(), [], 0.0, 0, 0
         for step, idx in enumerate(micro_batches(n, spec.seed, epoch, spec.per_device,
                                                  spec.accumulation, world, rank)):
-            _maybe_fail(spec, rank, epoch, step)
             batch = {k: v.to(engine.device) for k, v in collate([examples[i] for i in idx], pad_id).items()}
             loss = engine(**batch).loss
             if engine.is_gradient_accumulation_boundary():

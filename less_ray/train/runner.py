@@ -14,7 +14,6 @@ multi-node cluster, a shared file system.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 
@@ -27,11 +26,10 @@ from .checkpoint import (MODEL_DIR, STATE_FILE, WARMUP_DATA_FILE, data_hash, exp
                          read_state, write_json, write_warmup_manifest)
 from .config import TrainConfig, WarmupConfig
 from .engine import check_moments_supported, resolve_dtype
-from .loop import FailAt, LoopSpec
+from .loop import LoopSpec
 from .plan import accumulation_steps
 
 log = logging.getLogger("less_ray")
-FAIL_AT_ENV = "LESS_RAY_FAIL_AT"  # testing: "rank:epoch:micro_step:marker_file"
 
 
 def draw_warmup(records: list, percentage: float, data_seed: int) -> list:
@@ -58,7 +56,6 @@ def _tokenized_ids(path: Path, base_model: str, fmt: FormatConfig) -> tuple[list
 def _spec(cfg, data_path: Path, ids: list[str], save_moments: bool, export_every_epoch: bool,
           state_extra: dict) -> LoopSpec:
     s = cfg.scaling
-    fail = os.environ.get(FAIL_AT_ENV)
     return LoopSpec(
         base_model=cfg.base_model, data_path=str(data_path), data_hash=data_hash(ids),
         format=FormatConfig(cfg.chat_format, cfg.max_seq_length), lora=cfg.lora, optim=cfg.optim,
@@ -67,8 +64,7 @@ def _spec(cfg, data_path: Path, ids: list[str], save_moments: bool, export_every
         per_device=s.per_device_batch_size,
         accumulation=accumulation_steps(s.effective_batch_size, s.per_device_batch_size, s.num_workers),
         save_moments=save_moments, export_every_epoch=export_every_epoch,
-        state_extra={**state_extra, "config": config_to_dict(cfg)},
-        fail_at=FailAt.parse(fail) if fail else None)
+        state_extra={**state_extra, "config": config_to_dict(cfg)})
 
 
 def _fit(cfg, spec: LoopSpec, out: Path, kind: str):
