@@ -130,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
 
+    p = stages.add_parser("config", help="every option of a stage, from its config dataclass; with --config/--set: "
+                                         "the resolved config")
+    p.add_argument("name", help="warmup, extract, score, select, train, eval, report, dedup, pipeline, demo, "
+                                "convert, or selector:NAME")
+    p.add_argument("--config", help="YAML file to resolve")
+
     for name, what in (("warmup", "LESS step 1: LoRA warmup on a seeded p%% of the pool (Ray Train + DeepSpeed)"),
                        ("train", "train the target model on a selection (Ray Train + DeepSpeed)"),
                        ("extract", "LESS step 2: gradient features of one checkpoint -> datastore (Ray Data)")):
@@ -137,17 +143,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", required=True, help="YAML mapping onto the stage's config dataclass")
         p.add_argument("--out")
         p.add_argument("--address", help="Ray cluster address (default $RAY_ADDRESS, else embedded Ray)")
+    _add_set_flags(parser)
     return parser
 
 
 def _cmd_data(args) -> int:
     if args.action == "convert":
-        from .config import load_config
         from .data.convert import ConvertConfig, run_convert
         overrides = {k: getattr(args, k) for k in ("out", "candidates", "targets", "inputs", "input_format",
                                                    "data_root", "on_error", "quarantine", "seed", "sample",
                                                    "exclude")}
-        result = run_convert(load_config(ConvertConfig, args.config, overrides))
+        result = run_convert(_load(ConvertConfig, args, overrides))
         print(json.dumps(result, indent=2, ensure_ascii=False))
         for hint in result.get("hints", []):
             print(f"less-ray data convert: hint: {hint}", file=sys.stderr)
@@ -183,11 +189,10 @@ def _cmd_model(args) -> int:
 
 
 def _cmd_training_or_extract(args) -> int:
-    from .config import load_config
     from .preflight import check_stage_config
     if args.stage == "extract":
         from .extract.job import ExtractConfig, run_extract
-        cfg = load_config(ExtractConfig, args.config, {"out": args.out, "address": args.address})
+        cfg = _load(ExtractConfig, args, {"out": args.out, "address": args.address})
         check_stage_config(cfg, "extract")
         stores = run_extract(cfg)
         print(json.dumps({str(d): str(p) for d, p in stores.items()}, indent=2))
@@ -195,7 +200,7 @@ def _cmd_training_or_extract(args) -> int:
     from .train.config import TrainConfig, WarmupConfig
     from .train.runner import run_train, run_warmup
     cls, fn = (WarmupConfig, run_warmup) if args.stage == "warmup" else (TrainConfig, run_train)
-    cfg = load_config(cls, args.config, {"out": args.out})
+    cfg = _load(cls, args, {"out": args.out})
     if args.address:
         cfg.ray.address = args.address
     check_stage_config(cfg, args.stage)
@@ -204,32 +209,31 @@ def _cmd_training_or_extract(args) -> int:
 
 
 def _cmd_scoring(args) -> int:
-    from .config import load_config
     if args.stage == "score":
         from .preflight import check_stage_config
         from .scoring.job import ScoreConfig, run_score
-        cfg = load_config(ScoreConfig, args.config, {"out": args.out, "address": args.address})
+        cfg = _load(ScoreConfig, args, {"out": args.out, "address": args.address})
         check_stage_config(cfg, "score")
         result = run_score(cfg)
     elif args.stage == "select" and (args.diverse is not None or args.diverse_config):
         from .selectors.diverse_topk import DiverseSelectConfig, run_diverse_select
-        result = run_diverse_select(load_config(DiverseSelectConfig, args.diverse_config, {
+        result = run_diverse_select(_load(DiverseSelectConfig, args, {
             "scores": args.scores, "pool": args.pool, "top_p": args.top_p, "top_n": args.top_n,
             "threshold": args.diverse}))
     elif args.stage == "dedup":
         from .selectors.minhash import DedupConfig, run_dedup
-        result = run_dedup(load_config(DedupConfig, args.config, {
+        result = run_dedup(_load(DedupConfig, args, {
             "pool": args.pool, "out": args.out, "threshold": args.threshold, "ngram": args.ngram,
             "num_perm": args.num_perm, "address": args.address, "num_cpus": args.num_cpus}))
         print(f"dedup: {result['records']} records -> {result['kept']} kept, {result['duplicates']} near-duplicates "
               f"dropped ({result['duplicates_file']})", file=sys.stderr)
     elif args.stage == "select":
         from .scoring.select import SelectConfig, run_select
-        result = run_select(load_config(SelectConfig, args.config, {
+        result = run_select(_load(SelectConfig, args, {
             "scores": args.scores, "pool": args.pool, "top_p": args.top_p, "top_n": args.top_n}))
     else:
         from .scoring.report import ReportConfig, run_report
-        result = {"report": str(run_report(load_config(ReportConfig, args.config, {
+        result = {"report": str(run_report(_load(ReportConfig, args, {
             "scores": args.scores, "out": args.out, "top_p": args.top_p, "eval": args.eval})))}
     print(json.dumps(result, indent=2, default=str))
     return 0
@@ -248,7 +252,7 @@ def _cmd_selector(args) -> int:
         if bad:
             raise ValueError(f"--targets takes TASK=FILE, got {bad}")
         targets = dict(t.split("=", 1) for t in args.targets)
-    cfg = load_selector_config(args.name, args.config, {
+    cfg = load_selector_config(args.name, args.config, sets=_sets(args), overrides={
         "pool": args.pool, "targets": targets, "out": args.out, "seed": args.seed, "top_p": args.top_p,
         "address": args.address, "num_cpus": args.num_cpus})
     print(json.dumps(run_selector(args.name, cfg), indent=2, default=str))
@@ -256,17 +260,86 @@ def _cmd_selector(args) -> int:
 
 
 def _cmd_plan(args) -> int:
-    from .config import load_config
     from .pipeline import PipelineConfig
     from .estimate import format_plan, plan_pipeline
     from .preflight import preflight_pipeline
-    cfg = load_config(PipelineConfig, args.config, {"out": args.out})
+    cfg = _load(PipelineConfig, args, {"out": args.out})
     findings = preflight_pipeline(cfg)
     findings.raise_errors("plan")
     plan = plan_pipeline(cfg)
     plan["warnings"] = findings.warnings
     print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
     return 0
+
+
+STAGE_CONFIGS = {  # stage -> (module, config class) for `--set` and `less-ray config`
+    "warmup": ("less_ray.train.config", "WarmupConfig"), "train": ("less_ray.train.config", "TrainConfig"),
+    "extract": ("less_ray.extract.job", "ExtractConfig"), "score": ("less_ray.scoring.job", "ScoreConfig"),
+    "select": ("less_ray.scoring.select", "SelectConfig"), "report": ("less_ray.scoring.report", "ReportConfig"),
+    "eval": ("less_ray.eval.runner", "EvalConfig"), "dedup": ("less_ray.selectors.minhash", "DedupConfig"),
+    "pipeline": ("less_ray.pipeline", "PipelineConfig"), "plan": ("less_ray.pipeline", "PipelineConfig"),
+    "demo": ("less_ray.demo", "DemoConfig"), "convert": ("less_ray.data.convert", "ConvertConfig"),
+}
+
+
+def stage_config_class(stage: str) -> type:
+    """The config dataclass of `stage` (`selector:NAME` for a selector's)."""
+    import importlib
+    if stage.startswith("selector:"):
+        from .selectors import get_selector
+        return get_selector(stage.split(":", 1)[1]).config_cls
+    if stage not in STAGE_CONFIGS:
+        raise ValueError(f"no stage {stage!r}; stages: {', '.join(STAGE_CONFIGS)}, selector:<name>")
+    module, name = STAGE_CONFIGS[stage]
+    return getattr(importlib.import_module(module), name)
+
+
+def _sets(args) -> dict:
+    from .config import parse_sets
+    return parse_sets(getattr(args, "set", None))
+
+
+def _load(cls: type, args, overrides: dict):
+    """The stage's config: defaults, --config (for select --diverse: --diverse-config), the
+    flags, then --set."""
+    from .config import load_config
+    path = args.diverse_config if cls.__name__ == "DiverseSelectConfig" else getattr(args, "config", None)
+    return load_config(cls, path, overrides, _sets(args))
+
+
+def _cmd_config(args) -> int:
+    """`less-ray config STAGE`: every option of the stage (generated from its config dataclass);
+    with --config/--set: the resolved config that would run."""
+    import yaml
+
+    from .config import config_to_dict, describe_config
+    cls = stage_config_class(args.name)
+    if args.config or args.set:
+        from .config import load_config
+        try:
+            cfg = load_config(cls, args.config, None, _sets(args))
+        except TypeError as e:  # a required field left out
+            raise ValueError(f"{args.name}: {e}") from None
+        print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True), end="")
+        return 0
+    print(f"# {args.name}: {cls.__name__} (YAML keys for --config, dotted keys for --set KEY=VALUE)")
+    print("\n".join(describe_config(cls)))
+    return 0
+
+
+def _add_set_flags(parser: argparse.ArgumentParser) -> None:
+    """`--set KEY=VALUE` on every command that takes a config file: any field of the stage's
+    config dataclass, nested ones by dotted keys, so a new field needs no new flag."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _add_set_flags(sub)
+    if any("--config" in a.option_strings for a in parser._actions) and \
+            not any("--set" in a.option_strings for a in parser._actions):
+        parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                            help="set any option of the stage's config (dotted for nested: optim.lr=1e-4; the "
+                                 "value is YAML: 3, true, [8192]); after --config and the flags. "
+                                 "`less-ray config STAGE` lists them")
 
 
 def _split_verbose(argv: list[str]) -> tuple[list[str], bool]:
@@ -290,19 +363,19 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_model(args)
         if args.stage == "plan":
             return _cmd_plan(args)
+        if args.stage == "config":
+            return _cmd_config(args)
         if args.stage == "pipeline":
-            from .config import load_config
             from .pipeline import PipelineConfig, run_pipeline
-            cfg = load_config(PipelineConfig, args.config, {"out": args.out})
+            cfg = _load(PipelineConfig, args, {"out": args.out})
             if args.address:
                 cfg.ray.address = args.address
             print(json.dumps(run_pipeline(cfg), indent=2, default=str))
             return 0
         if args.stage == "eval":
-            from .config import load_config
             from .eval.runner import EvalConfig, run_eval
             from .preflight import check_stage_config
-            ecfg = load_config(EvalConfig, args.config, {"model": args.model, "tasks": args.tasks, "out": args.out})
+            ecfg = _load(EvalConfig, args, {"model": args.model, "tasks": args.tasks, "out": args.out})
             check_stage_config(ecfg, "eval")
             res = run_eval(ecfg)
             print(json.dumps({t: {k: v[k] for k in ("metric", "score", "n")} for t, v in res["tasks"].items()}, indent=2))
@@ -313,8 +386,7 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_scoring(args)
         if args.stage == "demo":
             from .demo import DemoConfig, run_demo
-            from .config import load_config
-            run_demo(load_config(DemoConfig, args.config, {"out": args.out, "num_cpus": args.num_cpus}))
+            run_demo(_load(DemoConfig, args, {"out": args.out, "num_cpus": args.num_cpus}))
             return 0
         return _cmd_training_or_extract(args)
     except (ConfigError, DataFileError, FileNotFoundError, ValueError, ActorFailure) as e:

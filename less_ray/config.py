@@ -13,6 +13,7 @@ import hashlib
 import inspect
 import json
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -96,6 +97,155 @@ def absolute_paths(cfg: T) -> T:
     return cfg
 
 
+# --- pipeline sections: a stage's own config, less what the pipeline fills in -----------------
+# The pipeline's `extract:` section is ExtractConfig without `data`, `checkpoint`, `out`, ...
+# generated from it, so a field is declared once (in its stage) and reaches the stage's CLI
+# (`--set`), the pipeline and `less-ray config <stage>` at once.
+
+def section(stage: type, name: str, filled: dict[str, str], own: dict[str, tuple[Any, Any]] | None = None,
+            optional: dict[str, str] | None = None, moved: dict[str, str] | None = None) -> type:
+    """A dataclass with every init field of `stage` except the `filled` ones (field -> where the
+    pipeline takes it from, for the error when a user sets it). `own`: name -> (type, field())
+    of fields only the pipeline has (they may shadow a stage field, which is then filled);
+    `optional`: required stage fields that may be left unset (-> the given default's source);
+    `moved`: old keys -> where they went, for the error."""
+    own = own or {}
+    optional = optional or {}
+    hints = typing.get_type_hints(stage)
+    specs = []
+    for f in dataclasses.fields(stage):
+        if not f.init or f.name in filled or f.name in own:
+            continue
+        tp = hints[f.name]
+        if f.name in optional:
+            spec = dataclasses.field(default=None, metadata=f.metadata)
+            tp = typing.Optional[tp]
+        elif f.default is not dataclasses.MISSING:
+            spec = dataclasses.field(default=f.default, metadata=f.metadata)
+        elif f.default_factory is not dataclasses.MISSING:
+            spec = dataclasses.field(default_factory=f.default_factory, metadata=f.metadata)
+        else:
+            raise TypeError(f"section {name}: required field {stage.__name__}.{f.name} is neither filled nor optional")
+        specs.append((f.name, tp, spec))
+    specs += [(n, tp, spec) for n, (tp, spec) in own.items()]
+    cls = dataclasses.make_dataclass(name, specs, kw_only=True)
+    cls.__module__ = stage.__module__
+    cls.stage = stage
+    cls.filled = {**filled, **{n: "the pipeline section's own field" for n in own if n in hints}}
+    cls.own = tuple(own)
+    cls.optional = dict(optional)
+    cls.moved = dict(moved or {})
+    cls.__doc__ = (f"The pipeline's section for {stage.__name__}: its fields, less those the pipeline fills in "
+                   f"({', '.join(filled)}).")
+    return cls
+
+
+def stage_config(sec: Any, **values: Any) -> Any:
+    """The stage config of section `sec`: its fields, the pipeline's `values` for the filled ones,
+    and for an optional field left unset the value of the same name in `values`."""
+    import copy
+    cls = type(sec)
+    data = {f.name: copy.deepcopy(getattr(sec, f.name)) for f in dataclasses.fields(sec) if f.name not in cls.own}
+    for k in cls.optional:
+        if data.get(k) is None:
+            data[k] = values.pop(k)
+        else:
+            values.pop(k, None)
+    unknown = set(values) - set(cls.filled)
+    if unknown:
+        raise TypeError(f"stage_config({cls.__name__}): {sorted(unknown)} are not filled fields")
+    return cls.stage(**data, **values)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Field -> the comment beside it (or the comment lines above it) in the class's source, for
+    the generated help; a section takes its stage's, and its own fields' are its `help` metadata."""
+    docs: dict[str, str] = {}
+    stage = getattr(cls, "stage", None)
+    if stage is not None:
+        docs.update(field_docs(stage))
+        docs.update({f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name in cls.own})
+        return docs
+    for c in reversed([c for c in cls.__mro__ if dataclasses.is_dataclass(c)]):
+        try:
+            lines = inspect.getsource(c).splitlines()
+        except (OSError, TypeError):
+            continue
+        above: list[str] = []
+        for line in lines[1:]:
+            text = line.strip()
+            if text.startswith("#"):
+                above.append(text.lstrip("# ").strip())
+                continue
+            head = text.split("#", 1)
+            name = head[0].split(":", 1)[0].strip()
+            if ":" in head[0] and name.isidentifier() and not text.startswith(("def ", "@", "return")):
+                side = head[1].strip() if len(head) > 1 else ""
+                docs[name] = " ".join(above + ([side] if side else []))
+            above = []
+    return docs
+
+
+def describe_config(cls: type, prefix: str = "") -> list[str]:
+    """One line per field (nested configs expanded): `key: type = default  # comment`."""
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    out = []
+    base = getattr(cls, "stage", cls)  # a stage's own fields before those it inherits, as saved configs
+    order = [k for c in base.__mro__ for k in inspect.get_annotations(c)]
+    rank = {k: i for i, k in enumerate(dict.fromkeys(order))}
+    for f in sorted(dataclasses.fields(cls), key=lambda f: rank.get(f.name, len(rank))):
+        if not f.init:
+            continue
+        tp = hints[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        if dataclasses.is_dataclass(tp):
+            out.append(f"{prefix}{f.name}:" + (f"  # {docs[f.name]}" if docs.get(f.name) else ""))
+            out += describe_config(tp, prefix + "  ")
+            continue
+        shown = "(required)" if default is dataclasses.MISSING else yaml.safe_dump(
+            json.loads(json.dumps(default, default=str)), default_flow_style=True).strip().removesuffix("...").strip()
+        note = f"  # {docs[f.name]}" if docs.get(f.name) else ""
+        out.append(f"{prefix}{f.name}: {_type_name(tp)} = {shown}{note}")
+    return out
+
+
+def set_key(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """`--set a.b.c=value`: put `value` at that path of a nested mapping."""
+    *parents, last = dotted.split(".")
+    node = data
+    for p in parents:
+        nxt = node.get(p)
+        if not isinstance(nxt, dict):
+            nxt = node[p] = {}
+        node = nxt
+    node[last] = value
+
+
+def parse_sets(items: list[str] | None) -> dict[str, Any]:
+    """`KEY=VALUE` strings (VALUE read as YAML: 3, 0.5, true, [1, 2], null) -> a nested mapping."""
+    data: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE (KEY dotted for nested options, e.g. optim.lr=1e-4)")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML: {e}") from None
+        set_key(data, key.strip(), value)
+    return data
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` onto `base`, nested mappings merged key by key."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 # --- checking a mapping against a dataclass, with messages that name the key ------------------
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
@@ -138,8 +288,13 @@ def check_mapping(cls: type, data: Any, prefix: str = "") -> list[str]:
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls) if f.init}
     errors = []
+    filled, moved = getattr(cls, "filled", {}), getattr(cls, "moved", {})
     for key in data:
-        if key not in known:
+        if key in moved:
+            errors.append(f"{prefix}{key}: moved to {moved[key]}")
+        elif key in filled and key not in known:
+            errors.append(f"{prefix}{key}: the pipeline fills this in ({filled[key]}); remove it here")
+        elif key not in known:
             near = _nearest(str(key), list(known))
             errors.append(f"{prefix}{key}: unknown key" + (f" (did you mean '{near}'?)" if near else
                                                              f" (known: {', '.join(sorted(known))})"))
@@ -194,37 +349,45 @@ def _check_value(tp: Any, value: Any, key: str) -> list[str]:
 
 def config_from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     import dacite  # here, not at import: the pure-torch core and the benches run where it is not installed
+    data = _ints_as_floats(cls, data) if isinstance(data, dict) else data
     errors = check_mapping(cls, data)
     if errors:
         shown = "\n  ".join(errors[:20]) + (f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else "")
         raise ConfigError(f"{where}: {len(errors)} problem(s):\n  {shown}")
-    data = _ints_as_floats(cls, data)
     try:
         return dacite.from_dict(cls, data, config=dacite.Config(strict=True, cast=[tuple]))
     except (dacite.DaciteError, TypeError, ValueError) as e:
         raise ConfigError(f"{where}: {e}") from None
 
 
+_FLOAT_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
 def _ints_as_floats(cls: type, data: dict[str, Any]) -> dict[str, Any]:
-    """YAML reads `lr: 1` as an int; a float field takes it (dacite would not)."""
+    """YAML reads `lr: 1` as an int and `lr: 1e-4` as a string (YAML 1.1 wants `1.0e-4`); a float
+    field takes either as the number it means (dacite would not)."""
     hints = typing.get_type_hints(cls)
     out = dict(data)
     for name, value in data.items():
         tp = hints.get(name)
         if tp is None:
             continue
+        takes_float = tp is float or (typing.get_origin(tp) in (Union, types.UnionType) and float in typing.get_args(tp))
         if dataclasses.is_dataclass(tp) and isinstance(value, dict):
             out[name] = _ints_as_floats(tp, value)
+        elif takes_float and isinstance(value, str) and _FLOAT_TEXT.match(value.strip()):
+            out[name] = float(value)
         elif tp is float and isinstance(value, int) and not isinstance(value, bool):
             out[name] = float(value)
-        elif typing.get_origin(tp) in (Union, types.UnionType) and float in typing.get_args(tp) \
-                and isinstance(value, int) and not isinstance(value, bool) and int not in typing.get_args(tp):
+        elif takes_float and isinstance(value, int) and not isinstance(value, bool) and int not in typing.get_args(tp):
             out[name] = float(value)
     return out
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> T:
-    """Defaults of `cls`, then the YAML file, then `overrides` (CLI flags, None = not given)."""
+def load_config(cls: type[T], path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                sets: dict[str, Any] | None = None) -> T:
+    """Defaults of `cls`, then the YAML file, then `overrides` (CLI flags, None = not given), then
+    `sets` (`--set key.path=value`, merged into nested mappings)."""
     data: dict[str, Any] = {}
     where = "config"
     if path is not None:
@@ -243,6 +406,9 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: dict[st
     for k, v in (overrides or {}).items():
         if v is not None:
             data[k] = v
+    if sets:
+        data = merge(data, sets)
+        where += " with --set"
     return absolute_paths(config_from_dict(cls, data, where))
 
 

@@ -52,7 +52,8 @@ def build_demo_model(out_dir: str | Path, seed: int = 0, model: TinyModelConfig 
 def demo_pipeline_config(cfg: DemoConfig, data: dict, model_dir: Path):
     """LESS on CPU at toy scale: small LoRA, a higher learning rate (a tiny random model barely
     moves at LESS's 2e-5), short sequences, small projections."""
-    from .pipeline import EvalOptions, ExtractOptions, PipelineConfig, ScoreOptions, TrainOptions, WarmupOptions
+    from .pipeline import (EvalSection, ExtractSection, PipelineConfig, ScoreSection, SelectSection, TrainSection,
+                           WarmupSection)
     from .train.config import DeepSpeedSettings, LoraSettings, OptimSettings, RaySettings, ScalingSettings
     lora = LoraSettings(r=8, alpha=32, dropout=0.1)
     scaling = ScalingSettings(num_workers=2, cpus_per_worker=1.0, effective_batch_size=16, per_device_batch_size=8)
@@ -60,15 +61,16 @@ def demo_pipeline_config(cfg: DemoConfig, data: dict, model_dir: Path):
     return PipelineConfig(
         out=str(Path(cfg.out) / "run"), base_model=str(model_dir), pool=data["pool"]["path"],
         targets={task: data["targets"]["path"]}, seed=cfg.seed, max_seq_length=256,
-        warmup=WarmupOptions(percentage=0.05, lora=lora, scaling=scaling, deepspeed=DeepSpeedSettings(zero_stage=0),
-                             optim=OptimSettings(lr=3e-3, epochs=4)),
+        warmup=WarmupSection(percentage=0.05, lora=lora, scaling=scaling, deepspeed=DeepSpeedSettings(zero_stage=0),
+                              optim=OptimSettings(lr=3e-3, epochs=4)),
         # dense, as LESS: the tiny model's gradients (P = 8,192) put their mass on few coordinates,
         # where a sparse projection at d=512 blurs them (measured: 86-87% of the top 5% from the
         # target family with sjlt s=1 or 4, 98% dense); at this size the dense one costs nothing
-        extract=ExtractOptions(dim=512, projection="rademacher", batch_size=32, max_actors=2, actor_num_cpus=1.0),
-        score=ScoreOptions(block_rows=4096, max_actors=1, actor_num_cpus=1.0, top_p=0.05),
-        train=TrainOptions(lora=lora, scaling=scaling, optim=OptimSettings(lr=3e-3, epochs=6)),
-        eval=EvalOptions(tasks={task: [f"demo:{cfg.target_family}"]}, batch_size=25, demo_n=50),
+        extract=ExtractSection(dims=[512], projection="rademacher", batch_size=32, max_actors=2, actor_num_cpus=1.0),
+        score=ScoreSection(block_rows=4096, max_actors=1, actor_num_cpus=1.0),
+        select=SelectSection(top_p=0.05),
+        train=TrainSection(lora=lora, scaling=scaling, optim=OptimSettings(lr=3e-3, epochs=6)),
+        eval=EvalSection(tasks={task: [f"demo:{cfg.target_family}"]}, batch_size=25, demo_n=50),
         ray=RaySettings(num_cpus=cfg.num_cpus))
 
 
@@ -105,11 +107,11 @@ def run_demo(cfg: DemoConfig) -> dict:
     pcfg = demo_pipeline_config(cfg, data, model_dir)
     summary = run_pipeline(pcfg)
     task = f"demo_{cfg.target_family}"
-    sel = Path(pcfg.out) / "scores" / task / selection_name(SelectConfig(top_p=pcfg.score.top_p))
+    sel = Path(pcfg.out) / "scores" / task / selection_name(SelectConfig(top_p=pcfg.select.top_p))
     shares = family_shares(sel, data["pool"]["path"], cfg.target_family, cfg.seed)
     summary.update(shares, selection=str(sel), seconds=round(time.time() - t0, 1))
     (Path(pcfg.out) / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    print(demo_message(summary, cfg, pcfg.score.top_p), flush=True)
+    print(demo_message(summary, cfg, pcfg.select.top_p), flush=True)
     return summary
 
 

@@ -48,7 +48,8 @@ def token_stats(records: list, base_model: str, chat_format: str, max_seq_length
 def plan_pipeline(cfg: Any) -> dict[str, Any]:
     """The work per stage of PipelineConfig `cfg` (paths absolute, preflight passed)."""
     from .data.io import read_records
-    from .preflight import eval_tasks_for, heldout_count
+    from .pipeline import scored_dim
+    from .preflight import eval_tasks_for, heldout_count, pipeline_selection_count
     pool = read_records(cfg.pool).records
     n_pool = len(pool)
     targets = {}
@@ -61,8 +62,8 @@ def plan_pipeline(cfg: Any) -> dict[str, Any]:
     tok = token_stats(pool, cfg.base_model, cfg.chat_format, cfg.max_seq_length, cfg.seed)
     ckpts = cfg.warmup.optim.epochs
     n_warm = max(1, int(n_pool * cfg.warmup.percentage))
-    k = max(1, math.floor(cfg.score.top_p * n_pool + 1e-9))
-    dim, proj = cfg.extract.dim, cfg.extract.projection
+    k = pipeline_selection_count(cfg, n_pool)
+    dim, proj = scored_dim(cfg), cfg.extract.projection
     n_targets = sum(t["targets"] for t in targets.values())
     train_flops = lambda examples, epochs: 6 * sizes["model_params"] * tok["mean_tokens"] * examples * epochs
     feature_bytes = (2 if cfg.extract.dtype == "float16" else 4) * dim

@@ -25,66 +25,55 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import absolute_paths, config_hash, save_config, path_field
+from .config import absolute_paths, config_hash, save_config, path_field, section, stage_config
 from .core.formatting import ChatFormat
 from .eval.runner import EvalConfig, run_eval
 from .extract.job import ExtractConfig, run_extract
-from .ray_runtime import ActorPool, ensure_ray
+from .ray_runtime import ensure_ray
 from .run_lock import locked
 from .scoring.job import ScoreConfig, TaskSpec, run_score
 from .scoring.report import ReportConfig, run_report
 from .scoring.select import SelectConfig, run_select, selection_name
-from .train.config import RaySettings, TrainConfig, TrainingSettings, WarmupConfig
+from .train.config import RaySettings, TrainConfig, WarmupConfig
 
 log = logging.getLogger("less_ray")
 STAGES = ("warmup", "extract", "score", "select", "selectors", "train", "eval", "report")
 
 
-@dataclass
-class WarmupOptions(TrainingSettings):
-    percentage: float = 0.05
-    data_seed: int = 3
-
-
-@dataclass
-class ExtractOptions(ActorPool):
-    dim: int = 8192
-    projection: str = "rademacher"  # rademacher (LESS's) | sjlt | identity (ExtractConfig)
-    sjlt_s: int = 1
-    precision: str = "fp32"  # fp32 | bf16 | less (ExtractConfig)
-    seed: int = 0
-    dtype: str = "float16"
-    batch_size: int = 16
-    batch_tokens: int | None = None
-    shard_rows: int | None = None  # None: the pool spread over max_actors, at most 2048 per shard
-
-
-@dataclass
-class ScoreOptions(ActorPool):
-    block_rows: int = 65536
-    top_p: float = 0.05
-
-
-@dataclass
-class TrainOptions(TrainingSettings):
-    model: str | None = path_field("model", None)  # default: the warmup's base model (another one: LESS-T)
-
-
-@dataclass
-class EvalOptions:
+# Each section is its stage's own config, less the fields the pipeline fills in (config.section):
+# nothing is declared twice, and a field added to a stage reaches the pipeline by itself.
+_RUN = {"seed": "seed", "chat_format": "chat_format", "max_seq_length": "max_seq_length"}
+_RAY_STAGE = {"address": "ray.address", "num_cpus": "ray.num_cpus"}
+WarmupSection = section(WarmupConfig, "WarmupSection", {
+    "pool": "pool", "out": "<out>/warmup", "base_model": "base_model", "ray": "ray", **_RUN})
+ExtractSection = section(ExtractConfig, "ExtractSection", {
+    "data": "pool, targets", "checkpoint": "the warmup's checkpoints", "out": "<out>/datastore/epoch_<k>/<name>",
+    "kind": "adam for the pool, sgd for the targets", "base_model": "base_model",
+    "chat_format": "chat_format", "max_seq_length": "max_seq_length", **_RAY_STAGE},
+    moved={"dim": "extract.dims (a list of one dim, e.g. [8192])"})
+ScoreSection = section(ScoreConfig, "ScoreSection", {
+    "pool_stores": "the datastore", "tasks": "targets", "out": "<out>/scores", **_RAY_STAGE},
+    moved={"top_p": "select.top_p"})
+SelectSection = section(SelectConfig, "SelectSection", {"scores": "<out>/scores", "pool": "pool"})
+TrainSection = section(TrainConfig, "TrainSection", {
+    "data": "the selection", "out": "<out>/train/<task>", "ray": "ray", **_RUN},
+    optional={"base_model": "base_model"},  # unset: the warmup's base model; another one: LESS-T
+    moved={"model": "train.base_model"})
+EvalSection = section(EvalConfig, "EvalSection", {
+    "model": "the trained model, and the base", "base_model": "base_model or train.base_model",
+    "out": "<out>/eval/<task>.json", "chat_format": "chat_format", "seed": "seed"}, own={
     # target task -> eval tasks; default: the benchmark of that name (bbh, mmlu, tydiqa), else
     # `loss:<task>`, the mean answer-token loss on held-out examples of the task
-    tasks: dict[str, list[str]] = field(default_factory=dict)
-    heldout: dict[str, str] = path_field("in", {})  # task -> held-out examples for `loss:<task>`
-    heldout_fraction: float = 0.2  # without such a file: this share of the targets, never used for selection
-    base: bool = True  # evaluate the base model too, beside each trained one
-    batch_size: int = 8
-    bbh_max_per_task: int | None = 40
-    bbh_max_new_tokens: int = 512
-    mmlu_max_per_subject: int | None = None
-    tydiqa_max_per_language: int | None = 200
-    max_prompt_tokens: int = 2048
-    demo_n: int = 100
+    "tasks": (dict[str, list[str]], field(default_factory=dict, metadata={
+        "help": "target task -> eval tasks; default: the benchmark of that name (bbh, mmlu, tydiqa), else "
+                "loss:<task>, the mean answer-token loss on held-out examples of the task"})),
+    "heldout": (dict[str, str], field(default_factory=dict, metadata={
+        "path": "in", "help": "task -> held-out examples for loss:<task>"})),
+    "heldout_fraction": (float, field(default=0.2, metadata={
+        "help": "without such a file: this share of the targets, never used for selection"})),
+    "base": (bool, field(default=True, metadata={"help": "evaluate the base model too, beside each trained one"}))})
+ReportSection = section(ReportConfig, "ReportSection", {
+    "scores": "<out>/scores", "out": "<out>/report.html", "pool": "pool", "top_p": "select.top_p"})
 
 
 @dataclass
@@ -97,11 +86,13 @@ class PipelineConfig:
     chat_format: ChatFormat = "less"  # less: the tokens LESS's code makes | tulu_stripped | template
     max_seq_length: int = 2048
     stages: list[str] = field(default_factory=lambda: list(STAGES))
-    warmup: WarmupOptions = field(default_factory=WarmupOptions)
-    extract: ExtractOptions = field(default_factory=ExtractOptions)
-    score: ScoreOptions = field(default_factory=ScoreOptions)
-    train: TrainOptions = field(default_factory=TrainOptions)
-    eval: EvalOptions = field(default_factory=EvalOptions)
+    warmup: WarmupSection = field(default_factory=WarmupSection)
+    extract: ExtractSection = field(default_factory=ExtractSection)
+    score: ScoreSection = field(default_factory=ScoreSection)
+    select: SelectSection = field(default_factory=SelectSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    report: ReportSection = field(default_factory=ReportSection)
     ray: RaySettings = field(default_factory=RaySettings)
     # other selectors (less_ray.selectors) over the same pool: name -> options of its config; the
     # pipeline fills pool, targets, out (<out>/selectors/<name>), seed, top_p, Ray settings, the
@@ -182,10 +173,12 @@ def _jsonable(x: Any) -> Any:
 
 
 def warmup_config(cfg: PipelineConfig, run: Run) -> WarmupConfig:
-    w = cfg.warmup
-    return WarmupConfig(pool=cfg.pool, out=str(run.root / "warmup"), base_model=cfg.base_model,
-                        percentage=w.percentage, data_seed=w.data_seed, seed=cfg.seed, chat_format=cfg.chat_format,
-                        max_seq_length=cfg.max_seq_length, ray=cfg.ray, **w.training_settings())
+    return stage_config(cfg.warmup, pool=cfg.pool, out=str(run.root / "warmup"), base_model=cfg.base_model,
+                        ray=cfg.ray, **run_settings(cfg))
+
+
+def run_settings(cfg: PipelineConfig) -> dict[str, Any]:
+    return {"seed": cfg.seed, "chat_format": cfg.chat_format, "max_seq_length": cfg.max_seq_length}
 
 
 def stage_ray(cfg: PipelineConfig) -> dict[str, Any]:
@@ -193,20 +186,32 @@ def stage_ray(cfg: PipelineConfig) -> dict[str, Any]:
     return {"address": cfg.ray.address, "num_cpus": cfg.ray.num_cpus}
 
 
+def scored_dim(cfg: PipelineConfig) -> int:
+    return (cfg.extract.dims or [8192])[0]
+
+
 def extract_config(cfg: PipelineConfig, ckpt: str, data: str, out: Path, kind: str) -> ExtractConfig:
-    e = cfg.extract
-    return ExtractConfig(data=data, checkpoint=ckpt, out=str(out), kind=kind, base_model=cfg.base_model,
-                         dims=[e.dim], projection=e.projection, sjlt_s=e.sjlt_s, precision=e.precision,
-                         seed=e.seed, dtype=e.dtype,
-                         chat_format=cfg.chat_format, max_seq_length=cfg.max_seq_length, batch_size=e.batch_size,
-                         batch_tokens=e.batch_tokens, shard_rows=e.shard_rows, **e.pool_settings(), **stage_ray(cfg))
+    return stage_config(cfg.extract, data=data, checkpoint=ckpt, out=str(out), kind=kind, base_model=cfg.base_model,
+                        chat_format=cfg.chat_format, max_seq_length=cfg.max_seq_length, **stage_ray(cfg))
 
 
 def score_config(cfg: PipelineConfig, pool_stores: list[str], target_stores: dict[str, list[str]],
                  out: Path) -> ScoreConfig:
-    return ScoreConfig(pool_stores=pool_stores, tasks=[TaskSpec(t, s) for t, s in target_stores.items()],
-                       out=str(out), block_rows=cfg.score.block_rows, **cfg.score.pool_settings(),
-                       **stage_ray(cfg))
+    return stage_config(cfg.score, pool_stores=pool_stores, tasks=[TaskSpec(t, s) for t, s in target_stores.items()],
+                        out=str(out), **stage_ray(cfg))
+
+
+def select_config(cfg: PipelineConfig, scores: Path) -> SelectConfig:
+    return stage_config(cfg.select, scores=str(scores), pool=cfg.pool)
+
+
+def train_config(cfg: PipelineConfig, run: Run, task: str, selection: Path) -> TrainConfig:
+    return stage_config(cfg.train, data=str(selection), out=str(run.root / "train" / task),
+                        base_model=cfg.base_model, ray=cfg.ray, **run_settings(cfg))
+
+
+def report_config(cfg: PipelineConfig, scores: Path, out: Path) -> ReportConfig:
+    return stage_config(cfg.report, scores=str(scores), out=str(out), pool=cfg.pool, top_p=cfg.select.top_p)
 
 
 def selector_config(cfg: PipelineConfig, run: Run, name: str, checkpoints: list[str],
@@ -227,7 +232,7 @@ def selector_config(cfg: PipelineConfig, run: Run, name: str, checkpoints: list[
     if sel.targeted:
         known["targets"] = dict(targets or cfg.targets)  # the prepared targets: never the held-out ones
     if fields["top_p"].default == SelectorConfig.top_p:  # a selector with its own default (full: 1) keeps it
-        known["top_p"] = cfg.score.top_p
+        known["top_p"] = cfg.select.top_p
     data = {k: v for k, v in known.items() if k in fields and v is not None}
     data.update(cfg.selectors[name] or {})
     return config_from_dict(sel.config_cls, data, f"pipeline selectors.{name}")
@@ -237,12 +242,8 @@ def eval_config(cfg: PipelineConfig, model: str, base: str, tasks: list[str], he
                 out: Path) -> EvalConfig:
     """`model` (an adapter trained on `base`, or `base` itself) on `tasks`; an adapter is loaded
     onto the run's own base model, never onto whatever its adapter_config.json names."""
-    ev = cfg.eval
-    return EvalConfig(model=model, base_model=base, tasks=tasks, heldout=heldout, out=str(out),
-                      chat_format=cfg.chat_format, batch_size=ev.batch_size, max_prompt_tokens=ev.max_prompt_tokens,
-                      bbh_max_per_task=ev.bbh_max_per_task, bbh_max_new_tokens=ev.bbh_max_new_tokens,
-                      mmlu_max_per_subject=ev.mmlu_max_per_subject, tydiqa_max_per_language=ev.tydiqa_max_per_language,
-                      demo_n=ev.demo_n, seed=cfg.seed)
+    return stage_config(cfg.eval, model=model, base_model=base, tasks=tasks, heldout=heldout, out=str(out),
+                        chat_format=cfg.chat_format, seed=cfg.seed)
 
 
 def run_selectors(cfg: PipelineConfig, run: Run, targets: dict[str, str] | None = None) -> dict[str, Any]:
@@ -334,9 +335,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
             ecfg = extract_config(cfg, c["path"], data, base / name, kind)
             # one ledger entry and folder per dim: a run with another dim into the same run folder
             # adds its stores beside the others and leaves them alone
-            store = base / name / f"dim{cfg.extract.dim}"
+            store = base / name / f"dim{scored_dim(cfg)}"
             if "extract" in want:
-                run.stage(f"extract/epoch_{c['epoch']}/{name}/dim{cfg.extract.dim}", ecfg, store / "manifest.json",
+                run.stage(f"extract/epoch_{c['epoch']}/{name}/dim{scored_dim(cfg)}", ecfg, store / "manifest.json",
                           lambda ecfg=ecfg: {str(d): str(p) for d, p in run_extract(ecfg).items()},
                           folder=store, describe=_store_counts)
             (pool_stores if name == "pool" else target_stores[name]).append(str(store))
@@ -345,7 +346,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     scfg = score_config(cfg, pool_stores, target_stores, scores_dir)
     if "score" in want:
         run.stage("score", scfg, scores_dir / "score_summary.json", lambda: run_score(scfg))
-    sel = SelectConfig(scores=str(scores_dir), pool=cfg.pool, top_p=cfg.score.top_p)
+    sel = select_config(cfg, scores_dir)
     if "select" in want:
         first = scores_dir / next(iter(cfg.targets)) / selection_name(sel)
         summary["select"] = run.stage("select", sel, first, lambda: run_select(sel))
@@ -354,12 +355,10 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
 
     for task in cfg.targets:
         selection = scores_dir / task / selection_name(sel)
-        tcfg = TrainConfig(data=str(selection), out=str(run.root / "train" / task),
-                           base_model=cfg.train.model or cfg.base_model, seed=cfg.seed, chat_format=cfg.chat_format,
-                           max_seq_length=cfg.max_seq_length, ray=cfg.ray, **cfg.train.training_settings())
+        tcfg = train_config(cfg, run, task, selection)
         if "train" in want:
             run.stage(f"train/{task}", tcfg, Path(tcfg.out) / "state.json", lambda tcfg=tcfg: str(run_train(tcfg)))
-        base = cfg.train.model or cfg.base_model
+        base = tcfg.base_model
         models = {"trained": (str(run.root / "train" / task / "model"), run.root / "eval" / f"{task}.json")}
         if cfg.eval.base:
             models["base"] = (base, run.root / "eval" / f"{task}.base.json")
@@ -371,8 +370,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
                 summary.setdefault("eval", {}).setdefault(task, {})[which] = {
                     t: {k: r[k] for k in ("metric", "score", "n", "answer_loss") if k in r} for t, r in res["tasks"].items()}
 
-    rcfg = ReportConfig(scores=str(scores_dir), out=str(run.root / "report.html"), pool=cfg.pool,
-                        top_p=cfg.score.top_p)
+    rcfg = report_config(cfg, scores_dir, run.root / "report.html")
     if "report" in want:
         summary["report"] = run.stage("report", rcfg, Path(rcfg.out), lambda: str(run_report(rcfg)),
                                       watch=(run.root / "eval",))  # the page shows every eval result

@@ -147,7 +147,10 @@ def preflight_pipeline(cfg: Any) -> Findings:
             near = difflib.get_close_matches(s, STAGES, n=1)
             f.errors.append(f"stages[{i}]: unknown stage {s!r}" + (f" (did you mean {near[0]!r}?)" if near else
                                                                      f"; stages are {', '.join(STAGES)}"))
-    f.errors += check_config_paths(cfg, skip=("train.model",) if not cfg.train.model else ())
+    if len(cfg.extract.dims or [8192]) != 1:
+        f.errors.append(f"extract.dims: the pipeline scores one projection dim, got {cfg.extract.dims}; run "
+                        "`less-ray extract` for more, or the pipeline once per dim into the same run folder")
+    f.errors += check_config_paths(cfg, skip=("train.base_model",) if not cfg.train.base_model else ())
     if f.errors:  # sizes need readable files
         return f
 
@@ -180,15 +183,25 @@ def preflight_pipeline(cfg: Any) -> Findings:
     n_warm = max(1, int(len(pool) * cfg.warmup.percentage))
     if "warmup" in want:
         check_training_sizes(n_warm, cfg.warmup, "warmup", f, lr_weights=True)
-    k = max(1, math.floor(cfg.score.top_p * len(pool) + 1e-9))
+    try:
+        k = pipeline_selection_count(cfg, len(pool))
+    except ValueError as e:
+        f.errors.append(f"select: {e}")
+        return f
     if "train" in want:
         batch = cfg.train.scaling.effective_batch_size
         if k < batch:
-            f.warnings.append(f"train: the selection has {k} examples (score.top_p {cfg.score.top_p} of {len(pool)}),"
+            f.warnings.append(f"train: the selection has {k} examples (select.top_p {cfg.select.top_p} of {len(pool)}),"
                               f" fewer than one effective batch ({batch}); lower train.scaling.effective_batch_size")
         else:
             check_training_sizes(k, cfg.train, "train", f, lr_weights=False)
     return f
+
+
+def pipeline_selection_count(cfg, n_pool: int) -> int:
+    """k of the run's selection: the select stage's own rule (scoring.select.selection_count)."""
+    from .scoring.select import selection_count
+    return selection_count(cfg.select.top_p, cfg.select.top_n, n_pool, rule=cfg.select.count_rule)
 
 
 def heldout_count(n: int, fraction: float) -> int:

@@ -83,7 +83,7 @@ def own_task_folder(tmp_path_factory, tiny_model_dir):
     cfg["targets"] = {"capitals": cfg["targets"]["my_task"]}  # a custom task name
     # sized for the tiny stand-in model: a short run that still moves it (the rest as the example)
     cfg["max_seq_length"] = 128
-    cfg["extract"].update(dim=256)
+    cfg["extract"].update(dims=[256])
     for stage in ("warmup", "train"):
         cfg[stage]["lora"] = {"r": 8, "alpha": 32}
         cfg[stage]["optim"] = {"lr": 3e-3, "epochs": cfg[stage]["optim"]["epochs"]}

@@ -106,7 +106,7 @@ def test_two_projection_dims_in_one_run_folder(tmp_path, tiny_model_dir):
     the other dim's stores. Warmup is stood in for by one made checkpoint."""
     from less_ray.data.demo import generate_pool, generate_targets
     from less_ray.data.io import write_jsonl
-    from less_ray.pipeline import ExtractOptions, PipelineConfig, run_pipeline
+    from less_ray.pipeline import ExtractSection, PipelineConfig, run_pipeline
     from less_ray.store import read_manifest
     from less_ray.testing.fake_checkpoint import make_lora_checkpoint
     from less_ray.train.checkpoint import write_warmup_manifest
@@ -120,7 +120,7 @@ def test_two_projection_dims_in_one_run_folder(tmp_path, tiny_model_dir):
         return run_pipeline(PipelineConfig(
             out=str(run), base_model=str(tiny_model_dir), pool=str(tmp_path / "pool.jsonl"),
             targets={"t": str(tmp_path / "t.jsonl")}, stages=["extract", "score", "select"],
-            extract=ExtractOptions(dim=dim, shard_rows=40, max_actors=1)))
+            extract=ExtractSection(dims=[dim], shard_rows=40, max_actors=1)))
 
     pipeline(16)
     pool16 = run / "datastore" / "epoch_1" / "pool" / "dim16"

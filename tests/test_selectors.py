@@ -259,7 +259,7 @@ def test_pipeline_config_runs_extra_selectors(demo, tiny_model_dir, tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump({
         "out": str(tmp_path / "run"), "base_model": str(tiny_model_dir), "pool": demo["pool"],
-        "targets": {"arith": demo["targets"]}, "stages": ["selectors"], "score": {"top_p": 0.1},
+        "targets": {"arith": demo["targets"]}, "stages": ["selectors"], "select": {"top_p": 0.1},
         "selectors": {"random": {"shard_rows": 100}, "kcenter_all": {"embeddings": demo["emb"]},
                       "rds": {"embeddings": demo["emb"], "top_p": 0.05}}}))
     summary = run_pipeline(load_config(PipelineConfig, path))

@@ -86,9 +86,10 @@ def get_selector(name: str) -> Selector:
     return REGISTRY[name]
 
 
-def load_selector_config(name: str, path: str | None = None, overrides: dict[str, Any] | None = None):
-    """The selector's config: its defaults, then the YAML file, then `overrides` (None = not given)."""
-    return load_config(get_selector(name).config_cls, path, overrides)
+def load_selector_config(name: str, path: str | None = None, overrides: dict[str, Any] | None = None,
+                         sets: dict[str, Any] | None = None):
+    """The selector's config: its defaults, the YAML file, `overrides` (None = not given), `sets`."""
+    return load_config(get_selector(name).config_cls, path, overrides, sets)
 
 
 def run_selector(name: str, cfg: Any) -> dict[str, Any]:
