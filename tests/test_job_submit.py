@@ -69,7 +69,7 @@ def test_demo_pipeline_via_ray_job_submit(head, tmp_path):
     out = tmp_path / "demo"
     cmd = [ray_bin, "job", "submit", "--address", address, "--working-dir", str(REPO),
            "--runtime-env", str(REPO / "jobs" / "runtime_env.yaml"), "--",
-           "python", "jobs/demo.py", "--out", str(out)]
+           "python", "-m", "less_ray", "demo", "--out", str(out)]
     for _ in range(30):  # right after `ray start` the head's job agent may not be up yet
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500, cwd=REPO)
         log = proc.stdout + proc.stderr
