@@ -11,13 +11,23 @@ store sat in the page cache when scoring began is printed too (fincore).
 `--verify both` scores twice on the same store, off then on, and prints both (`both-on-first`: on, then off);
 `--cold` evicts the pool shards from the page cache before each run.
 Run: flock /tmp/less_ray_bench.lock nice -n 5 python bench/bench_score.py [--n 1000000] [--keep] [--verify both]
+
+Side by side with an earlier version of less_ray (e.g. the Parquet store layout before Arrow IPC):
+`--baseline-code DIR` is a checkout of that version (`git archive REV | tar -x -C DIR`) and
+`--baseline-dir STORE_DIR` the store its own bench wrote (`PYTHONPATH=DIR python DIR/bench/bench_score.py
+--write-only --dir STORE_DIR`: same seeds, so the same features). Each score run is a fresh process
+whose PYTHONPATH (inherited by the embedded Ray's workers) selects the code; runs alternate as
+`--order` says (default old,new,new,old), every one against the one in-memory GEMM reference.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -58,6 +68,9 @@ def main() -> None:
     ap.add_argument("--cold", action="store_true",
                     help="evict the pool stores' shards from the page cache before each score run (posix_fadvise "
                          "DONTNEED on these files only), so runs side by side start equally cold")
+    ap.add_argument("--baseline-code", help="a checkout of the earlier less_ray to score side by side with")
+    ap.add_argument("--baseline-dir", help="the store written by --baseline-code's own bench (--write-only)")
+    ap.add_argument("--order", default="old,new,new,old", help="with --baseline-code: the runs, in order")
     args = ap.parse_args()
     root = Path(args.dir)
     ids = [f"cand{i:07d}" for i in range(args.n)]
@@ -83,9 +96,12 @@ def main() -> None:
                         input_path=str(pool_file))
             del feats
     t_write = time.time() - t0
-    size_gb = sum(f.stat().st_size for f in root.rglob("*.parquet")) / 2**30
+    size_gb = store_gb(root)
     if args.write_only:
         print(f"store written in {t_write:.1f}s: {size_gb:.2f} GiB")
+        return
+    if args.baseline_code:
+        compare(args, root)
         return
     t_gemm = None
     order = {"both": [False, True], "both-on-first": [True, False]}.get(args.verify, [args.verify == "on"])
@@ -109,21 +125,82 @@ def run_once(args, root, size_gb, t_write, verify, t_gemm):
                                 verify, t_gemm)
 
 
+def shard_files(root: Path, ckpts: int | None = None) -> list[Path]:
+    """The shard files (Arrow IPC, or Parquet of the earlier layout) of the pool stores, or of
+    every store when `ckpts` is None."""
+    stores = [root / f"pool_c{c}" for c in range(ckpts)] if ckpts is not None else sorted(root.iterdir())
+    return [f for s in stores for ext in ("arrow", "parquet") for f in sorted((s / "shards").glob(f"part-*.{ext}"))]
+
+
+def store_gb(root: Path) -> float:
+    return sum(f.stat().st_size for f in shard_files(root)) / 2**30
+
+
+def compare(args, root: Path) -> None:
+    """Score the current store with this code and the baseline store with the baseline code,
+    alternately, each in a fresh process; print each run and a summary."""
+    here = Path(__file__).resolve().parents[1]
+    code = {"new": (here, root), "old": (Path(args.baseline_code).resolve(), Path(args.baseline_dir))}
+    t_gemm, rows = None, []
+    for label in args.order.split(","):
+        src, store = code[label]
+        if args.cold:
+            evict(root, args.ckpts)
+            evict(Path(args.baseline_dir), args.ckpts)
+        cached_gb = page_cache_gb(store, args.ckpts)
+        print(f"## {label}: code {src}, store {store} ({store_gb(store):.2f} GiB); uptime:{uptime()}", flush=True)
+        res = score_in_process(src, store, args)
+        t_gemm = _reference_and_print(args, root, store_gb(store), cached_gb, 0.0, res["score_s"], res["select_s"],
+                                      res["summary"], res["rss_mb"], True, t_gemm, {"layout": label,
+                                                                                     "code": str(src)})
+        sec = res["summary"]["seconds"]
+        rows.append((label, t_gemm / res["score_s"], t_gemm / (res["score_s"] - sec["ray_start"]),
+                     sec["score_actors"], res["rss_mb"], max(res["summary"]["actor_peak_rss_mb"].values())))
+    print(f"## summary (uptime:{uptime()}); ratio = in-memory GEMM {t_gemm:.1f} s / score wall")
+    print(f"{'run':>4} {'layout':>6} {'ratio':>7} {'ratio w/o ray start':>20} {'actors s':>9} "
+          f"{'driver peak MB':>15} {'max actor peak MB':>18}")
+    for i, (label, r, r2, act, drv, actor) in enumerate(rows, 1):
+        print(f"{i:>4} {label:>6} {r:>7.3f} {r2:>20.3f} {act:>9.2f} {drv:>15.0f} {actor:>18.1f}")
+
+
+def uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.rstrip().split("load", 1)[1]
+    except (OSError, IndexError):
+        return " ?"
+
+
+def score_in_process(src: Path, store: Path, args) -> dict:
+    """`score_and_select` of the bench in `src`, in a fresh interpreter importing less_ray from `src`."""
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1] + '/bench'); from bench_score import score_and_select; "
+            "r = score_and_select(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), "
+            "float(sys.argv[6]), True); import less_ray; r['less_ray'] = less_ray.__file__; "
+            "print('RESULT ' + json.dumps(r, default=float))")
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    out = subprocess.run([sys.executable, "-c", code, str(src), str(store), str(args.ckpts), str(args.block_rows),
+                          str(args.actors), str(args.actor_cpus)], env=env, capture_output=True, text=True, cwd=src)
+    line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+    if out.returncode or not line:
+        raise RuntimeError(f"score run with {src} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
+    res = json.loads(line[-1][len("RESULT "):])
+    if not res["less_ray"].startswith(str(src)):
+        raise RuntimeError(f"the run meant for {src} imported less_ray from {res['less_ray']}")
+    return res
+
+
 def evict(root: Path, ckpts: int) -> None:
-    import os
-    for c in range(ckpts):
-        for f in (root / f"pool_c{c}" / "shards").glob("*.parquet"):
-            fd = os.open(f, os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
+    for f in shard_files(root, ckpts):
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
 def page_cache_gb(root: Path, ckpts: int) -> float | None:
     """GiB of the pool stores' shards resident in the page cache (None without util-linux fincore)."""
     import subprocess
-    files = [str(f) for c in range(ckpts) for f in sorted((root / f"pool_c{c}" / "shards").glob("*.parquet"))]
+    files = [str(f) for f in shard_files(root, ckpts)]
     try:
         out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", *files],
                              capture_output=True, text=True, check=True).stdout
@@ -163,7 +240,7 @@ def score_and_select(root: str, ckpts: int, block_rows: int, actors: int, actor_
 
 
 def _reference_and_print(args, root, size_gb, cached_gb, t_write, t_score, t_select, summary, driver_rss, verify,
-                         t_gemm=None) -> float:
+                         t_gemm=None, label=None) -> float:
 
     # Reference: one in-memory GEMM per checkpoint on the same data (features already decoded to
     # float32 in memory, all ~300 target rows, as LESS computes G_c V_cᵀ), timed on the same machine.
@@ -180,6 +257,7 @@ def _reference_and_print(args, root, size_gb, cached_gb, t_write, t_score, t_sel
             del g, _
     rows = args.n * args.ckpts
     print(json.dumps({
+        **(label or {}),
         "verify_on_read": verify,
         "actors": f"{args.actors} x {args.actor_cpus:g} CPU", "block_rows": args.block_rows, "pool": args.n, "dim": args.dim, "checkpoints": args.ckpts, "targets": TASKS, "store_gib": round(size_gb, 2),
         "pool_store_in_page_cache_gib": cached_gb,
