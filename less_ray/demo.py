@@ -95,7 +95,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from .config import absolute_paths
     from .data.demo import write_demo_data
     from .pipeline import run_pipeline
-    from .scoring.select import SelectConfig, selection_name
+    from .scoring.select import read_selection_manifest
     t0 = time.time()
     absolute_paths(cfg)
     out = Path(cfg.out)
@@ -107,7 +107,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     pcfg = demo_pipeline_config(cfg, data, model_dir)
     summary = run_pipeline(pcfg)
     task = f"demo_{cfg.target_family}"
-    sel = Path(pcfg.out) / "scores" / task / selection_name(SelectConfig(top_p=pcfg.select.top_p))
+    sel = Path(read_selection_manifest(Path(pcfg.out) / "scores" / task)["path"])
     shares = family_shares(sel, data["pool"]["path"], cfg.target_family, cfg.seed)
     summary.update(shares, selection=str(sel), seconds=round(time.time() - t0, 1))
     (Path(pcfg.out) / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

@@ -33,7 +33,7 @@ from .ray_runtime import ensure_ray
 from .run_lock import locked
 from .scoring.job import ScoreConfig, TaskSpec, run_score
 from .scoring.report import ReportConfig, run_report
-from .scoring.select import SelectConfig, run_select, selection_name
+from .scoring.select import SELECTION_MANIFEST, SelectConfig, read_selection_manifest, run_select, selection_name
 from .train.config import RaySettings, TrainConfig, WarmupConfig
 
 log = logging.getLogger("less_ray")
@@ -354,7 +354,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         summary["selectors"] = run_selectors(cfg, run, target_files)
 
     for task in cfg.targets:
-        selection = scores_dir / task / selection_name(sel)
+        selection = scores_dir / task / selection_name(sel)  # what select writes; its manifest names it
+        if "train" in want and (scores_dir / task / SELECTION_MANIFEST).exists():
+            selection = Path(read_selection_manifest(scores_dir / task)["path"])
         tcfg = train_config(cfg, run, task, selection)
         if "train" in want:
             run.stage(f"train/{task}", tcfg, Path(tcfg.out) / "state.json", lambda tcfg=tcfg: str(run_train(tcfg)))

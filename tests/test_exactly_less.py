@@ -369,3 +369,27 @@ def test_one_denominator_for_every_selector(tmp_path, rule, k):
         assert (rec["rule"], rec["p"], rec["N"], rec["k"]) == (rule, 0.29, 100, k)
         assert rec["scored"] == (96 if name == "less" else 100)
         assert [json.loads(x)["id"] for x in lines] == [f"r{i:03d}" for i in range(99, 99 - k, -1)]
+
+
+def test_select_writes_the_manifest_that_train_report_and_demo_read(tmp_path):
+    """select's `selection.json` names the file, k, the rule and the config; readers take the
+    selection from it (never re-deriving k or the file name) and refuse a file changed since."""
+    from less_ray.data.io import write_jsonl
+    from less_ray.scoring.report import selection_spec
+    from less_ray.scoring.select import SelectConfig, read_selection_manifest, run_select
+    pool = [make_record("s", [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}],
+                        id=f"r{i:03d}") for i in range(50)]
+    write_jsonl(pool, tmp_path / "pool.jsonl")
+    _score_folder(tmp_path / "f", tmp_path / "pool.jsonl", [r.id for r in pool], [float(i) for i in range(50)])
+    run_select(SelectConfig(scores=str(tmp_path / "f"), top_n=7, top_p=None, sorted_csv=False))
+    man = read_selection_manifest(tmp_path / "f" / "t")
+    assert man["k"] == 7 and man["path"] == str(tmp_path / "f" / "t" / "top_n7.jsonl")
+    assert man["config"]["top_n"] == 7 and man["rule"]["rule"] == "top_n"
+    spec = selection_spec(tmp_path / "f" / "t", 50, None)
+    assert (spec["k_rule"], spec["file"]) == (7, tmp_path / "f" / "t" / "top_n7.jsonl")
+    with open(man["path"], "a") as fh:
+        fh.write("{}\n")
+    with pytest.raises(ValueError, match="changed since select wrote it"):
+        read_selection_manifest(tmp_path / "f" / "t")
+    with pytest.raises(FileNotFoundError, match="no selection here"):
+        read_selection_manifest(tmp_path / "f" / "nothing")

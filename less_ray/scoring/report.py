@@ -132,11 +132,14 @@ def selection_spec(task_dir: Path, n: int, top_p: float | None) -> dict[str, Any
         top_p = 0.05 if top_p is None and top_n is None else top_p
     name = selection_name(SelectConfig(top_p=top_p, top_n=top_n))
     path = task_dir / name
-    k_rule = min(n, int(top_n)) if top_n is not None else int(math.floor(top_p * n + 1e-9))
-    recorded_rule = _read_json(task_dir / "selection.json")  # select's record of the size rule it used
-    rule = None
-    if isinstance(recorded_rule, dict) and recorded_rule.get("file", name) == name:
-        rule = recorded_rule.get("rule")
+    manifest = _read_json(task_dir / "selection.json")  # select's manifest: file, k, the size rule
+    if isinstance(manifest, dict) and manifest.get("file") == name and path.exists() and "k" in manifest:
+        return {"top_p": top_p, "top_n": top_n, "k_rule": int(manifest["k"]), "file": path, "name": name,
+                "rule": manifest.get("rule")}
+    # no selection of this size: describe what select would pick (its rule, over the rows scored)
+    from .select import selection_count
+    k_rule = selection_count(top_p, top_n, n)
+    rule = manifest.get("rule") if isinstance(manifest, dict) and manifest.get("file", name) == name else None
     return {"top_p": top_p, "top_n": top_n, "k_rule": k_rule, "file": path if path.exists() else None,
             "name": name, "rule": rule}
 

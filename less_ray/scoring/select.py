@@ -26,7 +26,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..config import save_config, path_field
+from ..config import config_to_dict, save_config, path_field
+from ..store import sha256_file
 from ..core.influence import TopK
 from ..data.io import iter_records
 
@@ -176,6 +177,31 @@ def write_selection(pool: str, ids: np.ndarray, scores: np.ndarray, out: Path) -
     return len(found)
 
 
+SELECTION_MANIFEST = "selection.json"
+
+
+def write_selection_manifest(task_dir: Path, manifest: dict[str, Any]) -> None:
+    tmp = task_dir / f".{SELECTION_MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1))
+    tmp.replace(task_dir / SELECTION_MANIFEST)  # last: the selection file it names is complete
+
+
+def read_selection_manifest(task_dir: str | Path) -> dict[str, Any]:
+    """What `select` (or any selector's select) wrote for a task: the selection file (absolute
+    `path`), k, the size rule and the config; train, report and the demo read these instead of
+    re-deriving them. Refuses a selection file changed since."""
+    task_dir = Path(task_dir)
+    path = task_dir / SELECTION_MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no selection here; run `less-ray select --scores {task_dir.parent}` first")
+    man = json.loads(path.read_text())
+    man["path"] = str(task_dir / man["file"])
+    want = man.get("selection_sha256")
+    if want and sha256_file(man["path"]) != want:
+        raise ValueError(f"{man['path']}: changed since select wrote it (sha256 differs from {path}); rerun select")
+    return man
+
+
 def run_select(cfg: SelectConfig) -> dict[str, Any]:
     import pyarrow.parquet as pq
     root = Path(cfg.scores)
@@ -194,7 +220,9 @@ def run_select(cfg: SelectConfig) -> dict[str, Any]:
         sel = root / task / selection_name(cfg)
         write_selection(pool, ids, scores, sel)
         rule = count_record(cfg.top_p, cfg.top_n, n_pool, n, k, cfg.count_rule)
-        (root / task / "selection.json").write_text(json.dumps({"rule": rule, "file": sel.name}, indent=1))
+        write_selection_manifest(root / task, {
+            "file": sel.name, "k": k, "rule": rule, "pool": str(pool), "scores_sha256": sha256_file(scores_path),
+            "selection_sha256": sha256_file(sel), "config": config_to_dict(cfg)})
         info = {"selected": k, "pool": n_pool, "scored": n, "rule": rule, "file": str(sel)}
         if cfg.sorted_csv:
             write_sorted_csv(scores_path, root / task / "sorted.csv", cfg.block_rows)
