@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import random
-from pathlib import Path
 from typing import Any
 
 # measured on this project's 2-core CI CPU (bench/results/extract_core_cpu.txt): the batched

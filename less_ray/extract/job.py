@@ -24,14 +24,15 @@ import numpy as np
 
 from ..config import config_hash, save_config, path_field
 from ..core.formatting import ChatFormat
-from ..resources import auto_shard_rows, count_rows, estimate_extract_memory, explain_actor_failure
+from ..resources import auto_shard_rows, count_rows, estimate_extract_memory
 from ..ray_runtime import RayStage
 from ..run_lock import locked
+from ..shards import STAGED, map_shards, read_shard, stage_input
+from ..train.checkpoint import read_checkpoint_state
 from ..store import (Projection, StoreManifest, features_table, library_versions, remove_temp_files,
-                     sha256_file, verified_shard, write_manifest, write_shard)
+                     verified_shard, write_manifest, write_shard)
 
 log = logging.getLogger("less_ray")
-STAGED = "_input.parquet"
 PROJECTIONS = ("sjlt", "rademacher", "identity")
 PRECISIONS = ("fp32", "bf16", "less")
 
@@ -82,11 +83,6 @@ def checkpoint_hash(ckpt: str | Path) -> str:
     return checkpoint_content_hash(ckpt)
 
 
-def read_checkpoint_state(ckpt: str | Path) -> dict[str, Any]:
-    path = Path(ckpt) / "state.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
 def resolve(cfg: ExtractConfig) -> ExtractConfig:
     """Fill defaults from the checkpoint's state.json; check the choices."""
     state = read_checkpoint_state(cfg.checkpoint)
@@ -108,41 +104,6 @@ def resolve(cfg: ExtractConfig) -> ExtractConfig:
     if cfg.dtype not in ("float16", "float32"):
         raise ValueError(f"extract: dtype must be float16 or float32, not {cfg.dtype!r}")
     return cfg
-
-
-def stage_input(data: str, out: Path, shard_rows: int) -> tuple[int, int, str]:
-    """Validated records as Parquet, one row group per shard. Returns (rows, shards, input sha256);
-    reused when the input file is unchanged."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from ..data.io import _parquet_schema, iter_records
-    digest = sha256_file(data)
-    info_path = out / "_input.json"
-    if info_path.exists() and (out / STAGED).exists():
-        info = json.loads(info_path.read_text())
-        if info["sha256"] == digest and info["shard_rows"] == shard_rows:
-            return info["rows"], info["shards"], digest
-    out.mkdir(parents=True, exist_ok=True)
-    schema = _parquet_schema()
-    tmp = out / f".{STAGED}.tmp"
-    rows, shards, chunk = 0, 0, []
-    with pq.ParquetWriter(tmp, schema) as w:
-        def flush():
-            w.write_table(pa.Table.from_pylist(chunk, schema=schema), row_group_size=shard_rows)
-        for rec in iter_records(data):
-            chunk.append({"id": rec.id, "source": rec.source, "messages": list(rec.messages),
-                          "task": rec.task, "subtask": rec.subtask})
-            if len(chunk) == shard_rows:
-                flush()
-                rows, shards, chunk = rows + len(chunk), shards + 1, []
-        if chunk:
-            flush()
-            rows, shards = rows + len(chunk), shards + 1
-    tmp.replace(out / STAGED)
-    info_path.write_text(json.dumps({"path": str(data), "sha256": digest, "rows": rows, "shards": shards,
-                                     "shard_rows": shard_rows}))
-    return rows, shards, digest
 
 
 def projection_batch(cfg: ExtractConfig, num_params: int) -> int:
@@ -199,10 +160,8 @@ class ShardExtractor:
         self.projection_batch = projection_batch(cfg, n)
 
     def extract_shard(self, shard: int) -> dict[str, Any]:
-        import pyarrow.parquet as pq
-
         from ..core.formatting import SkippedExample, collate, token_budget_batches, tokenize_messages
-        rows = pq.ParquetFile(Path(self.cfg.out) / STAGED).read_row_group(shard).to_pylist()
+        rows = read_shard(Path(self.cfg.out) / STAGED, shard)
         examples, skipped = [], []
         for r in rows:
             t = tokenize_messages(r["messages"], self.tok, self.fmt, example_id=r["id"])
@@ -343,7 +302,6 @@ def finalize(cfg: ExtractConfig, n_shards: int, input_digest: str, dims: list[in
 
 @locked("extract")  # one writer per out folder (less_ray/run_lock.py)
 def run_extract(cfg: ExtractConfig) -> dict[int, Path]:
-    import ray
 
     t0 = time.time()
     cfg = resolve(cfg)
@@ -356,16 +314,9 @@ def run_extract(cfg: ExtractConfig) -> dict[int, Path]:
     log.debug("extract %s: %d examples in %d shards, %d to do (%s, dims %s)", cfg.kind, n_rows, n_shards,
              len(todo), Path(cfg.checkpoint).name, dims)
     if todo:
-        cfg.join_ray()
         memory = None if cfg.actor_memory_gb else estimate_extract_memory(cfg)
-        ds = ray.data.from_items([{"shard": i} for i in todo], override_num_blocks=len(todo))
-        ds = ds.map_batches(ShardExtractor, batch_size=1, fn_constructor_kwargs={"cfg": cfg},
-                            **cfg.map_batches_args(memory))
-        try:
-            done = ds.take_all()
-        except Exception as e:  # an actor killed for memory: say so, with the settings to change
-            raise explain_actor_failure(e, "extract", memory, "extract.batch_tokens (or batch_size), "
-                                        "projection_buffer_gb or max_actors") from e
+        done = map_shards(cfg, ShardExtractor, {"cfg": cfg}, todo, "extract", memory,
+                          "extract.batch_tokens (or batch_size), projection_buffer_gb or max_actors")
         log.debug("extract: %d shards, %d examples, %d skipped by the truncation policy in %.1fs",
                  len(done), sum(int(d["rows"]) for d in done), sum(int(d["skipped"]) for d in done), time.time() - t0)
     return finalize(cfg, n_shards, digest, dims)

@@ -13,7 +13,7 @@ Adding a selector: a module in this package whose run function carries
 `less_ray.selectors.SELECTOR_MODULES` (name -> module, imported only when that selector runs).
 
 Per-example scorers run as Ray Data jobs through `score_pool`: the pool is staged once as
-Parquet (one row group per shard, `extract.job.stage_input`), an actor pool maps shard indices
+Parquet (one row group per shard, `shards.stage_input`), an actor pool maps shard indices
 (the scorer is built once per actor, e.g. a model load) and writes one part per shard; the
 driver streams the parts, in shard order, into the score folder. Memory: one shard per actor,
 one part at a time on the driver.
@@ -24,7 +24,7 @@ import importlib
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,6 +32,7 @@ import numpy as np
 
 from ..config import load_config, save_config, path_field
 from ..ray_runtime import RayStage
+from ..shards import STAGED, ShardActor, map_shards, stage_input  # noqa: F401  (re-exported to the selectors)
 
 log = logging.getLogger("less_ray")
 ALL_TASK = "all"  # the one task of a task-agnostic selector
@@ -129,44 +130,8 @@ def read_targets(targets: dict[str, str]) -> dict[str, list]:
 def stage_records(data: str, folder: Path, shard_rows: int) -> tuple[Path, int, int, str]:
     """Stage a records file as Parquet, one row group per shard (reused while the file is
     unchanged). Returns (staged file, rows, shards, input sha256)."""
-    from ..extract.job import STAGED, stage_input
     rows, shards, digest = stage_input(data, folder, shard_rows)
     return folder / STAGED, rows, shards, digest
-
-
-class ShardActor:
-    """Ray Data actor over a staged records file: one batch row = one shard (row group) index.
-    Subclasses build their state once in `__init__` and implement `process(shard, rows)`."""
-
-    def __init__(self, staged: str):
-        self.staged = staged
-
-    def rows(self, shard: int) -> list[dict[str, Any]]:
-        import pyarrow.parquet as pq
-        return pq.ParquetFile(self.staged).read_row_group(shard).to_pylist()
-
-    def process(self, shard: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        done = [self.process(int(s), self.rows(int(s))) for s in batch["shard"]]
-        return {k: np.array([d[k] for d in done]) for k in done[0]}
-
-
-def map_shards(cfg: RayStage, actor_cls: type, ctor_kwargs: dict[str, Any], shards: list[int]) -> list[dict]:
-    """Run `actor_cls` over `shards` on an autoscaling Ray Data actor pool; the per-shard results."""
-    import ray
-
-    if not shards:
-        return []
-    cfg.join_ray()
-    ds = ray.data.from_items([{"shard": i} for i in shards], override_num_blocks=len(shards))
-    ds = ds.map_batches(actor_cls, batch_size=1, fn_constructor_kwargs=ctor_kwargs,
-                        **cfg.map_batches_args())
-    done = ds.take_all()
-    if sorted(int(d["shard"]) for d in done) != sorted(shards):
-        raise RuntimeError(f"shards missing from the result: {sorted(int(d['shard']) for d in done)}")
-    return done
 
 
 class PoolScorer:

@@ -61,7 +61,7 @@ class LossStatsConfig(SelectorConfig):
 # ---- the statistics job ----------------------------------------------------------------------
 
 def _resolve_base(cfg: LossStatsConfig) -> str:
-    from ..extract.job import read_checkpoint_state
+    from ..train.checkpoint import read_checkpoint_state
     base = cfg.base_model or (read_checkpoint_state(cfg.checkpoint).get("base_model") if cfg.checkpoint else None)
     if not base:
         raise ValueError("loss selectors: give base_model (or a checkpoint whose state.json records it)")
@@ -136,7 +136,7 @@ class Stats(NamedTuple):
 
 def compute_stats(cfg: LossStatsConfig, passes: list[str]) -> Stats:
     """Make sure `passes` exist in the stats folder (computing only missing parts)."""
-    from ..extract.job import checkpoint_hash
+    from ..identity import checkpoint_content_hash as checkpoint_hash
     from ..store import sha256_file
     if any(p != "base" for p in passes) and not cfg.checkpoint:
         raise ValueError(f"loss selectors: passes {passes} need a warmup checkpoint")

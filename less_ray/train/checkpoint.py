@@ -62,6 +62,12 @@ def read_state(ckpt_dir: str | Path) -> dict:
     return json.loads((Path(ckpt_dir) / STATE_FILE).read_text(encoding="utf-8"))
 
 
+def read_checkpoint_state(ckpt: str | Path) -> dict:
+    """A checkpoint's state.json, or {} for a checkpoint without one (an adapter from elsewhere)."""
+    path = Path(ckpt) / STATE_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
 def load_checkpoint_moments(ckpt_dir: str | Path) -> dict[str, tuple[Any, Any]]:
     """{peft parameter name: (exp_avg, exp_avg_sq)} from an epoch checkpoint."""
     from safetensors.torch import load_file

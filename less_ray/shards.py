@@ -1,0 +1,107 @@
+"""The one shard executor every Ray Data stage runs on (extract, score, each selector, dedup).
+
+A stage's work is a list of shard indices; `map_shards` maps them over an autoscaling Ray Data
+actor pool (the stage's `ActorPool` settings: actors, CPUs, GPUs, memory, restarts), one shard
+per call, and returns one result row per shard, checked complete. An actor killed for memory
+ends the stage with the settings to change (resources.explain_actor_failure).
+
+Record inputs are staged once as Parquet with one row group per shard (`stage_input`), so a shard
+is a fixed set of examples whatever actor runs it, and `ShardActor` reads its rows.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .ray_runtime import RayStage
+from .store import sha256_file
+
+STAGED = "_input.parquet"
+
+
+def stage_input(data: str, out: Path, shard_rows: int) -> tuple[int, int, str]:
+    """Validated records as Parquet, one row group per shard (`<out>/_input.parquet`). Returns
+    (rows, shards, input sha256); reused when the input file and shard size are unchanged."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .data.io import _parquet_schema, iter_records
+    digest = sha256_file(data)
+    info_path = out / "_input.json"
+    if info_path.exists() and (out / STAGED).exists():
+        info = json.loads(info_path.read_text())
+        if info["sha256"] == digest and info["shard_rows"] == shard_rows:
+            return info["rows"], info["shards"], digest
+    out.mkdir(parents=True, exist_ok=True)
+    schema = _parquet_schema()
+    tmp = out / f".{STAGED}.tmp"
+    rows, shards, chunk = 0, 0, []
+    with pq.ParquetWriter(tmp, schema) as w:
+        def flush():
+            w.write_table(pa.Table.from_pylist(chunk, schema=schema), row_group_size=shard_rows)
+        for rec in iter_records(data):
+            chunk.append({"id": rec.id, "source": rec.source, "messages": list(rec.messages),
+                          "task": rec.task, "subtask": rec.subtask})
+            if len(chunk) == shard_rows:
+                flush()
+                rows, shards, chunk = rows + len(chunk), shards + 1, []
+        if chunk:
+            flush()
+            rows, shards = rows + len(chunk), shards + 1
+    tmp.replace(out / STAGED)
+    info_path.write_text(json.dumps({"path": str(data), "sha256": digest, "rows": rows, "shards": shards,
+                                     "shard_rows": shard_rows}))
+    return rows, shards, digest
+
+
+def read_shard(staged: str | Path, shard: int) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+    return pq.ParquetFile(staged).read_row_group(shard).to_pylist()
+
+
+class ShardActor:
+    """Ray Data actor over a staged records file: one batch row = one shard (row group) index.
+    Subclasses build their state once in `__init__` and implement `process(shard, rows)`."""
+
+    def __init__(self, staged: str):
+        self.staged = staged
+
+    def rows(self, shard: int) -> list[dict[str, Any]]:
+        return read_shard(self.staged, shard)
+
+    def process(self, shard: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        done = [self.process(int(s), self.rows(int(s))) for s in batch["shard"]]
+        return {k: np.array([d[k] for d in done]) for k in done[0]}
+
+
+def map_shards(cfg: RayStage, actor_cls: type, ctor_kwargs: dict[str, Any], shards: list[int],
+               stage: str = "stage", memory_bytes: int | None = None,
+               knobs: str = "its batch size or max_actors") -> list[dict]:
+    """Run `actor_cls(**ctor_kwargs)` over `shards` on the stage's actor pool; one result row per
+    shard. `memory_bytes`: what each actor declares to Ray when the config sets no
+    actor_memory_gb; `stage`, `knobs`: name the stage and its memory settings in the error an
+    actor killed for memory ends it with."""
+    import ray
+
+    from .resources import explain_actor_failure
+    if not shards:
+        return []
+    cfg.join_ray()
+    ds = ray.data.from_items([{"shard": i} for i in shards], override_num_blocks=len(shards))
+    ds = ds.map_batches(actor_cls, batch_size=1, fn_constructor_kwargs=ctor_kwargs,
+                        **cfg.map_batches_args(memory_bytes))
+    try:
+        done = ds.take_all()
+    except Exception as e:  # an actor killed for memory: say so, with the settings to change
+        raise explain_actor_failure(e, stage, memory_bytes or (int(cfg.actor_memory_gb * 2 ** 30)
+                                                               if cfg.actor_memory_gb else None), knobs) from e
+    got = sorted(int(d["shard"]) for d in done)
+    if got != sorted(shards):
+        raise RuntimeError(f"{stage}: shards missing from the result: {sorted(set(shards) - set(got))[:10]}")
+    return done
