@@ -1,25 +1,40 @@
-"""LESS vs random vs full vs base on the real data in ../shared/data (issue #7's experiment).
+"""LESS vs random vs RDS vs full pool vs base on the real data in ../shared/data (issue #19).
 
-    python experiments/real_data.py --out /tmp/less_real [--pool-size N ...]
+    python experiments/real_data.py --out /work/runs/real19            # the CPU run (defaults)
+    python experiments/real_data.py --out OUT --phases core planted full gen stability
+    python experiments/real_data.py --out OUT --render-docs              # docs section from OUT
 
-1. pool: every candidate adapter except the GSM8K train file (its problems also sit inside the
-   Flan-v2 CoT data; the issue asks to drop one copy), then a seeded sample of --pool-size;
-2. targets: BBH (81 CoT exemplars), MMLU (285 dev shots), TydiQA (9, one per language, from dev);
-3. LESS through the product pipeline (`run_pipeline`): warmup on 5% -> one checkpoint per epoch ->
-   datastore -> score -> top 5% per target -> train -> eval (every model on every target);
-4. random 5% (three seeds), the full pool and the untrained base model: trained / evaluated with
-   the same settings (`run_train`, `run_eval`);
-5. results.json + results.md (tables, source shares) in --out.
+Phases, in this order (the core comparison first; each later phase is optional):
+  core       data -> base eval -> LESS pipeline (warmup 4 epochs -> 4 checkpoints -> datastore ->
+             score -> top 5%; RDS and k-center as the pipeline's `selectors`) -> random 5% (3 seeds,
+             the product's `random` selector) -> train every selection from the base model
+             (`run_train`, identical settings) -> held-out answer-token loss of every model on every
+             target (cross-target matrix) -> statistics (seeds' mean +- spread, paired bootstrap CIs)
+  planted    share of the planted task (code_alpaca, ~5% of the pool; disjoint code_alpaca targets)
+             in each selector's top 1/5/10% and its AUC (LESS, RDS, k-center, random): no new
+             model work, the planted targets ride along in the core pipeline
+  full       the full pool trained once (--full-epochs, default 1) and evaluated
+  gen        secondary metrics through `run_eval` (MMLU accuracy, BBH EM, TydiQA F1; small caps)
+  stability  a second warmup seed (other warmup subset), LESS for one target: top-5% Jaccard and
+             score rank correlation against the first run, beside the same for random seeds
 
-Every step skips what is already done, so a killed run resumes. The defaults are the reduced
-CPU version (see --help and docs/results.md); on a GPU raise the sizes to LESS's.
+Resumable: the LESS part is `run_pipeline` (its stage ledger skips finished stages; extraction
+resumes per shard); every other piece writes a done-marker last (the selection's score summary,
+the training's state.json, an eval's JSON) and is skipped when that exists. Kill it and rerun the
+same command: it continues. Per-piece wall times accumulate in <out>/timings.json.
+
+Defaults are the reduced CPU version; on a GPU raise them to LESS's (e.g. --pool-size 80000
+--lora-r 128 --lora-alpha 512 --lr 2e-5 --batch-size 128 --dim 8192 --max-seq-length 2048
+--bbh-target-shots 2 --tydiqa-context-chars 2000 --workers 1 --gpu).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
+import os
 import random
 import statistics
 import sys
@@ -28,231 +43,781 @@ from collections import Counter
 from pathlib import Path
 
 TARGETS = ("bbh", "mmlu", "tydiqa")
+PLANTED = "code_alpaca"  # the planted real task (a source; never one of the three targets)
+PHASES = ("core", "planted", "full", "gen", "stability")
+log = logging.getLogger("real19")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
+    p.add_argument("--phases", nargs="+", default=["core", "planted", "full"], choices=PHASES)
+    p.add_argument("--render-docs", action="store_true", help="print the docs/results.md section from OUT/results.json")
     p.add_argument("--data-root", default=None, help="default: $LESS_RAY_DATA_ROOT or ../shared/data")
-    p.add_argument("--pool-size", type=int, default=1000, help="sampled from the ~80K-example pool")
-    p.add_argument("--top-p", type=float, default=0.05)
-    p.add_argument("--max-seq-length", type=int, default=256)
-    p.add_argument("--chat-format", default="template", choices=["less", "tulu_stripped", "tulu", "template"])
+    p.add_argument("--base-model", default=None, help="a model folder; default: SmolLM2-135M-Instruct written to OUT/smollm2")
+    # pool
+    p.add_argument("--pool-size", type=int, default=4000)
+    p.add_argument("--planted-share", type=float, default=0.05, help="share of the pool that is the planted task")
+    p.add_argument("--planted-targets", type=int, default=50, help="planted-task examples held out as its targets")
+    p.add_argument("--data-seed", type=int, default=0)
+    # model / method
+    p.add_argument("--max-seq-length", type=int, default=512)
+    p.add_argument("--chat-format", default="less", choices=["less", "tulu_stripped", "tulu", "template"])
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--lora-alpha", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--epochs", type=int, default=4, help="warmup epochs (= checkpoints) and selection training epochs")
-    p.add_argument("--full-epochs", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=8, help="effective batch size")
-    p.add_argument("--dim", type=int, default=512, help="projection dim")
-    p.add_argument("--extract-batch", type=int, default=32)
-    p.add_argument("--shard-rows", type=int, default=64, help="extraction shard size (the unit each actor takes)")
+    p.add_argument("--dim", type=int, default=2048, help="projection dim")
+    p.add_argument("--projection", default="rademacher", choices=["rademacher", "sjlt", "identity"])
+    p.add_argument("--top-p", type=float, default=0.05)
+    p.add_argument("--warmup-percentage", type=float, default=0.05)
+    p.add_argument("--warmup-epochs", type=int, default=4, help="= checkpoints")
+    p.add_argument("--warmup-seed", type=int, default=3, help="the warmup draw (pipeline warmup.data_seed)")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--batch-size", type=int, default=8, help="effective batch size (warmup and trainings)")
+    p.add_argument("--micro-batch-size", type=int, default=4)
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--micro-batch-size", type=int, default=None,
-                   help="per-device batch of the random/full trainings (default: batch-size / workers); "
-                        "the effective batch stays --batch-size")
+    p.add_argument("--cpus-per-worker", type=float, default=2.0)
+    p.add_argument("--gpu", action="store_true", help="train/extract on GPUs (one per worker / actor)")
+    p.add_argument("--train-epochs", type=int, default=2, help="epochs of every 5%% selection's training")
+    p.add_argument("--full-epochs", type=int, default=1)
+    p.add_argument("--extract-batch", type=int, default=8)
+    p.add_argument("--shard-rows", type=int, default=250, help="extraction shard (unit of work and of resumption)")
+    p.add_argument("--extract-actors", type=int, default=2)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="random-selection seeds")
-    p.add_argument("--bbh-per-task", type=int, default=3)
-    p.add_argument("--bbh-new-tokens", type=int, default=128)
-    p.add_argument("--mmlu-per-subject", type=int, default=3)
-    p.add_argument("--tydiqa-per-language", type=int, default=10)
-    p.add_argument("--eval-prompt-tokens", type=int, default=1024)
-    p.add_argument("--targets-per-subtask", type=int, default=None,
-                   help="keep the first n target examples of each subtask (BBH task / MMLU subject / TydiQA language)")
-    p.add_argument("--num-cpus", type=int, default=None)
-    p.add_argument("--skip-full", action="store_true")
-    p.add_argument("--cross-eval", action="store_true",
-                   help="also evaluate each LESS model on the other targets (default: its own target only)")
+    p.add_argument("--num-cpus", type=int, default=2)
+    # targets (selection) and held-out (measurement)
+    p.add_argument("--bbh-target-shots", type=int, default=0, choices=[0, 2],
+                   help="in-context exemplars in each BBH target (LESS: 2; they do not fit in 512 tokens)")
+    p.add_argument("--tydiqa-context-chars", type=int, default=600,
+                   help="TydiQA targets drawn among passages of at most this many characters (LESS: no bound)")
+    p.add_argument("--targets-per-subtask", type=int, default=None, help="(dry runs) first n targets per subtask")
+    p.add_argument("--bbh-heldout-per-task", type=int, default=10)
+    p.add_argument("--mmlu-heldout-per-subject", type=int, default=5)
+    p.add_argument("--tydiqa-heldout-per-language", type=int, default=20)
+    p.add_argument("--heldout-context-chars", type=int, default=1500, help="TydiQA held-out passages at most this long")
+    p.add_argument("--eval-max-tokens", type=int, default=1024, help="held-out loss: longer examples are cut (right)")
+    p.add_argument("--eval-threads", type=int, default=2)
+    p.add_argument("--bootstrap", type=int, default=10000)
+    # gen phase
+    p.add_argument("--gen-mmlu-per-subject", type=int, default=5)
+    p.add_argument("--gen-bbh-per-task", type=int, default=1)
+    p.add_argument("--gen-bbh-new-tokens", type=int, default=128)
+    p.add_argument("--gen-tydiqa-per-language", type=int, default=5)
+    p.add_argument("--gen-prompt-tokens", type=int, default=1024)
+    # stability phase
+    p.add_argument("--stability-target", default="bbh", choices=TARGETS)
+    p.add_argument("--stability-warmup-seed", type=int, default=4)
+    # measured rates for the estimate (see docs/logs/real19/settings.md)
+    p.add_argument("--rate-grad-tok-s", type=float, default=130.0, help="fwd+bwd tokens/s, whole machine")
+    p.add_argument("--rate-fwd-tok-s", type=float, default=400.0, help="forward-only tokens/s, whole machine")
+    p.add_argument("--overhead-s", type=float, default=60.0, help="per Ray stage start (workers, model load)")
     return p.parse_args(argv)
 
 
-def build_data(args, out: Path) -> dict[str, str]:
+# --- bookkeeping --------------------------------------------------------------------------------
+class Timings:
+    """Seconds per finished piece, kept across resumes (a rerun skips a piece, keeps its time)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path.exists() else {}
+
+    def piece(self, name: str, done: Path, fn):
+        if done.exists():
+            log.info("skip %s: %s exists", name, done)
+            return
+        log.info("start %s", name)
+        t0 = time.time()
+        fn()
+        self.data[name] = round(time.time() - t0, 1)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2))
+        tmp.replace(self.path)
+        log.info("done %s in %.0fs", name, self.data[name])
+
+
+def write_json(path: Path, obj) -> None:
+    """Atomic: the file is the done-marker of its piece."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+    tmp.replace(path)
+
+
+# --- data ---------------------------------------------------------------------------------------
+def bbh_targets(root: Path, shots: int):
+    from less_ray.data.schema import make_record, validation
+    from less_ray.data.targets import _parse_cot_prompt, build_targets
+    if shots == 2:
+        return build_targets("bbh", root)  # LESS's exact targets
+    out = []
+    for path in sorted((root / "bbh" / "cot-prompts").glob("*.txt")):
+        prompt, exemplars = _parse_cot_prompt(path)
+        for k, ex in enumerate(exemplars):
+            question, answer = ex.split("\nA:")
+            out.append(make_record("bbh", validation(prompt.strip() + "\n\n" + question, "A:", answer),
+                                   id=f"bbh/{path.stem}:{k}", task="bbh", subtask=path.stem))
+    return out
+
+
+def heldout_records(args, root: Path) -> dict[str, list]:
+    """Held-out examples per target, never a selection target, in the targets' own format."""
+    from less_ray.data.schema import make_record, validation
+    from less_ray.data.targets import (TYDIQA_LANGUAGES, TYDIQA_TEMPLATES, _parse_cot_prompt, mmlu_example,
+                                       mmlu_head, tydiqa_dev_questions, tydiqa_target_question, tydiqa_user)
+    from less_ray.eval.prompts import _mmlu_rows, bbh_items
+    out = {"bbh": [], "mmlu": [], "tydiqa": []}
+    instr = {p.stem: _parse_cot_prompt(p)[0].strip() for p in (root / "bbh" / "cot-prompts").glob("*.txt")}
+    for it in bbh_items(root, args.bbh_heldout_per_task):  # task files, minus the CoT exemplars' questions
+        q = it.prompt.split("\n\nQ: ")[-1]
+        out["bbh"].append(make_record("bbh", validation(instr[it.subtask] + "\n\nQ: " + q, "A:", " " + it.gold[0]),
+                                      id=it.id, task="bbh", subtask=it.subtask))
+    for dev in sorted((root / "mmlu" / "dev").glob("*_dev.csv")):
+        subject = dev.name.removesuffix("_dev.csv")
+        rows = _mmlu_rows(root / "mmlu" / "test" / f"{subject}_test.csv")[:args.mmlu_heldout_per_subject]
+        for i, row in enumerate(rows):
+            out["mmlu"].append(make_record("mmlu", validation(mmlu_head(subject) + mmlu_example(row, False),
+                                                              "The answer is:", " " + "ABCD"[int(row[5])]),
+                                           id=f"mmlu/{subject}/test:{i}", task="mmlu", subtask=subject))
+    for lang in TYDIQA_LANGUAGES:
+        qs = [q for q in tydiqa_dev_questions(root, lang)  # the caller drops the targets and what does not fit
+              if q["answers"] and len(q["context"]) <= args.heldout_context_chars]
+        for q in qs[:args.tydiqa_heldout_per_language + 5]:  # spare: the caller may drop a few
+            out["tydiqa"].append(make_record("tydiqa", validation(tydiqa_user(lang, q["context"], q["question"]),
+                                                                  TYDIQA_TEMPLATES[lang][3], " " + q["answers"][0]),
+                                             id=q["id"], task="tydiqa", subtask=lang))
+    return out
+
+
+def tydiqa_targets(args, root: Path, fits) -> list:
+    """LESS's one TydiQA target per language, drawn (seeded) among passages of at most
+    --tydiqa-context-chars characters; where that draw does not fit max_seq_length (scripts with
+    many tokens per character), the bound is halved until it does."""
+    from less_ray.data.schema import make_record, validation
+    from less_ray.data.targets import TYDIQA_LANGUAGES, TYDIQA_TEMPLATES, tydiqa_target_question, tydiqa_user
+    out = []
+    for lang in TYDIQA_LANGUAGES:
+        bound = args.tydiqa_context_chars
+        while True:
+            q, _ = tydiqa_target_question(root, lang, 0, bound)
+            rec = make_record("tydiqa", validation(tydiqa_user(lang, q["context"], q["question"]),
+                                                   TYDIQA_TEMPLATES[lang][3], " " + q["answers"][0]),
+                              id=q["id"], task="tydiqa", subtask=lang)
+            if fits(rec) or bound < 100:
+                break
+            bound //= 2
+        out.append(rec)
+    return out
+
+
+def build_data(args, out: Path, root: Path, model_dir: Path) -> dict[str, str]:
+    """pool.jsonl, targets_<t>.jsonl, heldout_<t>.jsonl; data_facts.json is the done-marker."""
     from less_ray.data.io import write_jsonl
-    from less_ray.data.sources import CANDIDATE_SOURCES, default_data_root, load_candidates
+    from less_ray.data.sources import CANDIDATE_SOURCES, load_candidates
     from less_ray.data.targets import build_targets
     data = out / "data"
-    paths = {"pool": str(data / "pool.jsonl"), **{t: str(data / f"targets_{t}.jsonl") for t in TARGETS}}
-    if all(Path(p).exists() for p in paths.values()):
-        return paths
+    names = [*TARGETS, PLANTED]
+    paths = {"pool": data / "pool.jsonl", **{f"targets_{t}": data / f"targets_{t}.jsonl" for t in names},
+             **{f"heldout_{t}": data / f"heldout_{t}.jsonl" for t in names}}
+    if (data / "data_facts.json").exists():
+        return {k: str(v) for k, v in paths.items()}
     data.mkdir(parents=True, exist_ok=True)
-    root = Path(args.data_root) if args.data_root else default_data_root()
-    names = [n for n in CANDIDATE_SOURCES if n != "gsm8k"]
-    load = load_candidates(root, names)
-    full = load.records
-    pool = random.Random(0).sample(full, min(args.pool_size, len(full)))
-    pool.sort(key=lambda r: r.id)  # a stable order independent of adapter order
+    adapters = [n for n in CANDIDATE_SOURCES if n != "gsm8k"]  # GSM8K train is inside Flan-v2 CoT: one copy
+    load = load_candidates(root, adapters)
+    full = sorted(load.records, key=lambda r: r.id)
+    rng = random.Random(args.data_seed)
+    planted_all = [r for r in full if r.source.split("/")[0] == PLANTED]
+    rest = [r for r in full if r.source.split("/")[0] != PLANTED]
+    rng.shuffle(planted_all)
+    n_plant = round(args.planted_share * args.pool_size)
+    planted_targets = planted_all[:args.planted_targets]
+    planted_heldout = planted_all[args.planted_targets:args.planted_targets + 20]
+    planted_pool = planted_all[args.planted_targets + 20:args.planted_targets + 20 + n_plant]
+    pool = rng.sample(rest, args.pool_size - len(planted_pool)) + planted_pool
+    pool.sort(key=lambda r: r.id)
     write_jsonl(pool, paths["pool"])
-    for t in TARGETS:
-        recs, seen = [], Counter()
-        for r in build_targets(t, root):
-            seen[r.subtask] += 1
-            if args.targets_per_subtask is None or seen[r.subtask] <= args.targets_per_subtask:
-                recs.append(r)
-        write_jsonl(recs, paths[t])
-    facts = {"candidates": len(full), "skipped_rows": len(load.skipped), "adapters": names,
-             "pool": len(pool), "pool_sources": dict(Counter(r.source for r in pool)),
-             "full_sources": dict(Counter(r.source for r in full))}
-    (data / "data_facts.json").write_text(json.dumps(facts, indent=2))
-    return paths
+
+    from less_ray.core.formatting import FormatConfig, tokenize_records
+    from less_ray.models import load_tokenizer
+    tok = load_tokenizer(str(model_dir))
+
+    def fits(rec, max_len):
+        return not tokenize_records([rec], tok, FormatConfig(args.chat_format, max_len))[1]
+
+    targets = {"bbh": bbh_targets(root, args.bbh_target_shots), "mmlu": build_targets("mmlu", root),
+               "tydiqa": tydiqa_targets(args, root, lambda r: fits(r, args.max_seq_length))}
+    all_target_ids = {r.id for recs in targets.values() for r in recs}  # before any dry-run trim
+    for t, recs in list(targets.items()):
+        if args.targets_per_subtask:
+            seen, kept = Counter(), []
+            for r in recs:
+                seen[r.subtask] += 1
+                if seen[r.subtask] <= args.targets_per_subtask:
+                    kept.append(r)
+            recs = targets[t] = kept
+        write_jsonl(recs, paths[f"targets_{t}"])
+    pt = [dataclasses.replace(r, task=PLANTED, subtask=PLANTED) for r in planted_targets]
+    write_jsonl(pt, paths[f"targets_{PLANTED}"])
+    write_jsonl([dataclasses.replace(r, task=PLANTED, subtask=PLANTED) for r in planted_heldout],
+                paths[f"heldout_{PLANTED}"])
+    held = {t: [r for r in recs if r.id not in all_target_ids and fits(r, args.eval_max_tokens)]
+            for t, recs in heldout_records(args, root).items()}
+    per_lang = Counter()
+    held["tydiqa"] = [r for r in held["tydiqa"]
+                      if (per_lang.update([r.subtask]) or per_lang[r.subtask] <= args.tydiqa_heldout_per_language)]
+    for t, recs in held.items():
+        write_jsonl(recs, paths[f"heldout_{t}"])
+    overlap = {t: sum(r.id in all_target_ids for r in held[t]) for t in TARGETS}
+    assert not any(overlap.values()), f"held-out examples among the targets: {overlap}"
+    facts = {"candidates": len(full), "skipped_rows": len(load.skipped), "adapters": adapters,
+             "dropped": "gsm8k (its train problems are inside flan_v2_cot)",
+             "pool": len(pool), "pool_sources": dict(Counter(r.source.split("/")[0] for r in pool).most_common()),
+             "pool_subsources": dict(Counter(r.source for r in pool).most_common()),
+             "candidate_sources": dict(Counter(r.source.split("/")[0] for r in full).most_common()),
+             "planted": {"source": PLANTED, "in_pool": len(planted_pool), "targets": len(planted_targets),
+                         "available": len(planted_all)},
+             "targets": {t: len(v) for t, v in targets.items()}, "heldout": {t: len(v) for t, v in held.items()}}
+    write_json(data / "data_facts.json", facts)
+    return {k: str(v) for k, v in paths.items()}
 
 
-def settings(args):
-    from less_ray.train.config import DeepSpeedSettings, LoraSettings, OptimSettings, RaySettings, ScalingSettings
+def token_report(args, paths: dict[str, str], model_dir: Path) -> dict:
+    """Tokens per file at max_seq_length (and how many lose every answer token): the estimate's input."""
+    from less_ray.core.formatting import FormatConfig, tokenize_records
+    from less_ray.data.io import read_records
+    from less_ray.models import load_tokenizer
+    tok = load_tokenizer(str(model_dir))
+    rep = {}
+    for key, path in paths.items():
+        recs = read_records(path).records
+        mx = args.eval_max_tokens if key.startswith("heldout") else args.max_seq_length
+        kept, skipped = tokenize_records(recs, tok, FormatConfig(args.chat_format, mx))
+        n_tok = sum(len(k.input_ids) for k in kept)
+        rep[key] = {"n": len(recs), "kept": len(kept), "skipped": len(skipped), "tokens": n_tok,
+                    "mean_tokens": round(n_tok / max(1, len(kept)), 1),
+                    "truncated": sum(k.truncated for k in kept), "max_len": mx}
+    return rep
+
+
+def estimate(args, tok: dict) -> dict:
+    """Seconds per stage from token counts at the measured rates (whole 2-core machine)."""
+    g, f, o = args.rate_grad_tok_s, args.rate_fwd_tok_s, args.overhead_s
+    pool_tok = tok["pool"]["tokens"]
+    n_pool = tok["pool"]["kept"]
+    n_warm = math.ceil(args.warmup_percentage * n_pool)
+    mean = pool_tok / max(1, n_pool)
+    tgt_tok = sum(tok[f"targets_{t}"]["tokens"] for t in (*TARGETS, PLANTED))
+    held_tok = sum(tok[f"heldout_{t}"]["tokens"] for t in TARGETS)
+    k = int(args.top_p * n_pool)
+    n_models = 1 + 2 * len(TARGETS) + len(args.seeds)
+    e = {
+        "base + every model's held-out loss eval (each)": held_tok / f + 20,
+        f"warmup ({n_warm} ex x {args.warmup_epochs} epochs)": n_warm * args.warmup_epochs * mean / g + 2 * o,
+        f"datastore: pool ({n_pool} x {args.warmup_epochs} checkpoints)": args.warmup_epochs * (pool_tok / g + o),
+        f"datastore: targets ({args.warmup_epochs} x 4 sets)": args.warmup_epochs * (tgt_tok / g + 4 * o),
+        "score + select + RDS/k-center (MiniLM) + random": 600,
+        f"trainings: {2 * len(TARGETS) + len(args.seeds)} selections of {k} x {args.train_epochs} epochs":
+            (2 * len(TARGETS) + len(args.seeds)) * (k * args.train_epochs * mean / g + 2 * o),
+    }
+    e[f"evals: {n_models} models x held-out loss"] = n_models * e["base + every model's held-out loss eval (each)"]
+    core = sum(v for key, v in e.items() if not key.startswith("base +"))
+    e["= core total"] = core
+    e[f"full pool ({n_pool} x {args.full_epochs} epoch) + eval"] = (n_pool * args.full_epochs * mean / g + 2 * o
+                                                                   + held_tok / f)
+    e["stability (second warmup + pool datastore, one target)"] = (
+        e[f"warmup ({n_warm} ex x {args.warmup_epochs} epochs)"] + e[f"datastore: pool ({n_pool} x {args.warmup_epochs} checkpoints)"])
+    return {key: round(v) for key, v in e.items()}
+
+
+# --- product pieces -----------------------------------------------------------------------------
+def training_settings(args, epochs: int):
+    from less_ray.train.config import DeepSpeedSettings, LoraSettings, OptimSettings, ScalingSettings
     lora = LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=0.1)
-    scaling = ScalingSettings(num_workers=args.workers, cpus_per_worker=1.0, effective_batch_size=args.batch_size,
-                              per_device_batch_size=max(1, args.batch_size // args.workers))
-    optim = OptimSettings(lr=args.lr, epochs=args.epochs)
-    return lora, scaling, optim, DeepSpeedSettings(zero_stage=0), RaySettings(num_cpus=args.num_cpus)
+    scaling = ScalingSettings(num_workers=args.workers, use_gpu=args.gpu, cpus_per_worker=args.cpus_per_worker,
+                              effective_batch_size=args.batch_size, per_device_batch_size=args.micro_batch_size)
+    optim = OptimSettings(lr=args.lr, epochs=epochs)
+    return dict(lora=lora, scaling=scaling, optim=optim, deepspeed=DeepSpeedSettings(zero_stage=0))
 
 
-def eval_config(args, model: str, out: Path):
-    from less_ray.eval.runner import EvalConfig
-    return EvalConfig(model=model, tasks=list(TARGETS), out=str(out), data_root=args.data_root,
-                      chat_format=args.chat_format, batch_size=8, max_prompt_tokens=args.eval_prompt_tokens,
-                      bbh_max_per_task=args.bbh_per_task, bbh_max_new_tokens=args.bbh_new_tokens,
-                      mmlu_max_per_subject=args.mmlu_per_subject, tydiqa_max_per_language=args.tydiqa_per_language)
+def ray_settings(args, out: Path):
+    from less_ray.train.config import RaySettings
+    return RaySettings(num_cpus=args.num_cpus)
 
 
-def run_less(args, out: Path, paths: dict[str, str], model_dir: Path) -> dict:
-    from less_ray.pipeline import EvalOptions, ExtractOptions, PipelineConfig, ScoreOptions, TrainOptions, WarmupOptions, run_pipeline
-    lora, scaling, optim, ds, ray = settings(args)
-    ev = eval_config(args, "", Path("x"))
-    cfg = PipelineConfig(
-        out=str(out / "less"), base_model=str(model_dir), pool=paths["pool"],
-        targets={t: paths[t] for t in TARGETS}, seed=0, chat_format=args.chat_format,
-        max_seq_length=args.max_seq_length,
-        warmup=WarmupOptions(percentage=0.05, lora=lora, scaling=scaling, deepspeed=ds, optim=optim),
-        extract=ExtractOptions(dim=args.dim, batch_size=args.extract_batch, shard_rows=args.shard_rows, max_actors=2),
-        score=ScoreOptions(block_rows=4096, max_actors=1, top_p=args.top_p),
-        train=TrainOptions(lora=lora, scaling=scaling, deepspeed=ds, optim=optim),
-        eval=EvalOptions(tasks={t: list(TARGETS) if args.cross_eval else [t] for t in TARGETS}, batch_size=ev.batch_size,
-                         bbh_max_per_task=ev.bbh_max_per_task, bbh_max_new_tokens=ev.bbh_max_new_tokens,
-                         mmlu_max_per_subject=ev.mmlu_max_per_subject,
-                         tydiqa_max_per_language=ev.tydiqa_max_per_language, max_prompt_tokens=ev.max_prompt_tokens),
-        ray=ray)
-    return run_pipeline(cfg)
+def pipeline_config(args, out: Path, paths: dict[str, str], model_dir: Path, run: str, warmup_seed: int,
+                    targets: tuple[str, ...], selectors: bool):
+    from less_ray.pipeline import (EvalSection, ExtractSection, PipelineConfig, ScoreSection, SelectSection,
+                                   WarmupSection)
+    tasks = {t: [f"loss:{t}"] for t in targets}
+    return PipelineConfig(
+        out=str(out / run), base_model=str(model_dir), pool=paths["pool"],
+        targets={t: paths[f"targets_{t}"] for t in targets}, seed=0, chat_format=args.chat_format,
+        max_seq_length=args.max_seq_length, stages=["warmup", "extract", "score", "select", "selectors"],
+        warmup=WarmupSection(percentage=args.warmup_percentage, data_seed=warmup_seed,
+                             **training_settings(args, args.warmup_epochs)),
+        extract=ExtractSection(dims=[args.dim], projection=args.projection, batch_size=args.extract_batch,
+                               shard_rows=args.shard_rows, max_actors=args.extract_actors,
+                               actor_num_gpus=1.0 if args.gpu else 0.0),
+        score=ScoreSection(max_actors=1),
+        select=SelectSection(top_p=args.top_p),
+        # every target has its held-out file, so the pipeline splits none of its targets off
+        eval=EvalSection(tasks=tasks, heldout={t: paths[f"heldout_{t}"] for t in targets}),
+        selectors=({"rds": {"encoder": "minilm"}, "kcenter": {"encoder": "minilm"}} if selectors else {}),
+        ray=ray_settings(args, out))
 
 
-def train_and_eval(args, name: str, data: str, out: Path, model_dir: Path, epochs: int) -> dict:
+def run_random(args, out: Path, paths: dict[str, str], seed: int, timings: Timings) -> Path:
+    from less_ray.selectors import load_selector_config, run_selector  # noqa: F401
+    from less_ray.selectors.random_full import RandomConfig
+    d = out / "random" / f"seed{seed}"
+    cfg = RandomConfig(pool=paths["pool"], out=str(d), seed=seed, top_p=args.top_p, num_cpus=args.num_cpus)
+    timings.piece(f"select/random_seed{seed}", d / "score_summary.json", lambda: run_selector("random", cfg))
+    return d / "all" / f"top_p{args.top_p:g}.jsonl"
+
+
+def train(args, name: str, data: Path, out: Path, model_dir: Path, epochs: int, timings: Timings) -> Path:
     from less_ray.train.config import TrainConfig
     from less_ray.train.runner import run_train
-    lora, scaling, optim, ds, ray = settings(args)
-    optim.epochs = epochs  # the full pool may train for fewer epochs than the selections
-    if args.micro_batch_size:
-        scaling.per_device_batch_size = args.micro_batch_size
-    tcfg = TrainConfig(data=data, out=str(out / "train"), base_model=str(model_dir), seed=0,
-                       chat_format=args.chat_format, max_seq_length=args.max_seq_length, lora=lora,
-                       optim=optim, scaling=scaling, deepspeed=ds, ray=ray)
-    if not (out / "train" / "state.json").exists():
-        t0 = time.time()
-        run_train(tcfg)
-        logging.info("%s: trained in %.0fs", name, time.time() - t0)
-    return evaluate(args, str(out / "train" / "model"), out / "eval.json")
+    d = out / "models" / name
+    cfg = TrainConfig(data=str(data), out=str(d), base_model=str(model_dir), seed=0, chat_format=args.chat_format,
+                      max_seq_length=args.max_seq_length, ray=ray_settings(args, out),
+                      **training_settings(args, epochs))
+    timings.piece(f"train/{name}", d / "state.json", lambda: run_train(cfg))
+    return d / "model"
 
 
-def evaluate(args, model: str, out: Path) -> dict:
-    from less_ray.eval.runner import run_eval
-    if out.exists():
-        return json.loads(out.read_text())
-    t0 = time.time()
-    res = run_eval(eval_config(args, model, out))
-    logging.info("eval %s: %s in %.0fs", model, {t: round(r["score"], 4) for t, r in res["tasks"].items()},
-                 time.time() - t0)
+def loss_eval(args, name: str, model: str, model_dir: Path, paths: dict[str, str], out: Path,
+              timings: Timings) -> dict:
+    """Per held-out example answer-token loss of `model` on every target (the product's
+    `answer_loss`, called per example so that each example's loss is kept)."""
+    path = out / "evals" / f"{name}.loss.json"
+
+    def go():
+        import torch
+
+        from less_ray.data.io import read_records
+        from less_ray.eval.runner import EvalConfig, answer_loss, load_for_eval
+        torch.set_num_threads(args.eval_threads)
+        m, tok = load_for_eval(model, str(model_dir), "float32")
+        cfg = EvalConfig(model=model, base_model=str(model_dir), chat_format=args.chat_format,
+                         max_prompt_tokens=args.eval_max_tokens, batch_size=1)
+        res = {"model": model, "tasks": {}}
+        for t in TARGETS:
+            per, skipped = {}, []
+            for r in read_records(paths[f"heldout_{t}"]).records:
+                try:
+                    per[r.id] = answer_loss([r], m, tok, cfg)["mean"]
+                except ValueError:  # no answer token within eval_max_tokens
+                    skipped.append(r.id)
+            sub = {}
+            for r in read_records(paths[f"heldout_{t}"]).records:
+                if r.id in per:
+                    sub.setdefault(r.subtask, []).append(per[r.id])
+            res["tasks"][t] = {"metric": "answer_loss", "mean": statistics.fmean(per.values()), "n": len(per),
+                               "skipped": skipped, "per_example": per,
+                               "per_subtask": {k: statistics.fmean(v) for k, v in sorted(sub.items())}}
+        write_json(path, res)
+        log.info("loss %s: %s", name, {t: round(v["mean"], 4) for t, v in res["tasks"].items()})
+
+    timings.piece(f"eval/{name}", path, go)
+    return json.loads(path.read_text())
+
+
+def gen_eval(args, name: str, model: str, model_dir: Path, out: Path, root: Path, timings: Timings) -> dict:
+    from less_ray.eval.runner import EvalConfig, run_eval
+    path = out / "evals" / f"{name}.gen.json"
+    cfg = EvalConfig(model=model, base_model=str(model_dir), tasks=list(TARGETS), out=str(path),
+                     data_root=str(root), chat_format=args.chat_format, batch_size=4,
+                     max_prompt_tokens=args.gen_prompt_tokens, bbh_max_per_task=args.gen_bbh_per_task,
+                     bbh_max_new_tokens=args.gen_bbh_new_tokens, mmlu_max_per_subject=args.gen_mmlu_per_subject,
+                     tydiqa_max_per_language=args.gen_tydiqa_per_language)
+    timings.piece(f"gen/{name}", path, lambda: run_eval(cfg))
+    return json.loads(path.read_text())
+
+
+# --- analysis -----------------------------------------------------------------------------------
+def shares(path: str | Path) -> dict[str, float]:
+    src = [json.loads(line)["source"].split("/")[0] for line in Path(path).read_text().splitlines()]
+    return {k: round(v / len(src), 4) for k, v in Counter(src).most_common()}
+
+
+def paired(a: dict[str, float], b: dict[str, float], n_boot: int, seed: int = 0) -> dict:
+    """mean(a - b) over shared examples, with a percentile bootstrap 95% CI (resampling examples)."""
+    import numpy as np
+    ids = sorted(set(a) & set(b))
+    d = np.array([a[i] - b[i] for i in ids])
+    rng = np.random.default_rng(seed)
+    boots = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(1)
+    return {"n": len(d), "mean_diff": float(d.mean()), "ci95": [float(np.percentile(boots, 2.5)),
+                                                               float(np.percentile(boots, 97.5))],
+            "frac_lower": float((d < 0).mean())}
+
+
+def read_scores(folder: Path, task: str):
+    import pyarrow.parquet as pq
+    t = pq.read_table(folder / task / "scores.parquet", columns=["id", "source", "score"]).to_pydict()
+    return t["id"], t["source"], t["score"]
+
+
+def planted_table(args, out: Path) -> dict:
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+    folders = {"LESS": (out / "less" / "scores", PLANTED), "RDS (MiniLM)": (out / "less" / "selectors" / "rds", PLANTED),
+               "k-center": (out / "less" / "selectors" / "kcenter", PLANTED)}
+    for s in args.seeds:
+        folders[f"random seed {s}"] = (out / "random" / f"seed{s}", "all")
+    res = {}
+    for name, (folder, task) in folders.items():
+        if not (folder / task / "scores.parquet").exists():
+            continue
+        ids, src, score = read_scores(folder, task)
+        y = np.array([s.split("/")[0] == PLANTED for s in src])
+        sc = np.array(score, dtype=np.float64)
+        order = sorted(range(len(ids)), key=lambda i: (-sc[i], ids[i]))  # select's order: score desc, id asc
+        row = {"pool_share": float(y.mean()), "auc": float(roc_auc_score(y, sc))}
+        for p in (0.01, 0.05, 0.10):
+            k = max(1, int(p * len(ids)))
+            row[f"top{round(p * 100)}%"] = float(y[order[:k]].mean())
+        res[name] = row
     return res
 
 
-def shares(path: str) -> dict[str, float]:
-    """Share of each top-level source (flan_v2_cot, p3, ...: the part before '/')."""
-    src = [json.loads(line)["source"].split("/")[0] for line in Path(path).read_text().splitlines()]
-    c = Counter(src)
-    return {k: round(v / len(src), 4) for k, v in c.most_common()}
+def stability(args, out: Path) -> dict:
+    import numpy as np
+    from scipy.stats import spearmanr
+    t = args.stability_target
+
+    def top(ids, score, k):
+        order = sorted(range(len(ids)), key=lambda i: (-score[i], ids[i]))
+        return {ids[i] for i in order[:k]}
+
+    def compare(a, b, ta, tb):
+        ia, _, sa = read_scores(a, ta)
+        ib, _, sb = read_scores(b, tb)
+        mb = dict(zip(ib, sb))
+        x = np.array(sa)
+        y = np.array([mb[i] for i in ia])
+        k = int(args.top_p * len(ia))
+        A, B = top(ia, list(sa), k), top(ib, list(sb), k)
+        return {"jaccard_top": len(A & B) / len(A | B), "shared_top": len(A & B), "k": k,
+                "spearman": float(spearmanr(x, y).statistic)}
+    res = {"target": t, "LESS (warmup seeds %d vs %d)" % (args.warmup_seed, args.stability_warmup_seed):
+           compare(out / "less" / "scores", out / "less_stability" / "scores", t, t)}
+    if len(args.seeds) >= 2:
+        s0, s1 = args.seeds[:2]
+        res[f"random (seeds {s0} vs {s1})"] = compare(out / "random" / f"seed{s0}", out / "random" / f"seed{s1}", "all", "all")
+    return res
 
 
+def warmup_loss_curve(args, out: Path, model_dir: Path, timings: Timings) -> None:
+    """Mean answer-token loss on the warmup's own examples: base model, then each checkpoint
+    (the warmup itself keeps only each epoch's mean train loss, no per-step losses)."""
+    from less_ray.train.checkpoint import read_warmup_manifest
+    path = out / "evals" / "warmup_curve.json"
+
+    def go():
+        import torch
+
+        from less_ray.data.io import read_records
+        from less_ray.eval.runner import EvalConfig, answer_loss, load_for_eval
+        torch.set_num_threads(args.eval_threads)
+        man = read_warmup_manifest(out / "less" / "warmup")
+        recs = read_records(man["data"]).records
+        cfg = EvalConfig(model="x", chat_format=args.chat_format, max_prompt_tokens=args.max_seq_length, batch_size=4)
+        res = {"n": len(recs), "loss": {}}
+        for name, model in [("base", str(model_dir))] + [(f"epoch_{c['epoch']}", c["path"]) for c in man["checkpoints"]]:
+            m, tok = load_for_eval(model, str(model_dir), "float32")
+            res["loss"][name] = answer_loss(recs, m, tok, cfg)["mean"]
+            log.info("warmup data loss %s: %.4f", name, res["loss"][name])
+        write_json(path, res)
+
+    timings.piece("warmup_loss_curve", path, go)
+
+
+def warmup_curve(run: Path) -> dict:
+    """Per-epoch mean train loss (the warmup's state) and the mean pool loss at each checkpoint
+    (the datastore's per-example losses): the warmup records no per-step loss."""
+    from less_ray.store import read_store
+    from less_ray.train.checkpoint import read_warmup_manifest
+    out = {"train_loss_per_epoch": {}, "pool_loss_per_checkpoint": {}}
+    curve = run.parent / "evals" / "warmup_curve.json"
+    if curve.exists():
+        out["warmup_data_loss"] = json.loads(curve.read_text())["loss"]
+    if not (run / "warmup" / "warmup_manifest.json").exists():
+        return out
+    for c in read_warmup_manifest(run / "warmup")["checkpoints"]:
+        st = Path(c["path"]) / "state.json"
+        if st.exists():
+            s = json.loads(st.read_text())
+            out["train_loss_per_epoch"][c["epoch"]] = {"loss": s["train"]["loss"], "steps": s.get("global_step"),
+                                                       "avg_lr": s.get("avg_lr"), "seconds": s["train"]["seconds"]}
+        store = run / "datastore" / f"epoch_{c['epoch']}" / "pool"
+        stores = sorted(store.glob("dim*/manifest.json"))
+        if stores:
+            try:
+                loss = read_store(stores[0].parent, ("loss",))["loss"]
+                out["pool_loss_per_checkpoint"][c["epoch"]] = float(sum(loss) / len(loss))
+            except Exception as e:  # noqa: BLE001 (a store without the column: leave it out)
+                log.warning("no pool loss in %s: %s", stores[0].parent, e)
+    return out
+
+
+def summarize(args, out: Path, paths: dict[str, str], losses: dict, gens: dict, timings: Timings,
+              facts: dict, tok: dict, est: dict) -> dict:
+    rnd = [f"random_seed{s}" for s in args.seeds if f"random_seed{s}" in losses]
+    table, pairs, matrix = {}, {}, {}
+    for m, r in losses.items():
+        matrix[m] = {t: r["tasks"][t]["mean"] for t in TARGETS}
+    for t in TARGETS:
+        row = {"base": matrix.get("base", {}).get(t)}
+        for m in (f"less_{t}", f"rds_{t}", "full"):
+            if m in matrix:
+                row[m.split("_")[0] if m != "full" else "full"] = matrix[m][t]
+        if rnd:
+            vals = [matrix[m][t] for m in rnd]
+            row["random"] = {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+                             "values": vals}
+        table[t] = row
+        pe = {m: losses[m]["tasks"][t]["per_example"] for m in losses}
+        pt = {}
+        for a in (f"less_{t}", f"rds_{t}"):
+            if a in pe:
+                for m in rnd:
+                    pt[f"{a} - {m}"] = paired(pe[a], pe[m], args.bootstrap)
+                if "base" in pe:
+                    pt[f"{a} - base"] = paired(pe[a], pe["base"], args.bootstrap)
+        if f"less_{t}" in pe and f"rds_{t}" in pe:
+            pt[f"less_{t} - rds_{t}"] = paired(pe[f"less_{t}"], pe[f"rds_{t}"], args.bootstrap)
+        pairs[t] = pt
+    sel = {}
+    for t in TARGETS:
+        for name, f in ((f"less_{t}", out / "less" / "scores" / t), (f"rds_{t}", out / "less" / "selectors" / "rds" / t),
+                        (f"kcenter_{t}", out / "less" / "selectors" / "kcenter" / t)):
+            if (f / f"top_p{args.top_p:g}.jsonl").exists():
+                sel[name] = shares(f / f"top_p{args.top_p:g}.jsonl")
+    for s in args.seeds:
+        f = out / "random" / f"seed{s}" / "all" / f"top_p{args.top_p:g}.jsonl"
+        if f.exists():
+            sel[f"random_seed{s}"] = shares(f)
+    sel["pool"] = shares(paths["pool"])
+    stages = json.loads((out / "less" / "stages.json").read_text()) if (out / "less" / "stages.json").exists() else {}
+    trained = {}
+    for d in sorted((out / "models").glob("*/state.json")):
+        s = json.loads(d.read_text())
+        trained[d.parent.name] = {k: s.get(k) for k in ("epoch", "global_step", "steps_per_epoch", "n_examples")}
+        trained[d.parent.name]["final_epoch_train_loss"] = (s.get("train") or {}).get("loss")
+    return {"args": vars(args), "facts": facts, "tokens": tok, "estimate_s": est,
+            "k": int(math.floor(args.top_p * facts["pool"] + 1e-9)),  # select's floor rule on the pool file "loss_table": table, "paired": pairs,
+            "matrix": matrix, "selection_shares": sel, "trained": trained,
+            "warmup": warmup_curve(out / "less"),
+            "planted": planted_table(args, out) if "planted" in args.phases else None,
+            "stability": stability(args, out) if (out / "less_stability" / "scores").exists() else None,
+            "gen": {m: {t: g["tasks"][t]["score"] for t in g["tasks"]} for m, g in gens.items()},
+            "gen_n": {t: g["tasks"][t]["n"] for g in list(gens.values())[:1] for t in g["tasks"]},
+            "timings_s": {"pieces": timings.data,
+                          "pipeline_stages": {k: v.get("seconds") for k, v in stages.items()}}}
+
+
+def render_markdown(s: dict) -> str:
+    a = s["args"]
+    L = [f"Pool {s['facts']['pool']} real examples; top {a['top_p'] * 100:g}% = {s['k']}; SmolLM2-135M-Instruct, "
+         f"LoRA r={a['lora_r']} alpha={a['lora_alpha']}, {a['projection']} d={a['dim']}, max_seq_length "
+         f"{a['max_seq_length']}, lr {a['lr']}, effective batch {a['batch_size']}, warmup {a['warmup_epochs']} epochs, "
+         f"selections trained {a['train_epochs']} epochs, full pool {a['full_epochs']}.", ""]
+    L += ["### Held-out answer-token loss (lower is better; each row's model on each target)", "",
+          "| target (n) | base | LESS | random (mean ± sd over seeds) | RDS | full |", "|---|---|---|---|---|---|"]
+    f = lambda v: "—" if v is None else f"{v:.4f}"  # noqa: E731
+    for t, row in s["loss_table"].items():
+        n = s["facts"]["heldout"].get(t)
+        r = row.get("random")
+        rtxt = "—" if not r else f"{r['mean']:.4f} ± {r['std']:.4f} ({', '.join(f'{v:.4f}' for v in r['values'])})"
+        L.append(f"| {t} ({n}) | {f(row.get('base'))} | {f(row.get('less'))} | {rtxt} | {f(row.get('rds'))} | "
+                 f"{f(row.get('full'))} |")
+    L += ["", "### Paired per-example differences (mean loss difference, bootstrap 95% CI; < 0: the first is better)", "",
+          "| target | comparison | n | mean diff | 95% CI | share of examples lower |", "|---|---|---|---|---|---|"]
+    for t, pt in s["paired"].items():
+        for k, v in pt.items():
+            L.append(f"| {t} | {k} | {v['n']} | {v['mean_diff']:+.4f} | [{v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}] | "
+                     f"{100 * v['frac_lower']:.0f}% |")
+    L += ["", "### Cross-target matrix (held-out loss; rows: model, columns: target)", "",
+          "| model | " + " | ".join(TARGETS) + " |", "|---" * (len(TARGETS) + 1) + "|"]
+    for m, r in s["matrix"].items():
+        L.append(f"| {m} | " + " | ".join(f"{r[t]:.4f}" for t in TARGETS) + " |")
+    if s.get("gen"):
+        L += ["", "### Secondary metrics (generation / multiple choice, small caps: n per task "
+              + json.dumps(s.get("gen_n")) + ")", "", "| model | " + " | ".join(TARGETS) + " |",
+              "|---" * (len(TARGETS) + 1) + "|"]
+        for m, r in s["gen"].items():
+            L.append(f"| {m} | " + " | ".join(f"{100 * r[t]:.1f}" if t in r else "—" for t in TARGETS) + " |")
+    if s.get("planted"):
+        L += ["", f"### Planted task ({PLANTED}, pool share {100 * next(iter(s['planted'].values()))['pool_share']:.1f}%)",
+              "", "| selector | top 1% | top 5% | top 10% | AUC |", "|---|---|---|---|---|"]
+        for name, r in s["planted"].items():
+            L.append(f"| {name} | {100 * r['top1%']:.1f}% | {100 * r['top5%']:.1f}% | {100 * r['top10%']:.1f}% | "
+                     f"{r['auc']:.3f} |")
+    if s.get("stability"):
+        L += ["", f"### Stability ({s['stability']['target']}): top-5% overlap and rank correlation", "",
+              "| pair | shared of k | Jaccard | Spearman |", "|---|---|---|---|"]
+        for name, r in s["stability"].items():
+            if isinstance(r, dict):
+                L.append(f"| {name} | {r['shared_top']} / {r['k']} | {r['jaccard_top']:.3f} | {r['spearman']:.3f} |")
+    w = s.get("warmup") or {}
+    if w.get("train_loss_per_epoch"):
+        L += ["", "### Warmup loss", "", "| epoch | mean train loss | steps (cumulative) | mean pool loss at checkpoint |",
+              "|---|---|---|---|"]
+        for e, r in w["train_loss_per_epoch"].items():
+            pl = w["pool_loss_per_checkpoint"].get(e, w["pool_loss_per_checkpoint"].get(str(e)))
+            L.append(f"| {e} | {r['loss']:.4f} | {r['steps']} | {f(pl)} |")
+        if w.get("warmup_data_loss"):
+            L += ["", "mean answer-token loss on the warmup examples: " + ", ".join(
+                f"{k} {v:.4f}" for k, v in w["warmup_data_loss"].items())]
+    sel = s["selection_shares"]
+    cols = [c for c in sel if c != "pool"]
+    L += ["", "### Source composition of every selection (%)", "", "| source | pool | " + " | ".join(cols) + " |",
+          "|---" * (len(cols) + 2) + "|"]
+    for src in sel["pool"]:
+        L.append(f"| {src} | {100 * sel['pool'][src]:.1f} | " + " | ".join(f"{100 * sel[c].get(src, 0):.1f}" for c in cols) + " |")
+    if s.get("trained"):
+        L += ["", "### Trainings", "", "| model | examples | epochs | optimizer steps | last-epoch train loss |",
+              "|---|---|---|---|---|"]
+        for m, r in s["trained"].items():
+            L.append(f"| {m} | {r['n_examples']} | {r['epoch']} | {r['global_step']} | {f(r['final_epoch_train_loss'])} |")
+    L += ["", "### Wall time per stage (s; estimate beside the measured)", "", "| stage | seconds |", "|---|---|"]
+    for k, v in s["timings_s"]["pipeline_stages"].items():
+        L.append(f"| pipeline {k} | {v} |")
+    for k, v in s["timings_s"]["pieces"].items():
+        L.append(f"| {k} | {v} |")
+    L += ["", "estimate before the run (s): " + json.dumps(s["estimate_s"]), ""]
+    return "\n".join(L)
+
+
+def render_docs_section(results_json: str | Path) -> str:
+    """The docs/results.md section of a finished (or partial) run, from its results.json."""
+    s = json.loads(Path(results_json).read_text())
+    return ("## Real data, issue #19: LESS vs random vs RDS vs full (CPU run)\n\n"
+            f"Produced by `experiments/real_data.py --out {s['args']['out']}`; raw logs in `docs/logs/real19/`.\n\n"
+            + render_markdown(s))
+
+
+# --- workarounds for the product at the frozen commit ---------------------------------------------
+def patch_embedding_store_reader() -> None:
+    """less_ray 13046a5: the stores' shards became Arrow IPC files (`store.SUFFIX` ".arrow"), but
+    `selectors.embeddings._finish` still opens the first shard with `pq.ParquetFile` to read the
+    feature width, so every embedding selector (rds, kcenter) fails with "Parquet magic bytes not
+    found". Same function, reading the schema with pyarrow.ipc; applied only where the bug is."""
+    import inspect
+
+    from less_ray.selectors import embeddings as E
+    if "ParquetFile" not in inspect.getsource(E._finish):
+        return
+
+    def _finish(ident, data, store, n_shards, digest, seconds):
+        import pyarrow as pa
+        entries = [E.verified_shard(store, i) for i in range(n_shards)]
+        if any(e is None for e in entries):
+            raise RuntimeError(f"embeddings {store}: shards {[i for i, e in enumerate(entries) if e is None][:10]} missing")
+        with pa.OSFile(str(store / entries[0]["file"]), "rb") as f:
+            dim = pa.ipc.open_file(f).schema.field("features").type.list_size
+        E.write_manifest(store, E.StoreManifest(
+            kind="embedding", checkpoint=ident["model"], checkpoint_hash=ident["weights"], model=ident["model"],
+            projection=E.Projection("identity", 0, dim), normalized=True, dtype="float32",
+            count=sum(e["rows"] for e in entries), shards=entries,
+            input={"path": str(data), "sha256": digest}, versions=E.library_versions(),
+            extra={"encoder": ident, "pooling": "mean over non-padding tokens, then L2-normalised",
+                   "loss": "not computed (0)", "seconds": round(seconds, 2)}))
+    E._finish = _finish
+    log.warning("patched less_ray.selectors.embeddings._finish (reads Arrow IPC shards; the product's reads Parquet)")
+
+
+# --- main ---------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     out = Path(args.out).resolve()
+    if args.render_docs:
+        print(render_docs_section(out / "results.json"))
+        return 0
     out.mkdir(parents=True, exist_ok=True)
-    (out / "args.json").write_text(json.dumps(vars(args), indent=2))
-    t0 = time.time()
-    paths = build_data(args, out)
-    model_dir = out / "smollm2"
+    write_json(out / f"args.{time.strftime('%Y%m%d-%H%M%S')}.json", vars(args))
+    timings = Timings(out / "timings.json")
+    from less_ray.data.sources import default_data_root
+    root = Path(args.data_root).resolve() if args.data_root else default_data_root()
+    import less_ray
+    log.info("less_ray from %s; phases %s", less_ray.__file__, args.phases)
+
+    model_dir = Path(args.base_model).resolve() if args.base_model else out / "smollm2"
     if not (model_dir / "config.json").exists():
         from less_ray.models import materialize_smollm2
         materialize_smollm2(model_dir)
+    paths = build_data(args, out, root, model_dir)
+    facts = json.loads((out / "data" / "data_facts.json").read_text())
+    log.info("data: %s", json.dumps({k: facts[k] for k in ("candidates", "pool", "pool_sources", "planted", "targets", "heldout")}))
+    tok_path = out / "data" / "tokens.json"
+    if not tok_path.exists():
+        write_json(tok_path, token_report(args, paths, model_dir))
+    tok = json.loads(tok_path.read_text())
+    log.info("tokens: %s", json.dumps(tok))
+    est = estimate(args, tok)
+    write_json(out / "estimate.json", est)
+    for k, v in est.items():
+        log.info("estimate %-60s %7.0f s (%.1f h)", k, v, v / 3600)
+
+    patch_embedding_store_reader()
     from less_ray.ray_runtime import ensure_ray
     ensure_ray(None, args.num_cpus)
-    timings = {}
-
-    t = time.time()
-    results: dict = {"base": evaluate(args, str(model_dir), out / "base" / "eval.json")}
-    timings["base_eval"] = round(time.time() - t)
-
-    t = time.time()
-    run_less(args, out, paths, model_dir)
-    timings["less_pipeline"] = round(time.time() - t)
-    for task in TARGETS:
-        results[f"less_{task}"] = json.loads((out / "less" / "eval" / f"{task}.json").read_text())
-
-    n_pool = sum(1 for _ in open(paths["pool"]))
-    k = int(math.floor(args.top_p * n_pool + 1e-9))
-    pool_lines = Path(paths["pool"]).read_text().splitlines()
-    for seed in args.seeds:
-        d = out / "random" / f"seed{seed}"
-        d.mkdir(parents=True, exist_ok=True)
-        sel = d / f"top_p{args.top_p:g}.jsonl"
-        if not sel.exists():
-            sel.write_text("".join(line + "\n" for line in random.Random(seed).sample(pool_lines, k)))
-        t = time.time()
-        results[f"random_seed{seed}"] = train_and_eval(args, f"random seed {seed}", str(sel), d, model_dir, args.epochs)
-        timings[f"random_seed{seed}"] = round(time.time() - t)
-    if not args.skip_full:
-        t = time.time()
-        results["full"] = train_and_eval(args, "full", paths["pool"], out / "full", model_dir, args.full_epochs)
-        timings["full"] = round(time.time() - t)
-    timings["total"] = round(time.time() - t0)
-
-    sel_shares = {t: shares(str(out / "less" / "scores" / t / f"top_p{args.top_p:g}.jsonl")) for t in TARGETS}
-    sel_shares["random_seed0"] = shares(str(out / "random" / f"seed{args.seeds[0]}" / f"top_p{args.top_p:g}.jsonl"))
-    sel_shares["pool"] = shares(paths["pool"])
-    summary = {"args": vars(args), "k": k, "pool": n_pool, "timings_s": timings, "shares": sel_shares,
-               "scores": {m: {t: r["tasks"][t]["score"] for t in TARGETS if t in r["tasks"]} for m, r in results.items()},
-               "n_eval": {t: results["base"]["tasks"][t]["n"] for t in TARGETS}}
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
-    md = render_markdown(summary, args)
-    (out / "results.md").write_text(md)
-    print(md)
+    losses, gens = {}, {}
+    if "core" in args.phases or "planted" in args.phases:
+        from less_ray.pipeline import run_pipeline
+        cfg = pipeline_config(args, out, paths, model_dir, "less", args.warmup_seed, (*TARGETS, PLANTED), True)
+        t0 = time.time()
+        run_pipeline(dataclasses.replace(cfg, stages=["warmup"]))  # first alone: its loss curve, early
+        warmup_loss_curve(args, out, model_dir, timings)
+        losses["base"] = loss_eval(args, "base", str(model_dir), model_dir, paths, out, timings)
+        run_pipeline(cfg)
+        log.info("LESS pipeline (warmup..selectors) returned after %.0fs", time.time() - t0)
+        log.info("warmup curve: %s", json.dumps(warmup_curve(out / "less")))
+        selections = {}
+        for s in args.seeds:
+            selections[f"random_seed{s}"] = run_random(args, out, paths, s, timings)
+        for t in TARGETS:
+            selections[f"less_{t}"] = out / "less" / "scores" / t / f"top_p{args.top_p:g}.jsonl"
+            selections[f"rds_{t}"] = out / "less" / "selectors" / "rds" / t / f"top_p{args.top_p:g}.jsonl"
+        if "core" in args.phases:
+            # LESS first (the comparison's subject), then random, then RDS
+            order = [f"less_{t}" for t in TARGETS] + [f"random_seed{s}" for s in args.seeds] + [f"rds_{t}" for t in TARGETS]
+            for name in order:
+                model = train(args, name, selections[name], out, model_dir, args.train_epochs, timings)
+                losses[name] = loss_eval(args, name, str(model), model_dir, paths, out, timings)
+                write_results(args, out, paths, losses, gens, timings, facts, tok, est)
+    if "full" in args.phases:
+        model = train(args, "full", Path(paths["pool"]), out, model_dir, args.full_epochs, timings)
+        losses["full"] = loss_eval(args, "full", str(model), model_dir, paths, out, timings)
+        write_results(args, out, paths, losses, gens, timings, facts, tok, est)
+    if "gen" in args.phases:
+        for name in ["base"] + sorted(p.name for p in (out / "models").glob("*") if (p / "state.json").exists()):
+            model = str(model_dir) if name == "base" else str(out / "models" / name / "model")
+            gens[name] = gen_eval(args, name, model, model_dir, out, root, timings)
+            write_results(args, out, paths, losses, gens, timings, facts, tok, est)
+    if "stability" in args.phases:
+        from less_ray.pipeline import run_pipeline
+        t = args.stability_target
+        cfg = pipeline_config(args, out, paths, model_dir, "less_stability", args.stability_warmup_seed, (t,), False)
+        t0 = time.time()
+        run_pipeline(cfg)
+        timings.data.setdefault("stability_pipeline_last_call", round(time.time() - t0, 1))
+    write_results(args, out, paths, losses, gens, timings, facts, tok, est)
+    print((out / "results.md").read_text())
     return 0
 
 
-def render_markdown(s: dict, args) -> str:
-    sc = s["scores"]
-    rnd = [m for m in sc if m.startswith("random_seed")]
-    lines = []
-    for t in TARGETS:
-        metric = {"bbh": "exact match", "mmlu": "accuracy", "tydiqa": "F1"}[t]
-        vals = [sc[m][t] for m in rnd]
-        mean = statistics.mean(vals) if vals else float("nan")
-        spread = (max(vals) - min(vals)) / 2 if vals else float("nan")
-        lines += [f"### {t} ({metric}, n={s['n_eval'][t]})", "", "| model | score |", "|---|---|",
-                  f"| base (no training) | {100 * sc['base'][t]:.1f} |",
-                  f"| LESS-5% (selected for {t}) | {100 * sc[f'less_{t}'][t]:.1f} |"]
-        for other in TARGETS:
-            if other != t and t in sc[f"less_{other}"]:
-                lines.append(f"| LESS-5% selected for {other} | {100 * sc[f'less_{other}'][t]:.1f} |")
-        lines.append(f"| random-5% ({len(vals)} seeds: mean ± half-range) | {100 * mean:.1f} ± {100 * spread:.1f} "
-                     f"({', '.join(f'{100 * v:.1f}' for v in vals)}) |")
-        if "full" in sc:
-            lines.append(f"| full pool ({s['pool']} examples, {args.full_epochs} epoch) | {100 * sc['full'][t]:.1f} |")
-        lines.append("")
-    srcs = sorted(s["shares"]["pool"], key=lambda x: -s["shares"]["pool"][x])
-    cols = ["pool"] + list(TARGETS) + ["random_seed0"]
-    lines += ["### source shares (%)", "", "| source | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for src in srcs:
-        lines.append(f"| {src} | " + " | ".join(f"{100 * s['shares'][c].get(src, 0):.1f}" for c in cols) + " |")
-    lines += ["", f"timings (s): {json.dumps(s['timings_s'])}", ""]
-    return "\n".join(lines)
+def write_results(args, out, paths, losses, gens, timings, facts, tok, est) -> None:
+    # models evaluated in an earlier call of a resumed run count too
+    for p in sorted((out / "evals").glob("*.loss.json")):
+        losses.setdefault(p.name.removesuffix(".loss.json"), json.loads(p.read_text()))
+    for p in sorted((out / "evals").glob("*.gen.json")):
+        gens.setdefault(p.name.removesuffix(".gen.json"), json.loads(p.read_text()))
+    s = summarize(args, out, paths, losses, gens, timings, facts, tok, est)
+    write_json(out / "results.json", s)
+    (out / "results.md").write_text(render_markdown(s))
 
 
 if __name__ == "__main__":
