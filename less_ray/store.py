@@ -298,25 +298,72 @@ def check_features(path: str | Path, features: np.ndarray, normalized: bool, ids
 
 
 def shard_batches(path: str | Path, columns: list[str] | tuple[str, ...] | None = None) -> Iterator:
-    """The record batches of one shard file, in order, with only `columns` read from disk (all when
-    None). pyarrow reads each batch's buffers from the file as they lie (no decoding); one batch is
-    held at a time. A file that is not an Arrow IPC shard with these columns is a
+    """The record batches of one shard file, in order, with only `columns` (all when None). The
+    file is memory-mapped and pyarrow's batches are views of it: no copy, no decoding. The next
+    batch's pages are asked for ahead (readahead), and a batch's pages leave this process's
+    resident set when the next one is asked for, so a reader holds about one batch, whatever the
+    shard's size. A file that is not an Arrow IPC shard with these columns is a
     StoreIntegrityError naming the file."""
+    import mmap
+
     import pyarrow as pa
     path = Path(path)
     try:
+        with open(path, "rb") as fh:
+            mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as e:  # missing, unreadable or empty
+        raise StoreIntegrityError(f"{path}: not a readable Arrow IPC shard ({e}); {REPAIR}") from None
+    try:
+        yield from _mapped_batches(path, mm, columns)
+    except (pa.ArrowException, OSError) as e:
+        raise StoreIntegrityError(f"{path}: not a readable Arrow IPC shard ({type(e).__name__}: {e}); "
+                                  f"{REPAIR}") from None
+    finally:
+        try:
+            mm.close()
+        except BufferError:  # views of it are still in use: the map goes with the last of them
+            pass
+
+
+def _mapped_batches(path: Path, mm, columns) -> Iterator:
+    import mmap
+
+    import pyarrow as pa
+    whole = pa.py_buffer(mm)
+    base, size = whole.address, whole.size
+    # every column is read: views of the map cost nothing until touched (IpcReadOptions'
+    # included_fields would copy the chosen ones out of it instead)
+    reader = pa.ipc.open_file(pa.BufferReader(whole))
+    schema = reader.schema
+    missing = [c for c in columns or () if c not in schema.names]
+    if missing:
+        raise StoreIntegrityError(f"{path}: shard has no column(s) {missing} (it holds {schema.names}); {REPAIR}")
+
+    def pages(batch, advice):  # the batch's bytes in the map, page-aligned (none if decompressed)
+        spans = [(b.address - base, b.address - base + b.size) for col in batch.columns for b in col.buffers()
+                 if b is not None and b.size and base <= b.address < base + size]
+        if spans:
+            lo = min(a for a, _ in spans) // mmap.PAGESIZE * mmap.PAGESIZE
+            mm.madvise(advice, lo, min(size, max(b for _, b in spans)) - lo)
+
+    n = reader.num_record_batches
+    batch = reader.get_batch(0) if n else None
+    for i in range(n):
+        nxt = reader.get_batch(i + 1) if i + 1 < n else None
+        if nxt is not None:
+            pages(nxt, mmap.MADV_WILLNEED)
+        batch.validate()
+        yield batch if columns is None else batch.select(list(columns))
+        pages(batch, mmap.MADV_DONTNEED)  # file pages: read again from the page cache if touched again
+        batch = nxt
+
+
+def shard_schema(path: str | Path):
+    """The Arrow schema of one shard file (its footer only)."""
+    import pyarrow as pa
+    try:
         with pa.OSFile(str(path)) as f:
-            schema = pa.ipc.open_file(f).schema
-            missing = [c for c in columns or () if c not in schema.names]
-            if missing:
-                raise StoreIntegrityError(f"{path}: shard has no column(s) {missing} (it holds {schema.names}); "
-                                          f"{REPAIR}")
-            fields = None if columns is None else [schema.get_field_index(c) for c in columns]
-            reader = pa.ipc.open_file(f, options=pa.ipc.IpcReadOptions(included_fields=fields))
-            for i in range(reader.num_record_batches):
-                batch = reader.get_batch(i)
-                batch.validate()
-                yield batch if columns is None else batch.select(list(columns))
+            return pa.ipc.open_file(f).schema
     except (pa.ArrowException, OSError) as e:
         raise StoreIntegrityError(f"{path}: not a readable Arrow IPC shard ({type(e).__name__}: {e}); "
                                   f"{REPAIR}") from None
@@ -328,8 +375,7 @@ def read_shard(path: str | Path, columns: list[str] | tuple[str, ...] | None = N
     batches = list(shard_batches(path, columns))
     if batches:
         return pa.Table.from_batches(batches)
-    with pa.OSFile(str(path)) as f:
-        schema = pa.ipc.open_file(f).schema
+    schema = shard_schema(path)
     return (schema if columns is None else pa.schema([schema.field(c) for c in columns])).empty_table()
 
 

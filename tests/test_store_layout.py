@@ -40,6 +40,7 @@ def test_round_trip_is_bit_exact_across_shards_and_record_batches(tmp_path, monk
     # the bytes pyarrow hands out are the file's, bit for bit
     view = S.features_view(reader.get_batch(0).column(2), shard, 24)
     assert view.dtype == np.dtype(dtype) and np.array_equal(view.view(bits), want[:7].view(bits))
+    assert S.shard_schema(shard).field("features").type.list_size == 24
 
 
 def test_a_flipped_byte_is_refused_naming_the_shard(tmp_path):
