@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from ..shards import read_shard
 from ..store import (Projection, StoreManifest, features_table, library_versions, read_manifest, remove_temp_files,
-                     verified_shard, write_manifest, write_shard)
+                     shard_schema, verified_shard, write_manifest, write_shard)
 from .base import SelectorConfig, map_shards, stage_records
 from ..config import path_field
 from ..core.formatting import ChatFormat
@@ -143,8 +144,7 @@ class _EmbedShards:
                                encoder["chat_format"] or "less", batch_size)
 
     def process(self, staged: str, store: str, shard: int, targets: bool) -> int:
-        import pyarrow.parquet as pq
-        rows = pq.ParquetFile(staged).read_row_group(shard).to_pylist()
+        rows = read_shard(staged, shard)
         emb, norms, n_tok = self.enc.embed(rows)
         table = features_table([r["id"] for r in rows], [r["source"] for r in rows], emb, norms, n_tok,
                                np.zeros(len(rows), np.float32), "float32",
@@ -174,11 +174,10 @@ def _prepare(cfg: EmbedConfig, ident: dict[str, Any], data: str, store: Path) ->
 
 
 def _finish(ident: dict[str, Any], data: str, store: Path, n_shards: int, digest: str, seconds: float) -> None:
-    import pyarrow.parquet as pq
     entries = [verified_shard(store, i) for i in range(n_shards)]
     if any(e is None for e in entries):
         raise RuntimeError(f"embeddings {store}: shards {[i for i, e in enumerate(entries) if e is None][:10]} missing")
-    dim = pq.ParquetFile(store / entries[0]["file"]).schema_arrow.field("features").type.list_size
+    dim = shard_schema(store / entries[0]["file"]).field("features").type.list_size
     write_manifest(store, StoreManifest(
         kind="embedding", checkpoint=ident["model"], checkpoint_hash=ident["weights"], model=ident["model"],
         projection=Projection("identity", 0, dim), normalized=True, dtype="float32",
