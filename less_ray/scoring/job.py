@@ -38,6 +38,7 @@ from ..config import save_config, path_field
 from ..core.influence import TaskQuery, normalize_weights, reduce_max, stack_queries
 from ..ray_runtime import RayStage
 from ..run_lock import locked
+from ..shards import map_shards
 from ..store import (NORM_TOL, StoreIntegrityError, bad_feature_rows, feature_error, features_view, read_manifest,
                      read_shard, read_store, shard_batches, shard_path, verify_shard_checksum)
 from .stores import CheckpointStores, StoreMismatch, match_stores
@@ -341,7 +342,6 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
-    import ray
 
     t0 = time.time()
     if not cfg.out:
@@ -364,24 +364,18 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
     cfg.join_ray()
     seconds["ray_start"] = time.time() - t
     t = time.time()
-    ds = ray.data.from_items([{"shard": i} for i in range(n_shards)], override_num_blocks=max(1, n_shards))
-    ds = ds.map_batches(ShardScorer, batch_size=1,
-                        fn_constructor_kwargs={"pool_stores": [ck.pool for ck in stores], "matrices": matrices,
-                                               "tasks": [(q.task, sl) for q, sl in zip(queries, slices)],
-                                               "parts_dir": str(parts), "block_rows": cfg.block_rows,
-                                               "use_gpu": cfg.actor_num_gpus > 0,
-                                               "threads": max(1, int(cfg.actor_num_cpus)),
-                                               "verify": cfg.verify},
-                        **cfg.map_batches_args())
-    done = ds.take_all()
+    done = map_shards(cfg, ShardScorer, {"pool_stores": [ck.pool for ck in stores], "matrices": matrices,
+                                         "tasks": [(q.task, sl) for q, sl in zip(queries, slices)],
+                                         "parts_dir": str(parts), "block_rows": cfg.block_rows,
+                                         "use_gpu": cfg.actor_num_gpus > 0,
+                                         "threads": max(1, int(cfg.actor_num_cpus)), "verify": cfg.verify},
+                      list(range(n_shards)), "score", knobs="score.block_rows or max_actors")
     errors = sorted((int(d["shard"]), str(d["error"])) for d in done if d["error"])
     if errors:
         shutil.rmtree(parts, ignore_errors=True)
         kind, msg = errors[0][1].split("\t", 1)
         more = f" ({len(errors) - 1} more shard(s) failed too: {[s for s, _ in errors[1:]][:10]})" if len(errors) > 1 else ""
         raise (StoreIntegrityError if kind == "StoreIntegrityError" else StoreMismatch)(msg + more)
-    if sorted(int(d["shard"]) for d in done) != list(range(n_shards)):
-        raise RuntimeError(f"score: shards missing from the result: {sorted(int(d['shard']) for d in done)}")
     seconds["score_actors"] = time.time() - t
     t = time.time()
     try:
