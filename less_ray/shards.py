@@ -5,7 +5,7 @@ actor pool (the stage's `ActorPool` settings: actors, CPUs, GPUs, memory, restar
 per call, and returns one result row per shard, checked complete. An actor killed for memory
 ends the stage with the settings to change (resources.explain_actor_failure).
 
-Record inputs are staged once as Parquet with one row group per shard (`stage_input`), so a shard
+Record inputs are sharded once as Parquet with one row group per shard (`shard_input`), so a shard
 is a fixed set of examples whatever actor runs it, and `ShardActor` reads its rows.
 """
 from __future__ import annotations
@@ -19,10 +19,10 @@ import numpy as np
 from .ray_runtime import RayStage
 from .store import sha256_file
 
-STAGED = "_input.parquet"
+SHARDED_INPUT = "_input.parquet"
 
 
-def stage_input(data: str, out: Path, shard_rows: int) -> tuple[int, int, str]:
+def shard_input(data: str, out: Path, shard_rows: int) -> tuple[int, int, str]:
     """Validated records as Parquet, one row group per shard (`<out>/_input.parquet`). Returns
     (rows, shards, input sha256); reused when the input file and shard size are unchanged."""
     import pyarrow as pa
@@ -31,13 +31,13 @@ def stage_input(data: str, out: Path, shard_rows: int) -> tuple[int, int, str]:
     from .data.io import _parquet_schema, iter_records
     digest = sha256_file(data)
     info_path = out / "_input.json"
-    if info_path.exists() and (out / STAGED).exists():
+    if info_path.exists() and (out / SHARDED_INPUT).exists():
         info = json.loads(info_path.read_text())
         if info["sha256"] == digest and info["shard_rows"] == shard_rows:
             return info["rows"], info["shards"], digest
     out.mkdir(parents=True, exist_ok=True)
     schema = _parquet_schema()
-    tmp = out / f".{STAGED}.tmp"
+    tmp = out / f".{SHARDED_INPUT}.tmp"
     rows, shards, chunk = 0, 0, []
     with pq.ParquetWriter(tmp, schema) as w:
         def flush():
@@ -51,26 +51,26 @@ def stage_input(data: str, out: Path, shard_rows: int) -> tuple[int, int, str]:
         if chunk:
             flush()
             rows, shards = rows + len(chunk), shards + 1
-    tmp.replace(out / STAGED)
+    tmp.replace(out / SHARDED_INPUT)
     info_path.write_text(json.dumps({"path": str(data), "sha256": digest, "rows": rows, "shards": shards,
                                      "shard_rows": shard_rows}))
     return rows, shards, digest
 
 
-def read_shard(staged: str | Path, shard: int) -> list[dict[str, Any]]:
+def read_shard(sharded: str | Path, shard: int) -> list[dict[str, Any]]:
     import pyarrow.parquet as pq
-    return pq.ParquetFile(staged).read_row_group(shard).to_pylist()
+    return pq.ParquetFile(sharded).read_row_group(shard).to_pylist()
 
 
 class ShardActor:
-    """Ray Data actor over a staged records file: one batch row = one shard (row group) index.
+    """Ray Data actor over a sharded records file: one batch row = one shard (row group) index.
     Subclasses build their state once in `__init__` and implement `process(shard, rows)`."""
 
-    def __init__(self, staged: str):
-        self.staged = staged
+    def __init__(self, sharded: str):
+        self.sharded = sharded
 
     def rows(self, shard: int) -> list[dict[str, Any]]:
-        return read_shard(self.staged, shard)
+        return read_shard(self.sharded, shard)
 
     def process(self, shard: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
         raise NotImplementedError

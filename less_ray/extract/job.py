@@ -1,6 +1,6 @@
 """`less-ray extract`: the gradient datastore of one checkpoint, on a Ray Data actor pool.
 
-1. The input records are validated and staged once as Parquet, one row group per shard
+1. The input records are validated and sharded once as Parquet, one row group per shard
    (`<out>/_input.parquet`), so a shard is a fixed set of examples whatever runs it.
 2. Ray Data maps the pending shard indices over an actor pool of `ShardExtractor`s: each actor
    loads the base model, the checkpoint's LoRA adapter and (adam) its moments once, then per
@@ -27,7 +27,7 @@ from ..core.formatting import ChatFormat
 from ..resources import auto_shard_rows, count_rows, estimate_extract_memory
 from ..ray_runtime import RayStage
 from ..run_lock import locked
-from ..shards import STAGED, map_shards, read_shard, stage_input
+from ..shards import SHARDED_INPUT, map_shards, read_shard, shard_input
 from ..train.checkpoint import read_checkpoint_state
 from ..store import (Projection, StoreManifest, features_table, library_versions, remove_temp_files,
                      verified_shard, write_manifest, write_shard)
@@ -161,7 +161,7 @@ class ShardExtractor:
 
     def extract_shard(self, shard: int) -> dict[str, Any]:
         from ..core.formatting import SkippedExample, collate, token_budget_batches, tokenize_messages
-        rows = read_shard(Path(self.cfg.out) / STAGED, shard)
+        rows = read_shard(Path(self.cfg.out) / SHARDED_INPUT, shard)
         examples, skipped = [], []
         for r in rows:
             t = tokenize_messages(r["messages"], self.tok, self.fmt, example_id=r["id"])
@@ -308,7 +308,7 @@ def run_extract(cfg: ExtractConfig) -> dict[int, Path]:
     out = Path(cfg.out)
     if cfg.shard_rows is None:
         cfg.shard_rows = auto_shard_rows(count_rows(cfg.data), cfg.max_actors)
-    n_rows, n_shards, digest = stage_input(cfg.data, out, cfg.shard_rows)
+    n_rows, n_shards, digest = shard_input(cfg.data, out, cfg.shard_rows)
     dims = [_identity_dim(cfg)] if cfg.projection == "identity" else cfg.dims
     todo = pending_shards(cfg, dims, n_shards, digest)
     log.debug("extract %s: %d examples in %d shards, %d to do (%s, dims %s)", cfg.kind, n_rows, n_shards,

@@ -12,8 +12,8 @@ Adding a selector: a module in this package whose run function carries
 `@register("name", ConfigClass, "one line of help")`, plus its one line in
 `less_ray.selectors.SELECTOR_MODULES` (name -> module, imported only when that selector runs).
 
-Per-example scorers run as Ray Data jobs through `score_pool`: the pool is staged once as
-Parquet (one row group per shard, `shards.stage_input`), an actor pool maps shard indices
+Per-example scorers run as Ray Data jobs through `score_pool`: the pool is sharded once as
+Parquet (one row group per shard, `shards.shard_input`), an actor pool maps shard indices
 (the scorer is built once per actor, e.g. a model load) and writes one part per shard; the
 driver streams the parts, in shard order, into the score folder. Memory: one shard per actor,
 one part at a time on the driver.
@@ -32,7 +32,7 @@ import numpy as np
 
 from ..config import load_config, save_config, path_field
 from ..ray_runtime import RayStage
-from ..shards import STAGED, ShardActor, map_shards, stage_input  # noqa: F401  (re-exported to the selectors)
+from ..shards import SHARDED_INPUT, ShardActor, map_shards, shard_input  # noqa: F401  (re-exported to the selectors)
 
 log = logging.getLogger("less_ray")
 ALL_TASK = "all"  # the one task of a task-agnostic selector
@@ -127,11 +127,11 @@ def read_targets(targets: dict[str, str]) -> dict[str, list]:
 
 # ---- the Ray Data job shape -------------------------------------------------------------------
 
-def stage_records(data: str, folder: Path, shard_rows: int) -> tuple[Path, int, int, str]:
+def shard_records(data: str, folder: Path, shard_rows: int) -> tuple[Path, int, int, str]:
     """Stage a records file as Parquet, one row group per shard (reused while the file is
-    unchanged). Returns (staged file, rows, shards, input sha256)."""
-    rows, shards, digest = stage_input(data, folder, shard_rows)
-    return folder / STAGED, rows, shards, digest
+    unchanged). Returns (sharded file, rows, shards, input sha256)."""
+    rows, shards, digest = shard_input(data, folder, shard_rows)
+    return folder / SHARDED_INPUT, rows, shards, digest
 
 
 class PoolScorer:
@@ -146,8 +146,8 @@ class PoolScorer:
 
 
 class _ScoreShards(ShardActor):
-    def __init__(self, staged: str, parts: str, scorer_cls: type, scorer_kwargs: dict[str, Any]):
-        super().__init__(staged)
+    def __init__(self, sharded: str, parts: str, scorer_cls: type, scorer_kwargs: dict[str, Any]):
+        super().__init__(sharded)
         self.parts = Path(parts)
         self.scorer = scorer_cls(**scorer_kwargs)
 
@@ -178,13 +178,13 @@ def score_pool(cfg: SelectorConfig, selector: str, tasks: list[str], scorer_cls:
 
     from ..scoring.folder import ScoreFolderWriter
     out = Path(cfg.out).resolve()  # actors may run elsewhere (another cwd or node)
-    staged, n_rows, n_shards, digest = stage_records(cfg.pool, out / "_staged", cfg.shard_rows)
+    sharded, n_rows, n_shards, digest = shard_records(cfg.pool, out / "_staged", cfg.shard_rows)
     parts = out / "_parts"
     shutil.rmtree(parts, ignore_errors=True)
     parts.mkdir(parents=True)
     t0 = time.time()
     log.info("selector %s: %d pool rows in %d shards, tasks %s", selector, n_rows, n_shards, tasks)
-    map_shards(cfg, _ScoreShards, {"staged": str(staged), "parts": str(parts), "scorer_cls": scorer_cls,
+    map_shards(cfg, _ScoreShards, {"sharded": str(sharded), "parts": str(parts), "scorer_cls": scorer_cls,
                                    "scorer_kwargs": {"tasks": tasks, **(scorer_kwargs or {})}}, list(range(n_shards)))
     writer = ScoreFolderWriter(out, tasks, pool=cfg.pool)
     for i in range(n_shards):  # pool order, one row group per shard

@@ -33,7 +33,7 @@ import numpy as np
 from ..shards import read_shard
 from ..store import (Projection, StoreManifest, features_table, library_versions, read_manifest, remove_temp_files,
                      shard_schema, verified_shard, write_manifest, write_shard)
-from .base import SelectorConfig, map_shards, stage_records
+from .base import SelectorConfig, map_shards, shard_records
 from ..config import path_field
 from ..core.formatting import ChatFormat
 
@@ -139,12 +139,12 @@ class _EmbedShards:
     """Ray Data actor: the encoder loaded once; one batch row = one (file, shard) work item."""
 
     def __init__(self, items: list[tuple[str, str, int, bool]], encoder: dict[str, Any], batch_size: int):
-        self.items = items  # (staged file, store, shard, targets) per global index
+        self.items = items  # (sharded file, store, shard, targets) per global index
         self.enc = TextEncoder(encoder["encoder"], encoder["model"], encoder["max_tokens"],
                                encoder["chat_format"] or "less", batch_size)
 
-    def process(self, staged: str, store: str, shard: int, targets: bool) -> int:
-        rows = read_shard(staged, shard)
+    def process(self, sharded: str, store: str, shard: int, targets: bool) -> int:
+        rows = read_shard(sharded, shard)
         emb, norms, n_tok = self.enc.embed(rows)
         table = features_table([r["id"] for r in rows], [r["source"] for r in rows], emb, norms, n_tok,
                                np.zeros(len(rows), np.float32), "float32",
@@ -160,8 +160,8 @@ class _EmbedShards:
 
 def _prepare(cfg: EmbedConfig, ident: dict[str, Any], data: str, store: Path) -> tuple[Path, int, str, bool]:
     """Stage one file into its store folder; drop shards built for another input or encoder.
-    Returns (staged file, shards, input sha256, already complete)."""
-    staged, n_rows, n_shards, digest = stage_records(data, store, cfg.shard_rows)
+    Returns (sharded file, shards, input sha256, already complete)."""
+    sharded, n_rows, n_shards, digest = shard_records(data, store, cfg.shard_rows)
     key = {"input_sha256": digest, "shard_rows": cfg.shard_rows, **ident}
     key_file = store / "_encoder.json"
     if key_file.exists() and json.loads(key_file.read_text()) != key:
@@ -170,7 +170,7 @@ def _prepare(cfg: EmbedConfig, ident: dict[str, Any], data: str, store: Path) ->
         (store / "manifest.json").unlink(missing_ok=True)
     key_file.write_text(json.dumps(key))
     remove_temp_files(store)
-    return staged, n_shards, digest, (store / "manifest.json").exists()
+    return sharded, n_shards, digest, (store / "manifest.json").exists()
 
 
 def _finish(ident: dict[str, Any], data: str, store: Path, n_shards: int, digest: str, seconds: float) -> None:
@@ -195,10 +195,10 @@ def embed_files(cfg: EmbedConfig, files: list[tuple[str, Path, bool]]) -> list[P
     prepared, items = [], []
     for data, store, targets in files:
         store = Path(store).resolve()
-        staged, n_shards, digest, done = _prepare(cfg, ident, data, store)
+        sharded, n_shards, digest, done = _prepare(cfg, ident, data, store)
         prepared.append((data, store, n_shards, digest, done))
         if not done:
-            items += [(str(staged), str(store), i, targets) for i in range(n_shards) if verified_shard(store, i) is None]
+            items += [(str(sharded), str(store), i, targets) for i in range(n_shards) if verified_shard(store, i) is None]
     log.info("embeddings: %d files, %d shards to do (%s)", len(files), len(items), cfg.encoder)
     map_shards(cfg, _EmbedShards, {"items": items, "encoder": ident, "batch_size": cfg.embed_batch_size},
                list(range(len(items))))

@@ -37,7 +37,7 @@ import numpy as np
 
 from ..config import config_hash, path_field
 from ..core.formatting import ChatFormat
-from .base import ALL_TASK, SelectorConfig, ShardActor, map_shards, register, stage_records
+from .base import ALL_TASK, SelectorConfig, ShardActor, map_shards, register, shard_records
 
 log = logging.getLogger("less_ray")
 UNSCORED = float(np.finfo(np.float32).min)  # skipped examples: last in any ranking, never NaN
@@ -71,13 +71,13 @@ def _resolve_base(cfg: LossStatsConfig) -> str:
 class StatsActor(ShardActor):
     """Model (and adapter) loaded once; per shard, every requested pass, one part file each."""
 
-    def __init__(self, staged: str, stats: str, passes: list[str], base_model: str, checkpoint: str | None,
+    def __init__(self, sharded: str, stats: str, passes: list[str], base_model: str, checkpoint: str | None,
                  chat_format: str, max_seq_length: int, batch_size: int, use_gpu: bool):
         import torch
 
         from ..core.example_stats import ExampleStatsComputer
         from ..core.formatting import FormatConfig
-        super().__init__(staged)
+        super().__init__(sharded)
         self.stats, self.passes, self.batch_size = Path(stats), passes, batch_size
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         if checkpoint:
@@ -145,7 +145,7 @@ def compute_stats(cfg: LossStatsConfig, passes: list[str]) -> Stats:
            "checkpoint_hash": checkpoint_hash(cfg.checkpoint) if cfg.checkpoint else None,
            "chat_format": cfg.chat_format, "max_seq_length": cfg.max_seq_length, "shard_rows": cfg.shard_rows}
     stats = Path(cfg.stats or Path(cfg.out).resolve().parent / "_loss_stats" / _key_hash(key)).resolve()
-    staged, n_rows, n_shards, _ = stage_records(cfg.pool, stats / "_staged", cfg.shard_rows)
+    sharded, n_rows, n_shards, _ = shard_records(cfg.pool, stats / "_staged", cfg.shard_rows)
     key_file = stats / "stats.json"
     if key_file.exists() and json.loads(key_file.read_text()) != key:
         log.info("loss stats: %s holds statistics of another pool/model/checkpoint; recomputing", stats)
@@ -168,7 +168,7 @@ def compute_stats(cfg: LossStatsConfig, passes: list[str]) -> Stats:
         t0 = time.time()
         shards = [s for s, v in todo.items() if tuple(v) == need]
         log.info("loss stats: passes %s over %d of %d shards (%d rows)", list(need), len(shards), n_shards, n_rows)
-        done = map_shards(cfg, StatsActor, {"staged": str(staged), "stats": str(stats), "passes": list(need),
+        done = map_shards(cfg, StatsActor, {"sharded": str(sharded), "stats": str(stats), "passes": list(need),
                                      "base_model": base, "checkpoint": cfg.checkpoint,
                                      "chat_format": cfg.chat_format, "max_seq_length": cfg.max_seq_length,
                                      "batch_size": cfg.batch_size, "use_gpu": cfg.actor_num_gpus > 0}, shards)

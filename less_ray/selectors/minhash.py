@@ -3,7 +3,7 @@
 Each record's text is its whole conversation ("role: content" per message), lower-cased and split
 into word tokens (`\\w+`); its shingles are the word n-grams (`ngram`, default 5; a text shorter
 than n words is one shingle). Signatures (`num_perm` MinHash values, datasketch's affine32 scheme,
-seeded) are computed on a Ray Data actor pool over the staged pool's shards. The driver then walks
+seeded) are computed on a Ray Data actor pool over the sharded pool's shards. The driver then walks
 the pool in order: an LSH query (`threshold`) returns earlier KEPT records sharing a band; the
 record is a duplicate of the one with the highest estimated Jaccard (ties: the earliest) when that
 estimate is >= `threshold`, else it is kept and indexed. The bands favour recall (`recall_weight`
@@ -31,7 +31,7 @@ import numpy as np
 
 from ..config import save_config, path_field
 from ..ray_runtime import RayStage
-from .base import ShardActor, map_shards, stage_records
+from .base import ShardActor, map_shards, shard_records
 
 log = logging.getLogger("less_ray")
 WORD = re.compile(r"\w+")
@@ -47,7 +47,7 @@ class DedupConfig(RayStage):
     num_perm: int = 128
     seed: int = 1  # MinHash permutation seed
     recall_weight: float = 0.95  # LSH band/row choice: weight of missed pairs vs false candidates
-    work_dir: str | None = None  # staged pool + signatures; default <out>.dedup_work
+    work_dir: str | None = None  # sharded pool + signatures; default <out>.dedup_work
     shard_rows: int = 4096
 
 
@@ -73,8 +73,8 @@ def signatures(texts: Sequence[str], ngram: int, num_perm: int, seed: int) -> np
 
 
 class SignatureActor(ShardActor):
-    def __init__(self, staged: str, sig_dir: str, ngram: int, num_perm: int, seed: int):
-        super().__init__(staged)
+    def __init__(self, sharded: str, sig_dir: str, ngram: int, num_perm: int, seed: int):
+        super().__init__(sharded)
         self.sig_dir, self.ngram, self.num_perm, self.seed = Path(sig_dir), ngram, num_perm, seed
 
     def process(self, shard: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -125,7 +125,7 @@ def run_dedup(cfg: DedupConfig) -> dict[str, Any]:
     t0 = time.time()
     out = Path(cfg.out)
     work = Path(cfg.work_dir or f"{out}.dedup_work").resolve()
-    staged, n_rows, n_shards, digest = stage_records(cfg.pool, work, cfg.shard_rows)
+    sharded, n_rows, n_shards, digest = shard_records(cfg.pool, work, cfg.shard_rows)
     sig_dir = work / f"sig_n{cfg.ngram}_p{cfg.num_perm}_s{cfg.seed}"
     sig_dir.mkdir(parents=True, exist_ok=True)
     key = {"pool_sha256": digest, "shard_rows": cfg.shard_rows}
@@ -136,7 +136,7 @@ def run_dedup(cfg: DedupConfig) -> dict[str, Any]:
     key_file.write_text(json.dumps(key))
     todo = [s for s in range(n_shards) if not (sig_dir / f"{s:05d}.npy").exists()]
     log.info("dedup: %d records in %d shards, %d to sign", n_rows, n_shards, len(todo))
-    map_shards(cfg, SignatureActor, {"staged": str(staged), "sig_dir": str(sig_dir), "ngram": cfg.ngram,
+    map_shards(cfg, SignatureActor, {"sharded": str(sharded), "sig_dir": str(sig_dir), "ngram": cfg.ngram,
                                      "num_perm": cfg.num_perm, "seed": cfg.seed}, todo)
     t_sign = time.time() - t0
 
@@ -144,11 +144,11 @@ def run_dedup(cfg: DedupConfig) -> dict[str, Any]:
     keep = np.zeros(n_rows, dtype=bool)
     dup_path = Path(f"{out}.duplicates.jsonl")
     dup_path.parent.mkdir(parents=True, exist_ok=True)
-    staged_file = pq.ParquetFile(staged)
+    input_file = pq.ParquetFile(sharded)
     n_dup, row = 0, 0
     with open(dup_path.with_name(dup_path.name + ".tmp"), "w", encoding="utf-8") as fh:
         for s in range(n_shards):
-            t = staged_file.read_row_group(s, columns=["id", "source"])
+            t = input_file.read_row_group(s, columns=["id", "source"])
             ids, sources = t.column("id").to_pylist(), t.column("source").to_pylist()
             sig = np.load(sig_dir / f"{s:05d}.npy")
             if len(sig) != len(ids):
