@@ -74,3 +74,30 @@ def test_less_format_uses_less_eval_prompts_for_the_benchmarks():
     demo = EvalItem("demo:arithmetic", "add", "k", "What is 2 + 2?", "", ["4"])
     assert render(demo, None, "less") == "<|user|>\nWhat is 2 + 2?\n<|assistant|>\n"
     assert render(bbh, None, "tulu_stripped") == "<|user|>\nTask.\n\nQ: 2+2?\n<|assistant|>\nA:"
+
+
+def test_answer_loss_per_example_equals_one_at_a_time(tiny_model_dir, tmp_path):
+    """`loss:<task>` reports every example's answer-token loss by id (for paired comparisons), each
+    equal to the loss of that example alone, unpadded; the mean is theirs."""
+    from less_ray.core.formatting import FormatConfig, tokenize_messages
+    from less_ray.data.demo import generate_pool
+    from less_ray.data.io import write_jsonl
+    from less_ray.eval.runner import EvalConfig, run_eval
+    from less_ray.models import load_model_and_tokenizer
+    recs = generate_pool(12, seed=3)
+    write_jsonl(recs, tmp_path / "held.jsonl")
+    res = run_eval(EvalConfig(model=str(tiny_model_dir), tasks=["loss:x"], heldout={"x": str(tmp_path / "held.jsonl")},
+                              out=str(tmp_path / "e.json"), batch_size=5))["tasks"]["loss:x"]
+    model, tok = load_model_and_tokenizer(tiny_model_dir)
+    want = {}
+    for r in recs:
+        ex = tokenize_messages(r.messages, tok, FormatConfig("less", 2048), example_id=r.id)
+        ids, labels = torch.tensor([ex.input_ids]), torch.tensor([ex.labels])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, :-1]
+        keep = labels[0, 1:] != -100
+        want[r.id] = float(torch.nn.functional.cross_entropy(logits[keep], labels[0, 1:][keep]))
+    assert set(res["per_example"]) == set(want) and res["n"] == len(want)
+    for i, v in want.items():
+        assert abs(res["per_example"][i] - v) < 1e-4, i
+    assert abs(res["score"] - sum(want.values()) / len(want)) < 1e-5

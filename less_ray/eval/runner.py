@@ -150,7 +150,8 @@ def evaluate_task(task: str, model, tok, cfg: EvalConfig, data_root: Path | None
         records = read_records(path).records
         loss = answer_loss(records, model, tok, cfg)
         return {"metric": "answer_loss", "score": loss["mean"], "n": loss["n"], "file": str(path),
-                "per_subtask": loss["per_subtask"], "skipped": loss["skipped"], "lower_is_better": True}
+                "per_subtask": loss["per_subtask"], "skipped": loss["skipped"], "lower_is_better": True,
+                "per_example": loss["per_example"]}
     raise ValueError(f"unknown eval task {task!r}; expected bbh, mmlu, tydiqa, demo:<family> or loss:<name>")
 
 
@@ -177,8 +178,10 @@ def answer_loss(records, model, tok, cfg: EvalConfig) -> dict[str, Any]:
     groups: dict[str, list[float]] = {}
     for i, v in per_example:
         groups.setdefault(subtask[i], []).append(v)
+    # every example's loss by id too: paired comparisons of two models (a bootstrap over examples)
     return {"mean": sum(v for _, v in per_example) / len(per_example), "n": len(per_example),
-            "per_subtask": {k: sum(v) / len(v) for k, v in sorted(groups.items())}, "skipped": len(skipped)}
+            "per_subtask": {k: sum(v) / len(v) for k, v in sorted(groups.items())}, "skipped": len(skipped),
+            "per_example": dict(per_example)}
 
 
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
