@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", required=True, help="YAML mapping onto the stage's config dataclass")
         p.add_argument("--out")
         p.add_argument("--address", help="Ray cluster address (default $RAY_ADDRESS, else embedded Ray)")
+        if name == "extract":
+            p.add_argument("--append", metavar="FILE", help="add FILE's records to the finished store in --out "
+                                                           "(only they are extracted; their ids must be new)")
     _add_set_flags(parser)
     return parser
 
@@ -192,7 +195,8 @@ def _cmd_training_or_extract(args) -> int:
     from .preflight import check_stage_config
     if args.stage == "extract":
         from .extract.job import ExtractConfig, run_extract
-        cfg = _load(ExtractConfig, args, {"out": args.out, "address": args.address})
+        cfg = _load(ExtractConfig, args, {"out": args.out, "address": args.address, "data": args.append,
+                                          "append": True if args.append else None})
         check_stage_config(cfg, "extract")
         stores = run_extract(cfg)
         print(json.dumps({str(d): str(p) for d, p in stores.items()}, indent=2))

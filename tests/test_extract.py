@@ -182,3 +182,49 @@ def test_a_rerun_with_other_inputs_into_a_used_folder_equals_a_fresh_run(ray_loc
     np.testing.assert_array_equal(got["features"], want["features"])
     if change == "seed":
         assert read_manifest(used).projection.seed == 5
+
+
+def test_append_extracts_only_the_new_records_and_scores_as_a_fresh_store(ray_local, ckpt, records, tmp_path):
+    """Issue #16: a growing pool. `append` adds a file's records to a finished store as new shards
+    (the old shard files are not touched); features, scores and the selection equal those of a store
+    extracted from scratch; ids already in the store, or other settings, are refused."""
+    from less_ray.scoring.job import ScoreConfig, TaskSpec, run_score
+    from less_ray.scoring.select import SelectConfig, run_select
+    pool, _ = records
+    write_jsonl(pool[:40], tmp_path / "a.jsonl")
+    write_jsonl(pool[40:], tmp_path / "b.jsonl")
+    write_jsonl(pool, tmp_path / "ab.jsonl")
+    write_jsonl(generate_pool(6, seed=9), tmp_path / "t.jsonl")
+    kw = dict(checkpoint=str(ckpt), kind="adam", dims=[32], shard_rows=10, batch_size=5, max_actors=1, actor_num_cpus=1)
+    grown = run_extract(ExtractConfig(data=str(tmp_path / "a.jsonl"), out=str(tmp_path / "grown"), **kw))[32]
+    before = {f.name: f.stat().st_mtime_ns for f in (grown / "shards").iterdir()}
+    run_extract(ExtractConfig(data=str(tmp_path / "b.jsonl"), out=str(tmp_path / "grown"), append=True, **kw))
+    after = {f.name: f.stat().st_mtime_ns for f in (grown / "shards").iterdir()}
+    assert all(after[n] == t for n, t in before.items()) and len(after) > len(before)  # only new shards
+    fresh = run_extract(ExtractConfig(data=str(tmp_path / "ab.jsonl"), out=str(tmp_path / "fresh"), **kw))[32]
+    a, b = read_store(grown, ("id", "features")), read_store(fresh, ("id", "features"))
+    assert list(a["id"]) == list(b["id"]) == [r.id for r in pool]
+    np.testing.assert_array_equal(a["features"], b["features"])
+    man = read_manifest(grown)
+    assert man.count == 60 and [x["path"] for x in man.input["appended"]] == [str(tmp_path / "b.jsonl")]
+
+    target = run_extract(ExtractConfig(data=str(tmp_path / "t.jsonl"), out=str(tmp_path / "t"), **{**kw, "kind": "sgd"}))[32]
+    picked = {}
+    for name, store in (("grown", grown), ("fresh", fresh)):
+        run_score(ScoreConfig(pool_stores=[str(store)], tasks=[TaskSpec("t", [str(target)])],
+                              out=str(tmp_path / f"scores_{name}"), max_actors=1))
+        res = run_select(SelectConfig(scores=str(tmp_path / f"scores_{name}"), top_n=6, top_p=None, sorted_csv=False))
+        picked[name] = [json.loads(x) for x in open(res["t"]["file"])]  # the pool files come from the manifest
+    assert [r["id"] for r in picked["grown"]] == [r["id"] for r in picked["fresh"]]
+    assert [r["score"] for r in picked["grown"]] == [r["score"] for r in picked["fresh"]]
+
+    write_jsonl([pool[0], generate_pool(70, seed=5)[65]], tmp_path / "dup.jsonl")
+    with pytest.raises(ValueError, match=r"1 id\(s\) are in the store already"):
+        run_extract(ExtractConfig(data=str(tmp_path / "dup.jsonl"), out=str(tmp_path / "grown"), append=True, **kw))
+    write_jsonl(generate_pool(70, seed=5)[60:], tmp_path / "c.jsonl")
+    with pytest.raises(ValueError, match="was made from other inputs .*seed 0 -> 5"):
+        run_extract(ExtractConfig(data=str(tmp_path / "c.jsonl"), out=str(tmp_path / "grown"), append=True,
+                                  **{**kw, "seed": 5}))
+    assert read_manifest(grown).count == 60  # the refused appends left the store as it was
+    with pytest.raises(ValueError, match="no finished store to append to"):
+        run_extract(ExtractConfig(data=str(tmp_path / "c.jsonl"), out=str(tmp_path / "empty"), append=True, **kw))

@@ -29,7 +29,7 @@ from ..ray_runtime import RayStage
 from ..run_lock import locked
 from ..shards import SHARDED_INPUT, map_shards, read_shard, shard_input
 from ..train.checkpoint import read_checkpoint_state
-from ..store import (Projection, StoreManifest, features_table, library_versions, remove_temp_files,
+from ..store import (Projection, StoreManifest, features_table, library_versions, remove_temp_files, sha256_file,
                      verified_shard, write_manifest, write_shard)
 
 log = logging.getLogger("less_ray")
@@ -74,6 +74,9 @@ class ExtractConfig(RayStage):
     shard_rows: int | None = None
     betas: tuple[float, float] | None = None  # default: the checkpoint's AdamW betas
     eps: float | None = None
+    # add the records of `data` to the finished store(s) in `out` as new shards, extracting only
+    # them; every other setting must be the store's own, and the ids must be new to the store
+    append: bool = False
 
 
 def checkpoint_hash(ckpt: str | Path) -> str:
@@ -139,13 +142,14 @@ def store_dir(out: str | Path, dim: int) -> Path:
 class ShardExtractor:
     """Ray Data actor: model and checkpoint loaded once; one batch row = one shard index."""
 
-    def __init__(self, cfg: ExtractConfig):
+    def __init__(self, cfg: ExtractConfig, parts: list[dict[str, Any]]):
         import torch
 
         from ..core.checkpoints import load_lora_checkpoint, load_moments
         from ..core.formatting import FormatConfig
         from ..core.grads import LoraGradientComputer
         self.cfg = cfg
+        self.parts = parts
         self.device = torch.device("cuda" if cfg.actor_num_gpus > 0 and torch.cuda.is_available() else "cpu")
         self.model, self.tok = load_lora_checkpoint(cfg.base_model, cfg.checkpoint, device=self.device)
         if cfg.precision != "fp32":  # LESS's: the whole PeftModel in bf16
@@ -161,7 +165,7 @@ class ShardExtractor:
 
     def extract_shard(self, shard: int) -> dict[str, Any]:
         from ..core.formatting import SkippedExample, collate, token_budget_batches, tokenize_messages
-        rows = read_shard(Path(self.cfg.out) / SHARDED_INPUT, shard)
+        rows = read_shard(*shard_file(Path(self.cfg.out), self.parts, shard))
         examples, skipped = [], []
         for r in rows:
             t = tokenize_messages(r["messages"], self.tok, self.fmt, example_id=r["id"])
@@ -213,13 +217,17 @@ class ShardExtractor:
 SHARD_KEY = "_shard_key.json"  # in each dim store: what its shards were computed from
 
 
-def shard_key(cfg: ExtractConfig, dim: int, input_digest: str) -> dict[str, Any]:
+PARTS = "_parts.json"  # the input files of the store, in shard order: the first, then each appended one
+
+
+def shard_key(cfg: ExtractConfig, dim: int, parts: list[dict[str, Any]]) -> dict[str, Any]:
     """Everything a stored feature depends on, by content: a shard is reused only when this equals
     what it was computed with. Speed settings (batch sizes, actors, buffers) are left out: they
     change the features by float rounding only."""
     from ..identity import model_content_hash
     model = Path(str(cfg.base_model))
-    return {"input_sha256": input_digest, "shard_rows": cfg.shard_rows,
+    appended = {"appended": [p["sha256"] for p in parts[1:]]} if len(parts) > 1 else {}
+    return {"input_sha256": parts[0]["sha256"], **appended, "shard_rows": cfg.shard_rows,
             "checkpoint": checkpoint_hash(cfg.checkpoint),
             "base_model": model_content_hash(model) if model.is_dir() else str(cfg.base_model),
             "kind": cfg.kind, "projection": projection_type(cfg), "seed": cfg.seed, "dim": dim,
@@ -228,21 +236,26 @@ def shard_key(cfg: ExtractConfig, dim: int, input_digest: str) -> dict[str, Any]
             "betas": list(cfg.betas) if cfg.kind == "adam" else None, "eps": cfg.eps if cfg.kind == "adam" else None}
 
 
-def claim_store(store: Path, key: dict[str, Any]) -> None:
+def claim_store(store: Path, key: dict[str, Any], append: bool = False) -> None:
     """Make `store` hold only shards computed from `key`. A store made from anything else (another
     checkpoint, seed, data file, formatting, ... or a store that predates the key) loses its
-    manifest first, then its shards, so a killed rerun can never pass old features off as new."""
+    manifest first, then its shards, so a killed rerun can never pass old features off as new.
+    `append`: the store must hold the same inputs less the appended ones, and is kept."""
     import shutil
     path = store / SHARD_KEY
     before = json.loads(path.read_text()) if path.exists() else None
     if before == key:
         return
-    if store.exists() and any(store.iterdir()):
-        if before is None:
-            why = "its shards record no inputs"
-        else:
-            why = ", ".join(f"{k} {_short(before.get(k))} -> {_short(key.get(k))}"
-                            for k in sorted(set(before) | set(key)) if before.get(k) != key.get(k))
+    why = "its shards record no inputs" if before is None else ", ".join(
+        f"{k} {_short(before.get(k))} -> {_short(key.get(k))}"
+        for k in sorted(set(before) | set(key)) if before.get(k) != key.get(k))
+    if append:
+        same = before is not None and {k: v for k, v in before.items() if k != "appended"} == \
+            {k: v for k, v in key.items() if k != "appended"}
+        if not same or key["appended"][:len(before.get("appended", []))] != before.get("appended", []):
+            raise ValueError(f"extract --append: {store} was made from other inputs ({why}); append with the store's "
+                             f"own settings (its extract.config.yaml), or extract the whole pool into a new folder")
+    elif store.exists() and any(store.iterdir()):
         log.warning("extract: %s was made from other inputs (%s): recomputing it", store, why)
         (store / "manifest.json").unlink(missing_ok=True)
         shutil.rmtree(store / "shards", ignore_errors=True)
@@ -259,15 +272,68 @@ def _short(v: Any) -> str:
     return f"{v[:12]}..." if isinstance(v, str) and len(v) > 16 else str(v)
 
 
-def pending_shards(cfg: ExtractConfig, dims: list[int], n_shards: int, input_digest: str) -> list[int]:
+def pending_shards(cfg: ExtractConfig, dims: list[int], parts: list[dict[str, Any]]) -> list[int]:
     out = Path(cfg.out)
     for d in dims:
-        claim_store(store_dir(out, d), shard_key(cfg, d, input_digest))
+        claim_store(store_dir(out, d), shard_key(cfg, d, parts), cfg.append)
         remove_temp_files(store_dir(out, d))
+    n_shards = sum(p["shards"] for p in parts)
     return [i for i in range(n_shards) if not all(verified_shard(store_dir(out, d), i) for d in dims)]
 
 
-def finalize(cfg: ExtractConfig, n_shards: int, input_digest: str, dims: list[int]) -> dict[int, Path]:
+def input_parts(cfg: ExtractConfig, out: Path, dims: list[int]) -> list[dict[str, Any]]:
+    """The store's input files in shard order, `data` written one row group per shard: alone, or
+    (append) after the inputs the store already holds, in `<out>/_append<k>/`."""
+    if not cfg.append:
+        rows, shards, digest = shard_input(cfg.data, out, cfg.shard_rows)
+        parts = [{"path": str(cfg.data), "sha256": digest, "rows": rows, "shards": shards, "first_shard": 0,
+                  "folder": ""}]
+    else:
+        missing = [str(store_dir(out, d)) for d in dims if not (store_dir(out, d) / "manifest.json").exists()]
+        if missing or not (out / PARTS).exists():
+            raise ValueError(f"extract --append: no finished store to append to in {missing or [str(out)]}; "
+                             f"extract the pool there first")
+        parts = json.loads((out / PARTS).read_text())
+        digest = sha256_file(cfg.data)
+        if digest not in [p["sha256"] for p in parts]:  # else appended before: a rerun resumes it
+            k = len(parts)
+            rows, shards, digest = shard_input(cfg.data, out / f"_append{k}", cfg.shard_rows)
+            check_new_ids(store_dir(out, dims[0]), out / f"_append{k}" / SHARDED_INPUT, cfg.data)
+            last = parts[-1]
+            parts.append({"path": str(cfg.data), "sha256": digest, "rows": rows, "shards": shards,
+                          "first_shard": last["first_shard"] + last["shards"], "folder": f"_append{k}"})
+    return parts
+
+
+def write_parts(out: Path, parts: list[dict[str, Any]]) -> None:
+    tmp = out / f".{PARTS}.tmp"
+    tmp.write_text(json.dumps(parts, indent=1))
+    tmp.replace(out / PARTS)
+
+
+def check_new_ids(store: Path, sharded: Path, data: str) -> None:
+    """Refuse appended records whose ids the store holds already (scores are keyed by id)."""
+    import pyarrow.parquet as pq
+
+    from ..store import read_store
+    have = set(read_store(store, ("id",))["id"].tolist())
+    new = pq.read_table(sharded, columns=["id"]).column("id").to_pylist()
+    dup = [i for i in new if i in have]
+    if dup:
+        raise ValueError(f"extract --append: {data}: {len(dup)} id(s) are in the store already ({store}): "
+                         f"{dup[:5]}; give the new records new ids")
+
+
+def shard_file(out: Path, parts: list[dict[str, Any]], shard: int) -> tuple[Path, int]:
+    """(written input file, its row group) of global shard `shard`."""
+    for p in parts:
+        if p["first_shard"] <= shard < p["first_shard"] + p["shards"]:
+            return out / p["folder"] / SHARDED_INPUT, shard - p["first_shard"]
+    raise IndexError(f"extract: shard {shard} is in none of the store's inputs")
+
+
+def finalize(cfg: ExtractConfig, parts: list[dict[str, Any]], dims: list[int]) -> dict[int, Path]:
+    n_shards = sum(p["shards"] for p in parts)
     state = read_checkpoint_state(cfg.checkpoint)
     ck_hash = checkpoint_hash(cfg.checkpoint)
     paths = {}
@@ -286,14 +352,16 @@ def finalize(cfg: ExtractConfig, n_shards: int, input_digest: str, dims: list[in
             projection=Projection(projection_type(cfg), cfg.seed, d), normalized=cfg.normalize, dtype=cfg.dtype,
             count=sum(e["rows"] for e in entries), shards=entries, checkpoint_epoch=state.get("epoch"),
             avg_lr=state.get("avg_lr"),
-            input={"path": str(cfg.data), "sha256": input_digest, "chat_format": cfg.chat_format,
-                   "max_seq_length": cfg.max_seq_length},
+            input={"path": parts[0]["path"], "sha256": parts[0]["sha256"], "chat_format": cfg.chat_format,
+                   "max_seq_length": cfg.max_seq_length,
+                   **({"appended": [{k: p[k] for k in ("path", "sha256", "rows")} for p in parts[1:]]}
+                      if len(parts) > 1 else {})},
             skipped={"count": len(skipped), "file": "skipped.jsonl" if skipped else None},
             versions=library_versions(),
             extra={"adam": {"betas": list(cfg.betas), "eps": cfg.eps} if cfg.kind == "adam" else None,
                    "precision": cfg.precision,
                    "config_hash": config_hash(cfg),
-                   "computed_from": shard_key(cfg, d, input_digest)})  # what every shard was made from
+                   "computed_from": shard_key(cfg, d, parts)})  # what every shard was made from
         write_manifest(sd, man)
         save_config(cfg, sd / "extract.config.yaml")
         paths[d] = sd
@@ -308,18 +376,19 @@ def run_extract(cfg: ExtractConfig) -> dict[int, Path]:
     out = Path(cfg.out)
     if cfg.shard_rows is None:
         cfg.shard_rows = auto_shard_rows(count_rows(cfg.data), cfg.max_actors)
-    n_rows, n_shards, digest = shard_input(cfg.data, out, cfg.shard_rows)
     dims = [_identity_dim(cfg)] if cfg.projection == "identity" else cfg.dims
-    todo = pending_shards(cfg, dims, n_shards, digest)
-    log.debug("extract %s: %d examples in %d shards, %d to do (%s, dims %s)", cfg.kind, n_rows, n_shards,
-             len(todo), Path(cfg.checkpoint).name, dims)
+    parts = input_parts(cfg, out, dims)
+    todo = pending_shards(cfg, dims, parts)  # (append: refuses a store made from other settings)
+    write_parts(out, parts)
+    log.debug("extract %s: %d examples in %d shards, %d to do (%s, dims %s)", cfg.kind,
+              sum(p["rows"] for p in parts), sum(p["shards"] for p in parts), len(todo), Path(cfg.checkpoint).name, dims)
     if todo:
         memory = None if cfg.actor_memory_gb else estimate_extract_memory(cfg)
-        done = map_shards(cfg, ShardExtractor, {"cfg": cfg}, todo, "extract", memory,
+        done = map_shards(cfg, ShardExtractor, {"cfg": cfg, "parts": parts}, todo, "extract", memory,
                           "extract.batch_tokens (or batch_size), projection_buffer_gb or max_actors")
         log.debug("extract: %d shards, %d examples, %d skipped by the truncation policy in %.1fs",
                  len(done), sum(int(d["rows"]) for d in done), sum(int(d["skipped"]) for d in done), time.time() - t0)
-    return finalize(cfg, n_shards, digest, dims)
+    return finalize(cfg, parts, dims)
 
 
 def _identity_dim(cfg: ExtractConfig) -> int:

@@ -35,8 +35,7 @@ import numpy as np
 
 from ..config import path_field, save_config
 from ..core.influence import TopK
-from ..data.io import iter_records
-from .select import pool_file
+from .select import pool_file, pool_records
 
 RANDOM_SELECTOR = "random"
 
@@ -239,7 +238,7 @@ def conversation_texts(pool: str | None, ids: set[str]) -> tuple[dict[str, tuple
         return {}, None if pool else "no pool file is recorded or given"
     out = {}
     try:
-        for rec in iter_records(pool):
+        for rec in pool_records(pool):
             if rec.id in ids:
                 out[rec.id] = rec.messages
     except (OSError, ValueError) as err:
@@ -305,7 +304,13 @@ def run_metadata(root: Path, run: Path | None, summary: dict[str, Any], pool: st
     # the files: the hash recorded when they were read, beside their hash now
     files: list[tuple[str, str | None, str | None]] = []  # (role, path, recorded sha256)
     pool_recorded = (pool_mans[0].get("input") or {}).get("sha256") if pool_mans else summary.get("pool_sha256")
-    files.append(("pool", pool, pool_recorded))
+    if isinstance(pool, list):  # a store grown by `extract --append`: its files in order
+        appended = ((pool_mans[0].get("input") or {}).get("appended") or []) if pool_mans else []
+        recorded = [pool_recorded] + [a.get("sha256") for a in appended]
+        files += [("pool" if i == 0 else f"pool (appended {i})", p, recorded[i] if i < len(recorded) else None)
+                  for i, p in enumerate(pool)]
+    else:
+        files.append(("pool", pool, pool_recorded))
     targets: dict[str, tuple[str | None, str | None]] = {}
     for p in sorted(manifests.glob("*_ckpt0.json")):
         if p.name.startswith("pool_"):

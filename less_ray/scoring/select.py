@@ -75,7 +75,14 @@ def count_record(top_p: float | None, top_n: int | None, n_pool: int, n_scored: 
 _POOL_SIZES: dict[tuple[str, int, int], int] = {}
 
 
-def pool_size(pool: str) -> int:
+def pool_size(pool: str | list[str]) -> int:
+    """N: the records of the pool (one file, or a grown store's files)."""
+    if not isinstance(pool, str):
+        return sum(pool_size(p) for p in pool)
+    return _file_size(pool)
+
+
+def _file_size(pool: str) -> int:
     """N: the number of records in the pool file (Parquet: its metadata; else one read, remembered
     while the file's size and mtime stay the same)."""
     from ..data.io import detect_format, split_format_spec
@@ -146,23 +153,32 @@ def write_sorted_csv(path: Path, out: Path, block_rows: int) -> int:
     return n
 
 
-def pool_file(scores_dir: str, pool: str | None) -> str:
-    """The pool records file: given, else the one the score folder records (LESS: the pool store's input)."""
+def pool_file(scores_dir: str, pool: str | None) -> str | list[str]:
+    """The pool records file: given, else the one the score folder records (LESS: the pool store's
+    input; a store grown by `extract --append`: its files in order, a list)."""
     if pool:
         return pool
     mdir = Path(scores_dir) / "manifests"
     found = [p for p in (mdir / "pool_ckpt0.json", mdir / "pool.json") if p.exists()]
-    path = json.loads(found[0].read_text()).get("input", {}).get("path") if found else None
+    recorded = json.loads(found[0].read_text()).get("input", {}) if found else {}
+    path = recorded.get("path")
     if not path:
         raise ValueError("select: the pool store records no input file; give `pool` explicitly")
-    return path
+    appended = [a["path"] for a in recorded.get("appended") or []]
+    return [path, *appended] if appended else path
 
 
-def write_selection(pool: str, ids: np.ndarray, scores: np.ndarray, out: Path) -> int:
+def pool_records(pool: str | list[str]) -> Iterator[Any]:
+    """The records of a pool given as one file or as a store's files in order."""
+    for path in [pool] if isinstance(pool, str) else pool:
+        yield from iter_records(path)
+
+
+def write_selection(pool: str | list[str], ids: np.ndarray, scores: np.ndarray, out: Path) -> int:
     """The selected records in descending score order, each with its score (one pass over the pool)."""
     rank = {rid: i for i, rid in enumerate(ids.tolist())}
     found: list[Any] = [None] * len(rank)
-    for rec in iter_records(pool):
+    for rec in pool_records(pool):
         i = rank.get(rec.id)
         if i is not None:
             found[i] = rec
