@@ -98,6 +98,23 @@ def test_scores_and_selection_equal_dense_numpy(ray_local, world, tmp_path):
     assert (tmp_path / "score.config.yaml").exists() and len(list((tmp_path / "manifests").iterdir())) == 9
 
 
+def test_a_rerun_killed_half_way_leaves_no_finished_looking_folder(ray_local, world, tmp_path, monkeypatch):
+    """The summary is removed before a rerun starts and written last, so select (and the pipeline)
+    never take a folder with some tasks' scores rewritten and others not for a finished one."""
+    from less_ray.scoring import job
+    run_score(_cfg(world, tmp_path))
+    assert (tmp_path / "score_summary.json").exists()
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt("killed while writing")
+    monkeypatch.setattr(job, "check_unique_ids", killed)  # after the actors, before any output
+    with pytest.raises(KeyboardInterrupt):
+        run_score(_cfg(world, tmp_path))
+    assert not (tmp_path / "score_summary.json").exists()
+    with pytest.raises(FileNotFoundError):
+        run_select(SelectConfig(scores=str(tmp_path), top_p=0.05))
+
+
 def test_compressed_pool_shards_score_the_same(ray_local, world, tmp_path):
     """A pool store whose shards were rewritten as zstd-compressed record batches of 37 rows (other
     batch boundaries than its sibling stores') is read through pyarrow the same: same scores as

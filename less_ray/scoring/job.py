@@ -351,6 +351,9 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
     queries = build_queries(stores, cfg.tasks, weights, cfg.verify, cfg.allow_missing_subtasks)
     matrices, slices = stack_queries(queries)
     out = Path(cfg.out)
+    # the folder's summary goes first and is written last: a rerun killed half-way (some tasks'
+    # scores rewritten, others not) leaves a folder that nothing takes for a finished one
+    (out / "score_summary.json").unlink(missing_ok=True)
     parts = out / "_parts"
     shutil.rmtree(parts, ignore_errors=True)
     parts.mkdir(parents=True)
