@@ -72,6 +72,14 @@ def test_full_selects_the_whole_pool(demo):
     pool_ids = sorted(r.id for r in read_records(demo["pool"]).records)
     assert s["select"]["all"]["selected"] == 200
     assert sorted(r["id"] for r in _selected(out, "all", 1.0)) == pool_ids
+    _report_renders(out, "full", 1.0)
+
+
+def _report_renders(folder, selector, top_p=0.05):
+    """The report renders for this selector's score folder and describes its selection."""
+    from less_ray.scoring.report import ReportConfig, run_report
+    page = run_report(ReportConfig(scores=str(folder), top_p=top_p, dedup_max=200)).read_text()
+    assert selector in page and f"top_p{top_p:g}.jsonl" in page and "Traceback" not in page
 
 
 # ---- RDS --------------------------------------------------------------------------------------
@@ -230,6 +238,7 @@ def test_kcenter_selectors_end_to_end(demo):
         s = run_selector(name, cfg)
         task = "arith" if name == "kcenter" else "all"
         assert s["select"][task]["selected"] == 10 and len(_selected(demo["root"] / name, task)) == 10
+        _report_renders(demo["root"] / name, name)
     sel_k = _selected(demo["root"] / "kcenter", "arith")
     info = json.loads((demo["root"] / "kcenter" / "score_summary.json").read_text())["tasks"]["arith"]
     counts = info["target_cluster_counts"]
