@@ -20,6 +20,14 @@ import numpy as np
 SCHEMA_FIELDS = (("id", "string"), ("source", "string"), ("score", "float32"), ("best_subtask", "string"))
 
 
+def _column(values):
+    """A string column: Arrow arrays as they are (a million ids need no Python objects), else built."""
+    import pyarrow as pa
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values if values.type == pa.string() else values.cast(pa.string())
+    return pa.array(list(values), pa.string())
+
+
 class ScoreFolderWriter:
     """Streams per-task score blocks into `<out>/<task>/scores.parquet`, atomically per file."""
 
@@ -49,9 +57,9 @@ class ScoreFolderWriter:
             d = self.out / task
             d.mkdir(parents=True, exist_ok=True)
             self._writers[task] = pq.ParquetWriter(d / ".scores.parquet.tmp", self.schema)
-        best = list(best_subtask) if best_subtask is not None else [task] * len(ids)
-        self._writers[task].write_table(pa.table([pa.array(list(ids), pa.string()), pa.array(list(sources), pa.string()),
-                                                  pa.array(scores), pa.array(best, pa.string())], schema=self.schema))
+        best = best_subtask if best_subtask is not None else [task] * len(ids)
+        self._writers[task].write_table(pa.table([_column(ids), _column(sources), pa.array(scores), _column(best)],
+                                                 schema=self.schema))
         self._rows[task] += len(ids)
 
     def close(self, summary: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from ..core.influence import TaskQuery, normalize_weights, reduce_max, stack_que
 from ..ray_runtime import RayStage
 from ..run_lock import locked
 from ..shards import map_shards
+from .folder import ScoreFolderWriter
 from ..store import (NORM_TOL, StoreIntegrityError, bad_feature_rows, feature_error, features_view, read_manifest,
                      read_shard, read_store, shard_batches, shard_path, verify_shard_checksum)
 from .stores import CheckpointStores, StoreMismatch, match_stores
@@ -393,22 +394,14 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
     for d in done:
         actor_rss[str(d["pid"])] = max(actor_rss.get(str(d["pid"]), 0.0), round(float(d["peak_rss_mb"]), 1))
     summary = {"pool_rows": n_pool, "shards": n_shards, "checkpoints": len(stores), "weights": weights,
-               "actor_peak_rss_mb": actor_rss, "tasks": {}}
+               "actor_peak_rss_mb": actor_rss, "tasks": {q.task: {"subtasks": q.subtasks} for q in queries}}
+    writer = ScoreFolderWriter(out, [q.task for q in queries])  # the score folder every selector writes
     for q in queries:
-        task_dir = out / q.task
-        task_dir.mkdir(parents=True, exist_ok=True)
-        schema = pa.schema([("id", pa.string()), ("source", pa.string()), ("score", pa.float32()),
-                            ("best_subtask", pa.string())])
         names = pa.array(q.subtasks, pa.string())
-        tmp = task_dir / ".scores.parquet.tmp"
-        with pq.ParquetWriter(tmp, schema) as w:
-            for i in range(n_shards):  # one row group per shard, in pool order
-                part = pq.read_table(parts / f"{i:05d}.parquet",
-                                     columns=["id", "source", f"score/{q.task}", f"best/{q.task}"])
-                best = pc.take(names, part.column(3))
-                w.write_table(pa.table([part.column(0), part.column(1), part.column(2), best], schema=schema))
-        tmp.rename(task_dir / "scores.parquet")
-        summary["tasks"][q.task] = {"subtasks": q.subtasks, "scores": str(task_dir / "scores.parquet")}
+        for i in range(n_shards):  # one row group per shard, in pool order
+            part = pq.read_table(parts / f"{i:05d}.parquet",
+                                 columns=["id", "source", f"score/{q.task}", f"best/{q.task}"])
+            writer.write(q.task, part.column(0), part.column(1), part.column(2), pc.take(names, part.column(3)))
     shutil.rmtree(parts)
     manifests = out / "manifests"
     manifests.mkdir(exist_ok=True)
@@ -416,10 +409,10 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
         (manifests / f"pool_ckpt{k}.json").write_text((Path(ck.pool) / "manifest.json").read_text())
         for task, path in ck.targets.items():
             (manifests / f"{task}_ckpt{k}.json").write_text((Path(path) / "manifest.json").read_text())
+    save_config(cfg, out / "score.config.yaml")
     seconds["write_outputs"] = time.time() - t
     seconds["total"] = time.time() - t0
     summary["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
-    (out / "score_summary.json").write_text(json.dumps(summary, indent=2))
-    save_config(cfg, out / "score.config.yaml")
+    summary = writer.close(summary)  # the score files into place, then score_summary.json, last
     log.debug("score: done in %.1fs", time.time() - t0)
     return summary
