@@ -129,8 +129,10 @@ def _grouped(computer, examples, *args, **kw):
 @pytest.mark.parametrize("kind", ["adam", "sgd"])
 @pytest.mark.parametrize("proj", ["rademacher", "sjlt", "identity"])
 @pytest.mark.parametrize("grouped", [False, True])
-def test_features_match_reference(model, moments, examples, references, kind, proj, grouped):
-    computer = LoraGradientComputer(model)
+@pytest.mark.parametrize("split", [None, 0])
+def test_features_match_reference(model, moments, examples, references, kind, proj, grouped, split):
+    # split 0: every batch cut into one sub-batch per distinct length (the most cutting there is)
+    computer = LoraGradientComputer(model, split_overhead=split)
     P = computer.num_params
     if proj == "identity":
         projector, mats = IdentityProjector(P), {P: None}
@@ -155,6 +157,23 @@ def test_features_match_reference(model, moments, examples, references, kind, pr
             assert rel(feats[i], ref) <= TOL, (d, i)
             assert norms[i].item() == pytest.approx(ref_norm.item(), rel=TOL)
         assert torch.allclose(feats.norm(dim=1), torch.ones(len(examples)), atol=1e-5)
+
+
+def test_length_split_cuts_right_padded_batches_only(model, examples):
+    batch = collate(examples, PAD)
+    lengths = batch["attention_mask"].sum(1)
+    parts = LoraGradientComputer(model, split_overhead=0)._length_split(batch)
+    assert len(parts) == len(set(lengths.tolist()))
+    assert sorted(torch.cat([rows for rows, _ in parts]).tolist()) == list(range(len(examples)))
+    for rows, sub in parts:  # each sub-batch: its rows, trimmed to their own longest, nothing lost
+        w = int(lengths[rows].max())
+        assert sub["input_ids"].shape == (len(rows), w)
+        assert torch.equal(sub["labels"], batch["labels"][rows, :w])
+        assert int(sub["attention_mask"].sum()) == int(lengths[rows].sum())
+    assert LoraGradientComputer(model, split_overhead=None)._length_split(batch) is None
+    assert LoraGradientComputer(model, split_overhead=10 ** 6)._length_split(batch) is None
+    left = {k: v.flip(1) for k, v in batch.items()}  # left padding: not cut (trimming would drop tokens)
+    assert LoraGradientComputer(model, split_overhead=0)._length_split(left) is None
 
 
 def test_features_do_not_depend_on_batch_company(model, moments, examples):

@@ -177,3 +177,33 @@ def test_cue_is_unlabelled_in_every_format(tiny_tokenizer, smollm2_tokenizer):
     tmpl = tokenize_messages(msgs, smollm2_tokenizer, FormatConfig("template"))
     assert "<|im_start|>assistant\nA: 4<|im_end|>" in smollm2_tokenizer.decode(tmpl.input_ids)
     assert [smollm2_tokenizer.decode(r) for r in _runs(tmpl)] == [" 4<|im_end|>"]
+
+
+def _partitions(items):
+    if not items:
+        yield []
+        return
+    head, rest = items[0], items[1:]
+    for part in _partitions(rest):
+        yield [[head]] + part
+        for i in range(len(part)):
+            yield part[:i] + [[head] + part[i]] + part[i + 1:]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_length_groups_is_the_cheapest_partition(seed):
+    """Against brute force over every partition of the rows (not only contiguous ones)."""
+    import random
+
+    from less_ray.core.formatting import length_groups
+    rng = random.Random(seed)
+    lengths = [rng.randint(1, 300) for _ in range(rng.randint(1, 7))]
+    overhead = rng.choice([0, 16, 64, 500])
+
+    def cost(groups):
+        return sum(overhead + len(g) * max(lengths[i] for i in g) for g in groups)
+
+    groups = length_groups(lengths, overhead)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert cost(groups) == min(cost(p) for p in _partitions(list(range(len(lengths)))))
+    assert length_groups([], 64) == [] and length_groups([7, 7, 7], 0) == [[0, 1, 2]]

@@ -292,3 +292,28 @@ def token_budget_batches(lengths: Sequence[int], batch_size: int, max_tokens: in
     if current:
         batches.append(current)
     return batches
+
+
+def length_groups(lengths: Sequence[int], overhead: int) -> list[list[int]]:
+    """The rows of one padded batch cut into groups of similar length that together compute the
+    fewest positions: a group costs (its rows x its longest row) + `overhead` positions (the fixed
+    cost of one more forward/backward, in token units). Exact minimum by dynamic programming
+    over the rows sorted by length (B <= a few hundred rows: O(B^2) is nothing). Returns row
+    indices per group, shortest group first; one group when splitting saves nothing."""
+    if overhead < 0:
+        raise ValueError(f"overhead must be >= 0, got {overhead}")
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    n = len(order)
+    best = [0] + [None] * n  # best[j]: cost of the j shortest rows
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        widest = lengths[order[j - 1]]
+        for i in range(j):
+            c = best[i] + overhead + (j - i) * widest
+            if best[j] is None or c < best[j]:
+                best[j], cut[j] = c, i
+    groups, j = [], n
+    while j > 0:
+        groups.append(order[cut[j]:j])
+        j = cut[j]
+    return groups[::-1]

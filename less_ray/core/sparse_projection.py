@@ -16,10 +16,13 @@ which other dims are asked for).
 Accumulation: the accumulator holds, per dim, 2d columns, the positive-sign buckets then the
 negative ones, so a block is scattered as it is (`index_add_`, no sign multiply); `finish`
 subtracts the halves. Each step of rows is one 2-D `index_add_` along the columns, on CPU and
-GPU alike (on CPU ~1.1 ns per example and coordinate at s = 1, as fast as or faster than
-scatter_add_ and per-row 1-D adds: bench/results/sparse_kernels_cpu.txt). The hashed indices are
-cached per actor within `index_cache_mb` (int32: 4 bytes per coordinate and nonzero, 59 MB for
-SmolLM2's LoRA at s = 1), so the hash runs once; the cache is derived and refilled identically.
+GPU alike: ~1.1 ns per example and coordinate on this CPU at any batch size, as fast as
+`scatter_add_` (bench/results/sparse_kernels_cpu.txt, run 3). Its indices must be int64: with
+int32 ones torch takes a path that pays per index, not per element (7 ns at 16 rows, 57 ns at
+one row, measured), which made the projection 14% of extraction in bench_peers run 3. The hashed
+indices are cached per actor within `index_cache_mb` (int64: 8 bytes per coordinate and nonzero,
+118 MB for SmolLM2's LoRA at s = 1), so the hash runs once; the cache is derived and refilled
+identically.
 """
 from __future__ import annotations
 
@@ -140,9 +143,7 @@ class SparseJLProjector(_ProjectorBase):
             return hit
         parts = [sparse_indices(self.seed, d, self.s, row_start, row_stop, device) + self.offsets[d]
                  for d in self.dims]
-        idx = parts[0] if len(parts) == 1 else torch.cat(parts)
-        if self.width < 2 ** 31:  # index_add_ takes int32 indices: half the cache
-            idx = idx.to(torch.int32)
+        idx = parts[0] if len(parts) == 1 else torch.cat(parts)  # int64: int32 is index_add_'s slow path
         if idx.numel() * idx.element_size() <= self._cache_left:
             self._cache[key] = idx
             self._cache_left -= idx.numel() * idx.element_size()
@@ -154,7 +155,7 @@ class SparseJLProjector(_ProjectorBase):
     def accumulate(self, acc: torch.Tensor, x_block: torch.Tensor, row_offset: int) -> None:
         self._check(x_block, row_offset)
         x_block = x_block.to(acc.dtype)
-        kernel = self.kernel or "index_add"  # the fastest on CPU too (bench/results/sparse_kernels_cpu.txt)
+        kernel = self.kernel or "index_add"  # with int64 indices as fast as scatter_add_ (module docstring)
         batch = acc.shape[0]
         for a in range(0, x_block.shape[1], self.step_rows):
             b = min(a + self.step_rows, x_block.shape[1])
@@ -162,7 +163,7 @@ class SparseJLProjector(_ProjectorBase):
             xs = x_block[:, a:b]
             for row in idx:
                 if kernel == "scatter":
-                    acc.scatter_add_(1, row.long().expand(batch, -1), xs)
+                    acc.scatter_add_(1, row.expand(batch, -1), xs)
                 elif kernel == "rows":
                     for e in range(batch):
                         acc[e].index_add_(0, row, xs[e])
