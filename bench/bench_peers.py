@@ -5,7 +5,8 @@ q/k/v/o (P = 14.7M) with the same seeded lora_B, the same Adam second moments, t
 pool records from ../shared/data (tokenised once here, Tulu format, up to --max-len tokens), the
 same batches (sorted by length, --batch examples), one torch thread, per-example gradients of
 the mean token loss projected to d ~ 8192:
-- ours: core.grads (batched backward, hooks, per-example blocks) + the adam transform + sparse JL
+- ours: core.grads (batched backward, hooks, per-example blocks; a padded batch is cut by length
+  into the sub-batches that compute the fewest positions) + the adam transform + sparse JL
   (projection: sjlt, s = --s), d = 8192; the projection's own time is measured inside;
 - Bergson: InMemoryCollector (its per-module double-sided Rademacher projection, 6 x 6 per LoRA
   module: 240 modules x 36 = 8,640 dims) with AdamNormalizer (its Adam preconditioning);
@@ -18,6 +19,9 @@ Bergson's torchvision/torchaudio dependencies break `import transformers` and ar
 Methods run in separate processes, interleaved over --rounds (order rotated each round); each
 process loads the model, runs one untimed warm-up batch, then times all N examples; peak RSS
 is the process's own (getrusage). The last lines give our speed ratio against each peer.
+--batching given hands every method the sorted sample cut every --batch examples (the padding a
+user's batches carry, printed in the header); --batching tight hands every method the batches our
+length cut would form, so nobody computes much padding and the ratio is one of compute alone.
 
     python bench/bench_peers.py --n 64 --rounds 2 | tee bench/results/peers_cpu.txt
 """
@@ -91,6 +95,11 @@ inner = proj.accumulate
 def timed(acc, x, off):
     t0 = time.perf_counter(); inner(acc, x, off); spent[0] += time.perf_counter() - t0
 proj.accumulate = timed
+positions = [0]  # what the model computes: rows x longest row of every (sub-)batch it runs
+inner_run = comp.run
+def counted(batch, *a, **kw):
+    positions[0] += batch["input_ids"].numel(); return inner_run(batch, *a, **kw)
+comp.run = counted
 def run(b):
     rows = [data[i] for i in b]
     batch = {"input_ids": pad(rows, "input_ids", W["pad"]), "labels": pad(rows, "labels", -100),
@@ -100,15 +109,13 @@ sys.path.insert(0, W["root"] + "/bench")
 from bench_extract_core import flop_counter
 with flop_counter() as fc:  # the warm-up batch, counted (matmuls and attention, torch's flop_registry)
     run(batches[0])
-def padded(b):  # the positions the model computes: rows x longest row
-    return len(b) * max(len(data[i]["input_ids"]) for i in b)
-per_token = fc.total / padded(batches[0])
-spent[0] = 0.0
+per_token = fc.total / positions[0]
+spent[0] = positions[0] = 0.0
 t0 = time.perf_counter()
 for b in batches[1:]:
     run(b)
-flops = per_token * sum(padded(b) for b in batches[1:])  # counts padding: computed, if not useful
-report(time.perf_counter() - t0, 8192, {"projection_seconds": spent[0], "flops": flops})
+flops = per_token * positions[0]  # counts any padding left: computed, if not useful
+report(time.perf_counter() - t0, 8192, {"projection_seconds": spent[0], "flops": flops, "positions": positions[0]})
 '''
 
 BERGSON = COMMON + r'''
@@ -210,8 +217,12 @@ def prepare(args, work: Path) -> dict:
             break
     warm, rest = ex[:args.batch], sorted(ex[args.batch:], key=lambda e: len(e["input_ids"]))
     ex = warm + rest
-    batches = [list(range(args.batch))] + [list(range(a, min(a + args.batch, len(ex))))
-                                           for a in range(args.batch, len(ex), args.batch)]
+    if args.batching == "given":  # the sorted sample cut every --batch examples, as a user would
+        cuts = [list(range(a, min(a + args.batch, len(ex)))) for a in range(args.batch, len(ex), args.batch)]
+    else:  # tight: cut where our extractor would cut a batch (length_groups), handed to every method
+        from less_ray.core.formatting import length_groups
+        cuts = [[args.batch + i for i in g] for g in length_groups([len(e["input_ids"]) for e in rest], 64)]
+    batches = [list(range(args.batch))] + cuts
     (work / "examples.json").write_text(json.dumps(ex))
     spec = {"model": str(Path(args.model).resolve()), "adapter": str(work / "adapter"),
             "moments": str(work / "moments.safetensors"), "examples": str(work / "examples.json"),
@@ -219,8 +230,12 @@ def prepare(args, work: Path) -> dict:
             "dattri_dim": args.dattri_dim}
     (work / "spec.json").write_text(json.dumps(spec))
     n_tok = [len(e["input_ids"]) for e in rest]
+    padded = sum(len(b) * max(len(ex[i]["input_ids"]) for i in b) for b in batches[1:])
+    how = (f"batches of {args.batch} sorted by length" if args.batching == "given" else
+           f"'tight' batches of sizes {[len(b) for b in batches[1:]]} (our length cut over the sorted sample)")
     print(f"# {len(rest)} real pool records (seed {args.seed}), tokens mean {sum(n_tok) / len(n_tok):.0f} "
-          f"max {max(n_tok)}, batches of {args.batch} sorted by length (+1 untimed warm-up batch); "
+          f"max {max(n_tok)}, {how} (+1 untimed warm-up batch): {sum(n_tok)} tokens in {padded} padded "
+          f"positions ({100 * (1 - sum(n_tok) / padded):.0f}% padding as handed to every method); "
           f"SmolLM2-135M, LoRA r=128 q/k/v/o, one thread", flush=True)
     return spec
 
@@ -250,6 +265,9 @@ def main():
     ap.add_argument("--s", type=int, default=1)
     ap.add_argument("--dattri-dim", type=int, default=34)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batching", choices=["given", "tight"], default="given",
+                    help="given: every --batch sorted examples (padding as a user's batches carry it); "
+                         "tight: the batches our length cut would form, so no method computes much padding")
     ap.add_argument("--only", nargs="*", default=["ours", "bergson", "dattri"])
     args = ap.parse_args()
     import torch
@@ -276,6 +294,7 @@ def main():
                 results[m].append(res)
                 extra = (f", projection {res['projection_seconds'] / res['n']:.3f} s/ex "
                          f"({100 * res['projection_seconds'] / res['seconds']:.1f}% of ours), "
+                         f"{res['positions']:.0f} positions computed, "
                          f"{res['flops'] / res['seconds'] / 1e9:.0f} GFLOP/s achieved"
                          if "projection_seconds" in res else "")
                 print(f"round {r} {m:<8} {res['seconds'] / res['n']:.3f} s/example ({res['n']} examples, "
