@@ -354,9 +354,13 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         summary["selectors"] = run_selectors(cfg, run, target_files)
 
     for task in cfg.targets:
-        selection = scores_dir / task / selection_name(sel)  # what select writes; its manifest names it
-        if "train" in want and (scores_dir / task / SELECTION_MANIFEST).exists():
+        if (scores_dir / task / SELECTION_MANIFEST).exists():  # select's manifest names its file
             selection = Path(read_selection_manifest(scores_dir / task)["path"])
+        elif "train" in want:
+            raise FileNotFoundError(f"pipeline: no selection for target {task!r} in {scores_dir / task} "
+                                    f"(no {SELECTION_MANIFEST}): run the select stage first")
+        else:  # nothing trains here; the path only names where select would write
+            selection = scores_dir / task / selection_name(sel)
         tcfg = train_config(cfg, run, task, selection)
         if "train" in want:
             run.stage(f"train/{task}", tcfg, Path(tcfg.out) / "state.json", lambda tcfg=tcfg: str(run_train(tcfg)))

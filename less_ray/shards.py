@@ -22,14 +22,15 @@ from .store import sha256_file
 SHARDED_INPUT = "_input.parquet"
 
 
-def shard_input(data: str, out: Path, shard_rows: int) -> tuple[int, int, str]:
+def shard_input(data: str, out: Path, shard_rows: int, sha256: str | None = None) -> tuple[int, int, str]:
     """Validated records as Parquet, one row group per shard (`<out>/_input.parquet`). Returns
-    (rows, shards, input sha256); reused when the input file and shard size are unchanged."""
+    (rows, shards, input sha256); reused when the input file and shard size are unchanged.
+    `sha256`: the file's, when the caller hashed it already (it is read in full to hash)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from .data.io import _parquet_schema, iter_records
-    digest = sha256_file(data)
+    digest = sha256 or sha256_file(data)
     info_path = out / "_input.json"
     if info_path.exists() and (out / SHARDED_INPUT).exists():
         info = json.loads(info_path.read_text())

@@ -387,6 +387,11 @@ def test_select_writes_the_manifest_that_train_report_and_demo_read(tmp_path):
     assert man["config"]["top_n"] == 7 and man["rule"]["rule"] == "top_n"
     spec = selection_spec(tmp_path / "f" / "t", 50, None)
     assert (spec["k_rule"], spec["file"]) == (7, tmp_path / "f" / "t" / "top_n7.jsonl")
+    # no selection of the size asked: k as select would count it, p of the pool's N (not of the
+    # rows scored: 40 here, as if 10 records had been skipped), at most the rows scored
+    other = selection_spec(tmp_path / "f" / "t", 40, 0.1, n_pool=lambda: 50)
+    assert (other["k_rule"], other["file"]) == (5, None)
+    assert selection_spec(tmp_path / "f" / "t", 3, 0.1, n_pool=lambda: 50)["k_rule"] == 3
     with open(man["path"], "a") as fh:
         fh.write("{}\n")
     with pytest.raises(ValueError, match="changed since select wrote it"):

@@ -253,7 +253,7 @@ def test_hashes_near_duplicates_and_missing_selection(tmp_path):
     w.write("t", [r.id for r in recs], [r.source for r in recs], scores)
     w.close({"selector": "handmade", "pool_sha256": digest})
     page = run_report(ReportConfig(scores=str(tmp_path / "f"), top_p=0.25)).read_text()  # k = floor(.25 * 43) = 10
-    assert "k = floor(p·N) = floor(0.25 · 43) = 10, with N = 43 examples scored" in page
+    assert "k = floor(p·N) = floor(0.25 · 43) = 10, with N = 43 records in the pool file" in page
     assert "less-ray select</code> has not written it" in page
     assert "selection: <b>3</b> of 10 (30.0%) duplicate a higher-ranked one (3 distinct originals)" in page
     assert "<code>r040</code></td><td><code>r000</code>" in page
@@ -274,10 +274,12 @@ def test_hashes_near_duplicates_and_missing_selection(tmp_path):
     assert str(tmp_path / "f" / "t" / "top_p0.25.jsonl") in page
     (tmp_path / "f" / "t" / "selection.json").unlink()
     (tmp_path / "f" / "t" / "top_p0.25.jsonl").unlink()
-    # capped: the highest-ranked 5 (r000 r040 r001 r041 r002) hold 2 duplicates
+    # capped: the highest-ranked 5 (r000 r040 r001 r041 r002) hold 2 duplicates; k is counted as
+    # select would count it now, over the pool's 44 records (one appended above): floor(11.0) = 11
     page = run_report(ReportConfig(scores=str(tmp_path / "f"), top_p=0.25, dedup_max=5)).read_text()
+    assert "k = floor(p·N) = floor(0.25 · 44) = 11, with N = 44 records in the pool file" in page
     assert "selection: <b>2</b> of 5 (40.0%) duplicate a higher-ranked one (2 distinct originals) " \
-           "<i>(only 5 of 10 checked" in page
+           "<i>(only 5 of 11 checked" in page
     # dedup off: no near-duplicate row, the rest renders
     page = run_report(ReportConfig(scores=str(tmp_path / "f"), top_p=0.25, dedup_threshold=None)).read_text()
     assert "near-duplicates</th>" not in page and "Composition by source" in page

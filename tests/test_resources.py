@@ -1,5 +1,6 @@
 """Extraction actors declare their memory to Ray; an actor killed for memory ends the run with
 the reason and the settings to change, after a bounded number of restarts."""
+import signal
 import time
 
 import pytest
@@ -68,8 +69,19 @@ def test_actor_killed_for_memory_ends_the_run_with_the_setting_to_change(oom_ray
     cfg = ExtractConfig(data=str(tmp_path / "pool.jsonl"), checkpoint=str(ckpt), out=str(tmp_path / "store"),
                         base_model=str(tiny_model_dir), dims=[64], max_actors=1)  # default: no restart
     t0 = time.time()
-    with pytest.raises(ActorFailure) as e:
-        run_extract(cfg)
+
+    def hung(signum, frame):  # seen once with a second Ray instance on the machine: fail, never hang
+        raise TimeoutError("run_extract neither finished nor failed within 600 s (another Ray instance "
+                           "running on this machine?)")
+
+    before = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(600)
+    try:
+        with pytest.raises(ActorFailure) as e:
+            run_extract(cfg)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
     assert time.time() - t0 < 300  # bounded restarts: no endless restart loop
     msg = str(e.value)
     assert "extract: an actor was killed for memory" in msg and "GiB to Ray" in msg

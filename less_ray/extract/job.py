@@ -220,20 +220,23 @@ SHARD_KEY = "_shard_key.json"  # in each dim store: what its shards were compute
 PARTS = "_parts.json"  # the input files of the store, in shard order: the first, then each appended one
 
 
-def shard_key(cfg: ExtractConfig, dim: int, parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Everything a stored feature depends on, by content: a shard is reused only when this equals
-    what it was computed with. Speed settings (batch sizes, actors, buffers) are left out: they
-    change the features by float rounding only."""
+def shard_keys(cfg: ExtractConfig, dims: list[int], parts: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Per dim, everything a stored feature depends on, by content: a shard is reused only when this
+    equals what it was computed with. Speed settings (batch sizes, actors, buffers) are left out:
+    they change the features by float rounding only. The checkpoint and model are hashed once
+    here (they are read in full) and the keys passed on to whatever needs them."""
     from ..identity import model_content_hash
     model = Path(str(cfg.base_model))
     appended = {"appended": [p["sha256"] for p in parts[1:]]} if len(parts) > 1 else {}
-    return {"input_sha256": parts[0]["sha256"], **appended, "shard_rows": cfg.shard_rows,
-            "checkpoint": checkpoint_hash(cfg.checkpoint),
-            "base_model": model_content_hash(model) if model.is_dir() else str(cfg.base_model),
-            "kind": cfg.kind, "projection": projection_type(cfg), "seed": cfg.seed, "dim": dim,
-            "precision": cfg.precision, "dtype": cfg.dtype, "normalize": cfg.normalize,
-            "chat_format": cfg.chat_format, "max_seq_length": cfg.max_seq_length,
-            "betas": list(cfg.betas) if cfg.kind == "adam" else None, "eps": cfg.eps if cfg.kind == "adam" else None}
+    common = {"input_sha256": parts[0]["sha256"], **appended, "shard_rows": cfg.shard_rows,
+              "checkpoint": checkpoint_hash(cfg.checkpoint),
+              "base_model": model_content_hash(model) if model.is_dir() else str(cfg.base_model),
+              "kind": cfg.kind, "projection": projection_type(cfg), "seed": cfg.seed,
+              "precision": cfg.precision, "dtype": cfg.dtype, "normalize": cfg.normalize,
+              "chat_format": cfg.chat_format, "max_seq_length": cfg.max_seq_length,
+              "betas": list(cfg.betas) if cfg.kind == "adam" else None,
+              "eps": cfg.eps if cfg.kind == "adam" else None}
+    return {d: {**common, "dim": d} for d in dims}
 
 
 def claim_store(store: Path, key: dict[str, Any], append: bool = False) -> None:
@@ -272,10 +275,11 @@ def _short(v: Any) -> str:
     return f"{v[:12]}..." if isinstance(v, str) and len(v) > 16 else str(v)
 
 
-def pending_shards(cfg: ExtractConfig, dims: list[int], parts: list[dict[str, Any]]) -> list[int]:
+def pending_shards(cfg: ExtractConfig, keys: dict[int, dict[str, Any]], parts: list[dict[str, Any]]) -> list[int]:
     out = Path(cfg.out)
+    dims = list(keys)
     for d in dims:
-        claim_store(store_dir(out, d), shard_key(cfg, d, parts), cfg.append)
+        claim_store(store_dir(out, d), keys[d], cfg.append)
         remove_temp_files(store_dir(out, d))
     n_shards = sum(p["shards"] for p in parts)
     return [i for i in range(n_shards) if not all(verified_shard(store_dir(out, d), i) for d in dims)]
@@ -297,7 +301,7 @@ def input_parts(cfg: ExtractConfig, out: Path, dims: list[int]) -> list[dict[str
         digest = sha256_file(cfg.data)
         if digest not in [p["sha256"] for p in parts]:  # else appended before: a rerun resumes it
             k = len(parts)
-            rows, shards, digest = shard_input(cfg.data, out / f"_append{k}", cfg.shard_rows)
+            rows, shards, digest = shard_input(cfg.data, out / f"_append{k}", cfg.shard_rows, sha256=digest)
             check_new_ids(store_dir(out, dims[0]), out / f"_append{k}" / SHARDED_INPUT, cfg.data)
             last = parts[-1]
             parts.append({"path": str(cfg.data), "sha256": digest, "rows": rows, "shards": shards,
@@ -332,12 +336,12 @@ def shard_file(out: Path, parts: list[dict[str, Any]], shard: int) -> tuple[Path
     raise IndexError(f"extract: shard {shard} is in none of the store's inputs")
 
 
-def finalize(cfg: ExtractConfig, parts: list[dict[str, Any]], dims: list[int]) -> dict[int, Path]:
+def finalize(cfg: ExtractConfig, parts: list[dict[str, Any]], keys: dict[int, dict[str, Any]]) -> dict[int, Path]:
     n_shards = sum(p["shards"] for p in parts)
     state = read_checkpoint_state(cfg.checkpoint)
-    ck_hash = checkpoint_hash(cfg.checkpoint)
     paths = {}
-    for d in dims:
+    for d, key in keys.items():
+        ck_hash = key["checkpoint"]
         sd = store_dir(cfg.out, d)
         entries = [verified_shard(sd, i) for i in range(n_shards)]
         if any(e is None for e in entries):
@@ -361,7 +365,7 @@ def finalize(cfg: ExtractConfig, parts: list[dict[str, Any]], dims: list[int]) -
             extra={"adam": {"betas": list(cfg.betas), "eps": cfg.eps} if cfg.kind == "adam" else None,
                    "precision": cfg.precision,
                    "config_hash": config_hash(cfg),
-                   "computed_from": shard_key(cfg, d, parts)})  # what every shard was made from
+                   "computed_from": key})  # what every shard was made from
         write_manifest(sd, man)
         save_config(cfg, sd / "extract.config.yaml")
         paths[d] = sd
@@ -378,7 +382,8 @@ def run_extract(cfg: ExtractConfig) -> dict[int, Path]:
         cfg.shard_rows = auto_shard_rows(count_rows(cfg.data), cfg.max_actors)
     dims = [_identity_dim(cfg)] if cfg.projection == "identity" else cfg.dims
     parts = input_parts(cfg, out, dims)
-    todo = pending_shards(cfg, dims, parts)  # (append: refuses a store made from other settings)
+    keys = shard_keys(cfg, dims, parts)
+    todo = pending_shards(cfg, keys, parts)  # (append: refuses a store made from other settings)
     write_parts(out, parts)
     log.debug("extract %s: %d examples in %d shards, %d to do (%s, dims %s)", cfg.kind,
               sum(p["rows"] for p in parts), sum(p["shards"] for p in parts), len(todo), Path(cfg.checkpoint).name, dims)
@@ -388,7 +393,7 @@ def run_extract(cfg: ExtractConfig) -> dict[int, Path]:
                           "extract.batch_tokens (or batch_size), projection_buffer_gb or max_actors")
         log.debug("extract: %d shards, %d examples, %d skipped by the truncation policy in %.1fs",
                  len(done), sum(int(d["rows"]) for d in done), sum(int(d["skipped"]) for d in done), time.time() - t0)
-    return finalize(cfg, parts, dims)
+    return finalize(cfg, parts, keys)
 
 
 def _identity_dim(cfg: ExtractConfig) -> int:

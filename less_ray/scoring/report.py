@@ -35,7 +35,7 @@ import numpy as np
 
 from ..config import path_field, save_config
 from ..core.influence import TopK
-from .select import pool_file, pool_records
+from .select import pool_file, pool_records, pool_size
 
 RANDOM_SELECTOR = "random"
 
@@ -119,9 +119,10 @@ def _mtime(path: Path) -> str | None:
 
 # ---- per task: the selection, the baseline, the statistics ------------------------------------
 
-def selection_spec(task_dir: Path, n: int, top_p: float | None) -> dict[str, Any]:
+def selection_spec(task_dir: Path, n: int, top_p: float | None, n_pool=None) -> dict[str, Any]:
     """What selection to describe: p (or n), k, the selection file if `select` wrote it, and the
-    size rule `select` recorded (if it records one)."""
+    size rule `select` recorded (if it records one). `n`: rows scored; `n_pool()`: the pool's N
+    (a callable: counted only when no selection records k), as `select` counts k over N."""
     from .select import SelectConfig, selection_name
     recorded = _yaml(task_dir / "select.config.yaml")
     top_n = None
@@ -134,13 +135,17 @@ def selection_spec(task_dir: Path, n: int, top_p: float | None) -> dict[str, Any
     manifest = _read_json(task_dir / "selection.json")  # select's manifest: file, k, the size rule
     if isinstance(manifest, dict) and manifest.get("file") == name and path.exists() and "k" in manifest:
         return {"top_p": top_p, "top_n": top_n, "k_rule": int(manifest["k"]), "file": path, "name": name,
-                "rule": manifest.get("rule")}
-    # no selection of this size: describe what select would pick (its rule, over the rows scored)
+                "rule": manifest.get("rule"), "N": n, "N_is": "examples scored for this task"}
+    # no selection of this size: describe what select would pick (its rule, over the pool's N,
+    # at most the rows scored)
     from .select import selection_count
-    k_rule = selection_count(top_p, top_n, n)
+    pool_n = n_pool() if n_pool is not None else None
+    k_rule = selection_count(top_p, top_n, n if pool_n is None else pool_n, n,
+                             recorded.get("count_rule") or "floor")
     rule = manifest.get("rule") if isinstance(manifest, dict) and manifest.get("file", name) == name else None
     return {"top_p": top_p, "top_n": top_n, "k_rule": k_rule, "file": path if path.exists() else None,
-            "name": name, "rule": rule}
+            "name": name, "rule": rule, "N": n if pool_n is None else pool_n,
+            "N_is": "examples scored for this task" if pool_n is None else "records in the pool file"}
 
 
 def read_selection(path: Path, keep_messages: int) -> list[dict[str, Any]]:
@@ -552,11 +557,14 @@ def _dup_text(d: dict[str, Any] | None, what: str) -> str:
 
 
 def _rule_text(spec: dict[str, Any], k: int, n: int, from_file: bool) -> str:
+    big_n, what = spec.get("N", n), spec.get("N_is", "examples scored for this task")
     if spec["top_n"] is not None:
-        base = f"k = min(n, N) = min({spec['top_n']}, {n}) = {spec['k_rule']}"
+        base = f"k = min(n, N) = min({spec['top_n']}, {big_n}) = {spec['k_rule']}"
     else:
-        base = f"k = floor(p·N) = floor({spec['top_p']:g} · {n}) = {spec['k_rule']}"
-    base += f", with N = {n} examples scored for this task (the denominator)"
+        base = f"k = floor(p·N) = floor({spec['top_p']:g} · {big_n}) = {spec['k_rule']}"
+    base += f", with N = {big_n} {what} (the denominator)"
+    if big_n != n:
+        base += f", at most the {n} examples scored"
     if from_file and k != spec["k_rule"]:
         base += f"; the selection file holds k = {k}"
     rec = spec["rule"]
@@ -620,9 +628,21 @@ def run_report(cfg: ReportConfig) -> Path:
         seed += 1
     dup_n = cfg.dedup_max if cfg.dedup_threshold is not None else 0
     tasks = []
+    pool_n: list[int] = []
+
+    def n_pool():  # the pool's N, counted once and only if a task has no recorded selection
+        if pool is None:
+            return None
+        if not pool_n:
+            try:
+                pool_n.append(pool_size(pool))
+            except (OSError, ValueError):  # the page says elsewhere that the pool cannot be read
+                pool_n.append(None)
+        return pool_n[0]
+
     for task in summary["tasks"]:
         n = pq.ParquetFile(root / task / "scores.parquet").metadata.num_rows
-        spec = selection_spec(root / task, n, cfg.top_p)
+        spec = selection_spec(root / task, n, cfg.top_p, n_pool)
         selected = read_selection(spec["file"], max(cfg.examples, dup_n)) if spec["file"] is not None else None
         tasks.append(render_task(task, root, run, spec, cfg, selected, seed))
 
