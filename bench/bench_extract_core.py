@@ -253,13 +253,17 @@ def flop_counter():
         def __init__(self):
             super().__init__()
             self.total = 0
+            self.by_op: dict[str, float] = {}  # "mm", "bmm", ... -> FLOPs
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
             out = func(*args, **kwargs)
             count = flop_registry.get(func._overloadpacket)
             if count is not None:
-                self.total += count(*args, **kwargs, out_val=out)
+                n = count(*args, **kwargs, out_val=out)
+                self.total += n
+                op = func._overloadpacket.__name__
+                self.by_op[op] = self.by_op.get(op, 0) + n
             return out
 
     return FlopCountMode()
