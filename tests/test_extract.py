@@ -228,3 +228,19 @@ def test_append_extracts_only_the_new_records_and_scores_as_a_fresh_store(ray_lo
     assert read_manifest(grown).count == 60  # the refused appends left the store as it was
     with pytest.raises(ValueError, match="no finished store to append to"):
         run_extract(ExtractConfig(data=str(tmp_path / "c.jsonl"), out=str(tmp_path / "empty"), append=True, **kw))
+
+
+def test_an_extractor_uses_the_cores_ray_granted_it(tiny_model_dir, tmp_path):
+    """An actor given actor_num_cpus cores runs torch on that many threads (Ray's default
+    OMP_NUM_THREADS=1 would leave the other cores of a multi-core actor idle)."""
+    from less_ray.extract.job import ShardExtractor
+    ckpt = make_lora_checkpoint(tiny_model_dir, tmp_path / "ckpt", r=4)
+    before = torch.get_num_threads()
+    try:
+        for cores in (2, 1):
+            cfg = ExtractConfig(data=str(tmp_path / "pool.jsonl"), checkpoint=str(ckpt), out=str(tmp_path / "s"),
+                                base_model=str(tiny_model_dir), dims=[16], kind="sgd", actor_num_cpus=cores)
+            ShardExtractor(cfg, [])
+            assert torch.get_num_threads() == cores
+    finally:
+        torch.set_num_threads(before)

@@ -151,6 +151,8 @@ class ShardExtractor:
         self.cfg = cfg
         self.parts = parts
         self.device = torch.device("cuda" if cfg.actor_num_gpus > 0 and torch.cuda.is_available() else "cpu")
+        if self.device.type == "cpu":  # as many threads as cores Ray granted: none idle, none shared
+            torch.set_num_threads(max(1, int(cfg.actor_num_cpus)))
         self.model, self.tok = load_lora_checkpoint(cfg.base_model, cfg.checkpoint, device=self.device)
         if cfg.precision != "fp32":  # LESS's: the whole PeftModel in bf16
             self.model.to(torch.bfloat16)
