@@ -45,7 +45,8 @@ def _overrides(pool, out, model, stage, **extra):
 # --- the independent reference -------------------------------------------------------------
 
 def reference_run(model_dir, examples, epochs, lora=True, seed=SEED):
-    """Plain torch: returns {epoch: (moments {name: (m, v)}, avg lr)} and final trainable weights."""
+    """Plain torch: returns {epoch: (moments {name: (m, v)}, avg lr, per-step mean micro-batch loss)}
+    and final trainable weights."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, get_linear_schedule_with_warmup
 
@@ -68,20 +69,24 @@ def reference_run(model_dir, examples, epochs, lora=True, seed=SEED):
     for epoch in range(1, epochs + 1):
         perm = np.random.default_rng([seed, epoch]).permutation(n)
         order = np.concatenate([perm] * math.ceil(steps * batch / n))[: steps * batch]
-        lrs = []
+        lrs, step_losses = [], []
         for s in range(steps):
             opt.zero_grad()
+            micro = []
             for a in range(accumulation):
                 for rank in range(WORKERS):
                     at = s * batch + (a * WORKERS + rank) * PER_DEVICE
                     b = collate([examples[i] for i in order[at:at + PER_DEVICE]], tok.pad_token_id)
-                    (model(**b).loss / (accumulation * WORKERS)).backward()
+                    loss = model(**b).loss
+                    micro.append(loss.item())
+                    (loss / (accumulation * WORKERS)).backward()
+            step_losses.append(sum(micro) / len(micro))
             torch.nn.utils.clip_grad_norm_(params, CLIP)
             lrs.append(opt.param_groups[0]["lr"])
             opt.step()
             sched.step()
         out[epoch] = ({k: (opt.state[p]["exp_avg"].clone(), opt.state[p]["exp_avg_sq"].clone())
-                       for k, p in named}, sum(lrs) / len(lrs))
+                       for k, p in named}, sum(lrs) / len(lrs), step_losses)
     return out, {k: p.detach().clone() for k, p in named}
 
 
@@ -212,8 +217,10 @@ def _check_warmup_against_reference(out, ref, model_dir, stage):
         folder = out / "checkpoints" / f"epoch_{c['epoch']}"
         assert sorted(p.name for p in folder.iterdir()) == sorted(
             ["adapter_config.json", "adapter_model.safetensors", "optimizer_moments.safetensors", "state.json"])
-        want, want_lr = ref["epochs"][c["epoch"]]
+        want, want_lr, want_losses = ref["epochs"][c["epoch"]]
         state = read_state(folder)
+        # the loss curve: every optimizer step's mean micro-batch loss, as plain torch computes it
+        assert state["train"]["step_losses"] == pytest.approx(want_losses, rel=1e-4)
         assert state["epoch"] == c["epoch"] and state["global_step"] == 3 * c["epoch"]
         assert state["avg_lr"] == pytest.approx(want_lr, rel=1e-9) and c["avg_lr"] == state["avg_lr"]
         assert state["seed"] == SEED and state["data_hash"] == ids_hash and state["base_model"] == str(model_dir)
