@@ -94,7 +94,8 @@ class PipelineConfig:
     eval: EvalSection = field(default_factory=EvalSection)
     report: ReportSection = field(default_factory=ReportSection)
     ray: RaySettings = field(default_factory=RaySettings)
-    # other selectors (less_ray.selectors) over the same pool: name -> options of its config; the
+    # other selectors (less_ray.selectors) over the same pool: name -> options of its config
+    # ("name@label" runs the selector once more under its own folder, e.g. random@2: {seed: 2}); the
     # pipeline fills pool, targets, out (<out>/selectors/<name>), seed, top_p, Ray settings, the
     # base model, a warmup checkpoint (the first for el2n/grand, else the last) and one shared
     # embedding folder where the selector has such fields and leaves them unset
@@ -222,7 +223,7 @@ def selector_config(cfg: PipelineConfig, run: Run, name: str, checkpoints: list[
 
     from .config import config_from_dict
     from .selectors import SelectorConfig, get_selector
-    sel = get_selector(name)
+    sel = get_selector(selector_kind(name))
     fields = {f.name: f for f in dataclasses.fields(sel.config_cls)}
     checkpoint = (checkpoints[0] if sel.warmup_checkpoint == "first" else checkpoints[-1]) if checkpoints else None
     known = {"pool": cfg.pool, "out": str(run.root / "selectors" / name), "seed": cfg.seed,
@@ -246,6 +247,14 @@ def eval_config(cfg: PipelineConfig, model: str, base: str, tasks: list[str], he
                         chat_format=cfg.chat_format, seed=cfg.seed)
 
 
+def selector_kind(name: str) -> str:
+    """The selector a `selectors:` key runs: "random@2" -> "random" (one more run of it, its own folder)."""
+    kind, _, label = name.partition("@")
+    if "@" in name and (not label or "/" in label):
+        raise ValueError(f"pipeline selectors.{name}: write name@label, a label without '/' (e.g. random@2)")
+    return kind
+
+
 def run_selectors(cfg: PipelineConfig, run: Run, targets: dict[str, str] | None = None) -> dict[str, Any]:
     """Every selector in `cfg.selectors`, each a ledger stage `selector/<name>`."""
     from .selectors import run_selector
@@ -256,7 +265,7 @@ def run_selectors(cfg: PipelineConfig, run: Run, targets: dict[str, str] | None 
     for name in cfg.selectors:
         scfg = selector_config(cfg, run, name, checkpoints, targets)
         out[name] = run.stage(f"selector/{name}", scfg, Path(scfg.out) / "score_summary.json",
-                              lambda name=name, scfg=scfg: run_selector(name, scfg))
+                              lambda name=name, scfg=scfg: run_selector(selector_kind(name), scfg))
     return out
 
 

@@ -2,6 +2,8 @@
 import json
 from dataclasses import dataclass
 
+import pytest
+
 from less_ray.config import path_field
 from less_ray.pipeline import PipelineConfig, Run
 
@@ -99,6 +101,22 @@ def test_selector_configs_get_the_warmup_checkpoint_they_want(tmp_path):
     got = {name: selector_config(cfg, run, name, ckpts).checkpoint for name in cfg.selectors}
     assert got == {"el2n": "ep1", "grand": "ep1", "learnability": "ep3", "perplexity": "mine"}
     assert selector_config(cfg, run, "el2n", []).checkpoint is None  # no warmup ran
+
+
+def test_one_selector_run_several_times_under_labels(tmp_path):
+    # random 5% with three seeds (issue #19): name@label keys, each its own folder and options
+    from less_ray.pipeline import selector_config, selector_kind
+    from less_ray.selectors import get_selector
+    cfg = PipelineConfig(out=str(tmp_path / "run"), base_model="m", pool="pool.jsonl", seed=7,
+                         selectors={"random": {}, "random@2": {"seed": 2}, "random@3": {"seed": 3}})
+    run = Run(cfg)
+    got = {name: selector_config(cfg, run, name, []) for name in cfg.selectors}
+    assert {n: c.seed for n, c in got.items()} == {"random": 7, "random@2": 2, "random@3": 3}
+    assert {n: c.out.rsplit("/", 1)[-1] for n, c in got.items()} == {"random": "random", "random@2": "random@2",
+                                                           "random@3": "random@3"}
+    assert all(isinstance(c, get_selector("random").config_cls) for c in got.values())
+    with pytest.raises(ValueError, match="name@label"):
+        selector_kind("random@")
 
 
 def test_two_projection_dims_in_one_run_folder(tmp_path, tiny_model_dir):
