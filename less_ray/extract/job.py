@@ -343,7 +343,6 @@ def finalize(cfg: ExtractConfig, parts: list[dict[str, Any]], keys: dict[int, di
     state = read_checkpoint_state(cfg.checkpoint)
     paths = {}
     for d, key in keys.items():
-        ck_hash = key["checkpoint"]
         sd = store_dir(cfg.out, d)
         entries = [verified_shard(sd, i) for i in range(n_shards)]
         if any(e is None for e in entries):
@@ -354,7 +353,7 @@ def finalize(cfg: ExtractConfig, parts: list[dict[str, Any]], keys: dict[int, di
         if skipped:
             (sd / "skipped.jsonl").write_text("".join(json.dumps(s) + "\n" for s in skipped))
         man = StoreManifest(
-            kind=cfg.kind, checkpoint=str(cfg.checkpoint), checkpoint_hash=ck_hash, model=str(cfg.base_model),
+            kind=cfg.kind, checkpoint=str(cfg.checkpoint), checkpoint_hash=key["checkpoint"], model=str(cfg.base_model),
             projection=Projection(projection_type(cfg), cfg.seed, d), normalized=cfg.normalize, dtype=cfg.dtype,
             count=sum(e["rows"] for e in entries), shards=entries, checkpoint_epoch=state.get("epoch"),
             avg_lr=state.get("avg_lr"),

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
+import functools
 import html
 import io
 import json
@@ -628,17 +629,15 @@ def run_report(cfg: ReportConfig) -> Path:
         seed += 1
     dup_n = cfg.dedup_max if cfg.dedup_threshold is not None else 0
     tasks = []
-    pool_n: list[int] = []
 
+    @functools.cache
     def n_pool():  # the pool's N, counted once and only if a task has no recorded selection
         if pool is None:
             return None
-        if not pool_n:
-            try:
-                pool_n.append(pool_size(pool))
-            except (OSError, ValueError):  # the page says elsewhere that the pool cannot be read
-                pool_n.append(None)
-        return pool_n[0]
+        try:
+            return pool_size(pool)
+        except (OSError, ValueError):  # the page says elsewhere that the pool cannot be read
+            return None
 
     for task in summary["tasks"]:
         n = pq.ParquetFile(root / task / "scores.parquet").metadata.num_rows

@@ -145,28 +145,29 @@ def train_loop_per_worker(config: dict) -> None:
         # dropout draws depend only on (seed, epoch, rank), so a resumed epoch replays exactly
         torch.manual_seed((spec.seed * 1_000_003 + epoch) * 1_009 + rank)
         engine.train()
-        t0, lrs, loss_sum, n_micro, tokens = time.perf_counter(), [], 0.0, 0, 0
-        # per optimizer step: this rank's micro-batch losses summed, and their count (the curve)
-        step_sum, step_n, k = [0.0] * per_epoch, [0] * per_epoch, 0
+        t0, lrs, tokens = time.perf_counter(), [], 0
+        # per optimizer step: this rank's micro-batch losses summed, and their count (the curve;
+        # the epoch's mean loss is their total over their count)
+        step_sum, step_n, opt_step = [0.0] * per_epoch, [0] * per_epoch, 0
         for step, idx in enumerate(micro_batches(n, spec.seed, epoch, spec.per_device,
                                                  spec.accumulation, world, rank)):
-            batch = {k_: v.to(engine.device) for k_, v in collate([examples[i] for i in idx], pad_id).items()}
+            batch = {k: v.to(engine.device) for k, v in collate([examples[i] for i in idx], pad_id).items()}
             loss = engine(**batch).loss
             boundary = engine.is_gradient_accumulation_boundary()
             if boundary:
                 lrs.append(engine.get_lr()[0])  # the lr this optimizer step uses
             engine.backward(loss)
             engine.step()
-            loss_sum, n_micro = loss_sum + loss.item(), n_micro + 1
-            if k < per_epoch:
-                step_sum[k], step_n[k] = step_sum[k] + loss.item(), step_n[k] + 1
-            k += boundary
+            at = min(opt_step, per_epoch - 1)
+            step_sum[at], step_n[at] = step_sum[at] + loss.item(), step_n[at] + 1
+            opt_step += boundary
             tokens += int(batch["attention_mask"].sum())
         global_step += per_epoch
         seconds = time.perf_counter() - t0
-        loss_sum, n_micro, tokens = _all_sum([loss_sum, n_micro, tokens], engine.device)
-        sums = _all_sum(step_sum + step_n, engine.device)  # one fixed-length reduce for every rank
-        step_losses = [sm / c if c else None for sm, c in zip(sums[:per_epoch], sums[per_epoch:])]
+        # one fixed-length reduce for every rank: tokens, then the per-step sums and counts
+        reduced = _all_sum([tokens] + step_sum + step_n, engine.device)
+        tokens, sums, counts = reduced[0], reduced[1:1 + per_epoch], reduced[1 + per_epoch:]
+        step_losses = [sm / c if c else None for sm, c in zip(sums, counts)]
         state = {
             "epoch": epoch, "global_step": global_step, "avg_lr": sum(lrs) / len(lrs),
             "seed": spec.seed, "data_hash": spec.data_hash, "base_model": spec.base_model,
@@ -174,7 +175,7 @@ def train_loop_per_worker(config: dict) -> None:
                      "weight_decay": spec.optim.weight_decay},
             "n_examples": n, "steps_per_epoch": per_epoch, "world_size": world,
             "zero_stage": spec.zero_stage, "dtype": spec.dtype,
-            "train": {"loss": loss_sum / n_micro, "tokens": int(tokens), "seconds": seconds,
+            "train": {"loss": sum(sums) / sum(counts), "tokens": int(tokens), "seconds": seconds,
                       "step_losses": step_losses},  # mean micro-batch loss of each optimizer step
             **spec.state_extra,
         }
