@@ -606,7 +606,8 @@ def summarize(args, out: Path, paths: dict[str, str], losses: dict, gens: dict, 
         trained[d.parent.name] = {k: s.get(k) for k in ("epoch", "global_step", "steps_per_epoch", "n_examples")}
         trained[d.parent.name]["final_epoch_train_loss"] = (s.get("train") or {}).get("loss")
     return {"args": vars(args), "facts": facts, "tokens": tok, "estimate_s": est,
-            "k": int(math.floor(args.top_p * facts["pool"] + 1e-9)),  # select's floor rule on the pool file "loss_table": table, "paired": pairs,
+            "k": int(math.floor(args.top_p * facts["pool"] + 1e-9)),  # select's floor rule on the pool file
+            "loss_table": table, "paired": pairs,
             "matrix": matrix, "selection_shares": sel, "trained": trained,
             "warmup": warmup_curve(out / "less"),
             "planted": planted_table(args, out) if "planted" in args.phases else None,
