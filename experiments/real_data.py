@@ -3,6 +3,7 @@
     python experiments/real_data.py --out /work/runs/real19            # the CPU run (defaults)
     python experiments/real_data.py --out OUT --phases core planted full gen stability
     python experiments/real_data.py --out OUT --render-docs              # docs section from OUT
+    python experiments/real_data.py --out OUT --report                   # OUT/report.html with the tables
 
 Phases, in this order (the core comparison first; each later phase is optional):
   core       data -> base eval -> LESS pipeline (warmup 4 epochs -> 4 checkpoints -> datastore ->
@@ -16,7 +17,9 @@ Phases, in this order (the core comparison first; each later phase is optional):
   full       the full pool trained once (--full-epochs, default 1) and evaluated
   gen        secondary metrics through `run_eval` (MMLU accuracy, BBH EM, TydiQA F1; small caps)
   stability  a second warmup seed (other warmup subset), LESS for one target: top-5% Jaccard and
-             score rank correlation against the first run, beside the same for random seeds
+             score rank correlation against the first run, beside the same for random seeds; on a
+             seeded sample of --stability-pool examples (the first run's scores restricted to it)
+             unless 0, as a second datastore of the whole pool costs as much as the first
 
 Resumable: the LESS part is `run_pipeline` (its stage ledger skips finished stages; extraction
 resumes per shard); every other piece writes a done-marker last (the selection's score summary,
@@ -53,6 +56,8 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True)
     p.add_argument("--phases", nargs="+", default=["core", "planted", "full"], choices=PHASES)
     p.add_argument("--render-docs", action="store_true", help="print the docs/results.md section from OUT/results.json")
+    p.add_argument("--report", action="store_true", help="write OUT/report.html: the LESS run's report page with "
+                   "OUT/results.tables.json on it")
     p.add_argument("--data-root", default=None, help="default: $LESS_RAY_DATA_ROOT or ../shared/data")
     p.add_argument("--base-model", default=None, help="a model folder; default: SmolLM2-135M-Instruct written to OUT/smollm2")
     # pool
@@ -106,6 +111,9 @@ def parse_args(argv=None):
     # stability phase
     p.add_argument("--stability-target", default="bbh", choices=TARGETS)
     p.add_argument("--stability-warmup-seed", type=int, default=4)
+    p.add_argument("--stability-pool", type=int, default=1000,
+                   help="the second run scores a seeded sample of this many pool examples (0: the whole pool); "
+                        "its warmup draws as many examples as the first run's, from that sample")
     # measured rates for the estimate (see docs/logs/real19/settings.md)
     p.add_argument("--rate-grad-tok-s", type=float, default=130.0, help="fwd+bwd tokens/s, whole machine")
     p.add_argument("--rate-fwd-tok-s", type=float, default=400.0, help="forward-only tokens/s, whole machine")
@@ -323,8 +331,10 @@ def estimate(args, tok: dict) -> dict:
     e["= core total"] = core
     e[f"full pool ({n_pool} x {args.full_epochs} epoch) + eval"] = (n_pool * args.full_epochs * mean / g + 2 * o
                                                                    + held_tok / f)
+    share = min(1.0, args.stability_pool / n_pool) if args.stability_pool else 1.0
     e["stability (second warmup + pool datastore, one target)"] = (
-        e[f"warmup ({n_warm} ex x {args.warmup_epochs} epochs)"] + e[f"datastore: pool ({n_pool} x {args.warmup_epochs} checkpoints)"])
+        e[f"warmup ({n_warm} ex x {args.warmup_epochs} epochs)"]
+        + share * e[f"datastore: pool ({n_pool} x {args.warmup_epochs} checkpoints)"])
     return {key: round(v) for key, v in e.items()}
 
 
@@ -344,15 +354,16 @@ def ray_settings(args, out: Path):
 
 
 def pipeline_config(args, out: Path, paths: dict[str, str], model_dir: Path, run: str, warmup_seed: int,
-                    targets: tuple[str, ...], selectors: bool):
+                    targets: tuple[str, ...], selectors: bool, pool: str | None = None,
+                    warmup_percentage: float | None = None):
     from less_ray.pipeline import (EvalSection, ExtractSection, PipelineConfig, ScoreSection, SelectSection,
                                    WarmupSection)
     tasks = {t: [f"loss:{t}"] for t in targets}
     return PipelineConfig(
-        out=str(out / run), base_model=str(model_dir), pool=paths["pool"],
+        out=str(out / run), base_model=str(model_dir), pool=pool or paths["pool"],
         targets={t: paths[f"targets_{t}"] for t in targets}, seed=0, chat_format=args.chat_format,
         max_seq_length=args.max_seq_length, stages=["warmup", "extract", "score", "select", "selectors"],
-        warmup=WarmupSection(percentage=args.warmup_percentage, data_seed=warmup_seed,
+        warmup=WarmupSection(percentage=warmup_percentage or args.warmup_percentage, data_seed=warmup_seed,
                              **training_settings(args, args.warmup_epochs)),
         extract=ExtractSection(dims=[args.dim], projection=args.projection, batch_size=args.extract_batch,
                                shard_rows=args.shard_rows, max_actors=args.extract_actors,
@@ -490,22 +501,48 @@ def stability(args, out: Path) -> dict:
         order = sorted(range(len(ids)), key=lambda i: (-score[i], ids[i]))
         return {ids[i] for i in order[:k]}
 
+    # the examples both runs scored (the second run's sample, or the whole pool): each run's top
+    # top_p of those, so the two selections are of the same size over the same candidates
+    ib, _, _ = read_scores(out / "less_stability" / "scores", t)
+    common = set(ib)
+
     def compare(a, b, ta, tb):
-        ia, _, sa = read_scores(a, ta)
-        ib, _, sb = read_scores(b, tb)
+        ia, _, sa = (list(v) for v in zip(*[r for r in zip(*read_scores(a, ta)) if r[0] in common]))
+        ib, _, sb = (list(v) for v in zip(*[r for r in zip(*read_scores(b, tb)) if r[0] in common]))
         mb = dict(zip(ib, sb))
         x = np.array(sa)
         y = np.array([mb[i] for i in ia])
         k = int(args.top_p * len(ia))
-        A, B = top(ia, list(sa), k), top(ib, list(sb), k)
-        return {"jaccard_top": len(A & B) / len(A | B), "shared_top": len(A & B), "k": k,
+        A, B = top(ia, sa, k), top(ib, sb, k)
+        return {"n": len(ia), "jaccard_top": len(A & B) / len(A | B), "shared_top": len(A & B), "k": k,
                 "spearman": float(spearmanr(x, y).statistic)}
     res = {"target": t, "LESS (warmup seeds %d vs %d)" % (args.warmup_seed, args.stability_warmup_seed):
            compare(out / "less" / "scores", out / "less_stability" / "scores", t, t)}
     if len(args.seeds) >= 2:
         s0, s1 = args.seeds[:2]
         res[f"random (seeds {s0} vs {s1})"] = compare(out / "random" / f"seed{s0}", out / "random" / f"seed{s1}", "all", "all")
+    n = res[next(iter(k for k in res if k != "target"))]["n"]
+    res["note"] = (f"over the {n} pool examples the second run scored"
+                   + (f" (a seeded sample, --stability-pool {args.stability_pool}); each run's top {args.top_p:g} of those"
+                      if args.stability_pool else "") + "; random: the random selector's scores of two seeds")
     return res
+
+
+def stability_pool(args, out: Path, paths: dict[str, str]) -> tuple[str, float]:
+    """The second run's pool (a seeded sample of the pool file, or the file itself) and the warmup
+    percentage that draws from it as many examples as the first run's warmup drew."""
+    if not args.stability_pool:
+        return paths["pool"], args.warmup_percentage
+    lines = Path(paths["pool"]).read_text(encoding="utf-8").splitlines()
+    n = min(args.stability_pool, len(lines))
+    path = out / "data" / f"stability_pool_{n}.jsonl"
+    if not path.exists():
+        pick = sorted(random.Random(args.data_seed + 1000).sample(range(len(lines)), n))
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(lines[i] + "\n" for i in pick), encoding="utf-8")
+        tmp.replace(path)
+    drawn = int(len(lines) * args.warmup_percentage)  # the warmup's own rule (draw_warmup)
+    return str(path), min(1.0, (drawn + 0.5) / n)  # + 0.5: int(n * p) lands on `drawn` despite float rounding
 
 
 def warmup_loss_curve(args, out: Path, model_dir: Path, timings: Timings) -> None:
@@ -618,76 +655,86 @@ def summarize(args, out: Path, paths: dict[str, str], losses: dict, gens: dict, 
                           "pipeline_stages": {k: v.get("seconds") for k, v in stages.items()}}}
 
 
-def render_markdown(s: dict) -> str:
+def settings_line(s: dict) -> str:
     a = s["args"]
-    L = [f"Pool {s['facts']['pool']} real examples; top {a['top_p'] * 100:g}% = {s['k']}; SmolLM2-135M-Instruct, "
-         f"LoRA r={a['lora_r']} alpha={a['lora_alpha']}, {a['projection']} d={a['dim']}, max_seq_length "
-         f"{a['max_seq_length']}, lr {a['lr']}, effective batch {a['batch_size']}, warmup {a['warmup_epochs']} epochs, "
-         f"selections trained {a['train_epochs']} epochs, full pool {a['full_epochs']}.", ""]
-    L += ["### Held-out answer-token loss (lower is better; each row's model on each target)", "",
-          "| target (n) | base | LESS | random (mean ± sd over seeds) | RDS | full |", "|---|---|---|---|---|---|"]
+    return (f"Pool {s['facts']['pool']} real examples; top {a['top_p'] * 100:g}% = {s['k']}; SmolLM2-135M-Instruct, "
+            f"LoRA r={a['lora_r']} alpha={a['lora_alpha']}, {a['projection']} d={a['dim']}, max_seq_length "
+            f"{a['max_seq_length']}, lr {a['lr']}, effective batch {a['batch_size']}, warmup {a['warmup_epochs']} epochs, "
+            f"selections trained {a['train_epochs']} epochs, full pool {a['full_epochs']}.")
+
+
+def result_tables(s: dict) -> list[dict]:
+    """Every table of the summary as {caption, columns, rows, note}: one source for results.md and
+    for the report page (`ReportConfig.tables`)."""
     f = lambda v: "—" if v is None else f"{v:.4f}"  # noqa: E731
+    T = []
+    rows = []
     for t, row in s["loss_table"].items():
-        n = s["facts"]["heldout"].get(t)
         r = row.get("random")
         rtxt = "—" if not r else f"{r['mean']:.4f} ± {r['std']:.4f} ({', '.join(f'{v:.4f}' for v in r['values'])})"
-        L.append(f"| {t} ({n}) | {f(row.get('base'))} | {f(row.get('less'))} | {rtxt} | {f(row.get('rds'))} | "
-                 f"{f(row.get('full'))} |")
-    L += ["", "### Paired per-example differences (mean loss difference, bootstrap 95% CI; < 0: the first is better)", "",
-          "| target | comparison | n | mean diff | 95% CI | share of examples lower |", "|---|---|---|---|---|---|"]
-    for t, pt in s["paired"].items():
-        for k, v in pt.items():
-            L.append(f"| {t} | {k} | {v['n']} | {v['mean_diff']:+.4f} | [{v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}] | "
-                     f"{100 * v['frac_lower']:.0f}% |")
-    L += ["", "### Cross-target matrix (held-out loss; rows: model, columns: target)", "",
-          "| model | " + " | ".join(TARGETS) + " |", "|---" * (len(TARGETS) + 1) + "|"]
-    for m, r in s["matrix"].items():
-        L.append(f"| {m} | " + " | ".join(f"{r[t]:.4f}" for t in TARGETS) + " |")
+        rows.append([f"{t} ({s['facts']['heldout'].get(t)})", f(row.get("base")), f(row.get("less")), rtxt,
+                     f(row.get("rds")), f(row.get("full"))])
+    T.append({"caption": "Held-out answer-token loss (lower is better; each row's model on each target)",
+              "columns": ["target (n)", "base", "LESS", "random (mean ± sd over seeds)", "RDS", "full"], "rows": rows})
+    T.append({"caption": "Paired per-example differences (mean loss difference, bootstrap 95% CI; < 0: the first is better)",
+              "columns": ["target", "comparison", "n", "mean diff", "95% CI", "share of examples lower"],
+              "rows": [[t, k, v["n"], f"{v['mean_diff']:+.4f}", f"[{v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}]",
+                        f"{100 * v['frac_lower']:.0f}%"] for t, pt in s["paired"].items() for k, v in pt.items()]})
+    T.append({"caption": "Cross-target matrix (held-out loss; rows: model, columns: target)",
+              "columns": ["model", *TARGETS], "rows": [[m, *(f"{r[t]:.4f}" for t in TARGETS)] for m, r in s["matrix"].items()]})
     if s.get("gen"):
-        L += ["", "### Secondary metrics (generation / multiple choice, small caps: n per task "
-              + json.dumps(s.get("gen_n")) + ")", "", "| model | " + " | ".join(TARGETS) + " |",
-              "|---" * (len(TARGETS) + 1) + "|"]
-        for m, r in s["gen"].items():
-            L.append(f"| {m} | " + " | ".join(f"{100 * r[t]:.1f}" if t in r else "—" for t in TARGETS) + " |")
+        T.append({"caption": "Secondary metrics (generation / multiple choice, small caps: n per task "
+                             + json.dumps(s.get("gen_n")) + ")", "columns": ["model", *TARGETS],
+                  "rows": [[m, *(f"{100 * r[t]:.1f}" if t in r else "—" for t in TARGETS)] for m, r in s["gen"].items()]})
     if s.get("planted"):
-        L += ["", f"### Planted task ({PLANTED}, pool share {100 * next(iter(s['planted'].values()))['pool_share']:.1f}%)",
-              "", "| selector | top 1% | top 5% | top 10% | AUC |", "|---|---|---|---|---|"]
-        for name, r in s["planted"].items():
-            L.append(f"| {name} | {100 * r['top1%']:.1f}% | {100 * r['top5%']:.1f}% | {100 * r['top10%']:.1f}% | "
-                     f"{r['auc']:.3f} |")
+        share = 100 * next(iter(s["planted"].values()))["pool_share"]
+        T.append({"caption": f"Planted task ({PLANTED}, pool share {share:.1f}%)",
+                  "columns": ["selector", "top 1%", "top 5%", "top 10%", "AUC"],
+                  "rows": [[n, f"{100 * r['top1%']:.1f}%", f"{100 * r['top5%']:.1f}%", f"{100 * r['top10%']:.1f}%",
+                            f"{r['auc']:.3f}"] for n, r in s["planted"].items()]})
     if s.get("stability"):
-        L += ["", f"### Stability ({s['stability']['target']}): top-5% overlap and rank correlation", "",
-              "| pair | shared of k | Jaccard | Spearman |", "|---|---|---|---|"]
-        for name, r in s["stability"].items():
-            if isinstance(r, dict):
-                L.append(f"| {name} | {r['shared_top']} / {r['k']} | {r['jaccard_top']:.3f} | {r['spearman']:.3f} |")
+        st = s["stability"]
+        T.append({"caption": f"Stability ({st['target']}): top-5% overlap and rank correlation",
+                  "columns": ["pair", "examples compared", "shared of k", "Jaccard", "Spearman"],
+                  "rows": [[n, r.get("n", "—"), f"{r['shared_top']} / {r['k']}", f"{r['jaccard_top']:.3f}",
+                            f"{r['spearman']:.3f}"] for n, r in st.items() if isinstance(r, dict)],
+                  "note": st.get("note", "")})
     w = s.get("warmup") or {}
     if w.get("train_loss_per_epoch"):
-        L += ["", "### Warmup loss", "", "| epoch | mean train loss | steps (cumulative) | mean pool loss at checkpoint |",
-              "|---|---|---|---|"]
+        rows = []
         for e, r in w["train_loss_per_epoch"].items():
             pl = w["pool_loss_per_checkpoint"].get(e, w["pool_loss_per_checkpoint"].get(str(e)))
-            L.append(f"| {e} | {r['loss']:.4f} | {r['steps']} | {f(pl)} |")
-        if w.get("warmup_data_loss"):
-            L += ["", "mean answer-token loss on the warmup examples: " + ", ".join(
-                f"{k} {v:.4f}" for k, v in w["warmup_data_loss"].items())]
+            rows.append([str(e), f"{r['loss']:.4f}", r["steps"], f(pl)])
+        T.append({"caption": "Warmup loss", "columns": ["epoch", "mean train loss", "steps (cumulative)",
+                                                       "mean pool loss at checkpoint"], "rows": rows,
+                  "note": ("mean answer-token loss on the warmup examples: " + ", ".join(
+                      f"{k} {v:.4f}" for k, v in w["warmup_data_loss"].items())) if w.get("warmup_data_loss") else ""})
     sel = s["selection_shares"]
     cols = [c for c in sel if c != "pool"]
-    L += ["", "### Source composition of every selection (%)", "", "| source | pool | " + " | ".join(cols) + " |",
-          "|---" * (len(cols) + 2) + "|"]
-    for src in sel["pool"]:
-        L.append(f"| {src} | {100 * sel['pool'][src]:.1f} | " + " | ".join(f"{100 * sel[c].get(src, 0):.1f}" for c in cols) + " |")
+    T.append({"caption": "Source composition of every selection (%)", "columns": ["source", "pool", *cols],
+              "rows": [[src, f"{100 * sel['pool'][src]:.1f}", *(f"{100 * sel[c].get(src, 0):.1f}" for c in cols)]
+                       for src in sel["pool"]]})
     if s.get("trained"):
-        L += ["", "### Trainings", "", "| model | examples | epochs | optimizer steps | last-epoch train loss |",
-              "|---|---|---|---|---|"]
-        for m, r in s["trained"].items():
-            L.append(f"| {m} | {r['n_examples']} | {r['epoch']} | {r['global_step']} | {f(r['final_epoch_train_loss'])} |")
-    L += ["", "### Wall time per stage (s; estimate beside the measured)", "", "| stage | seconds |", "|---|---|"]
-    for k, v in s["timings_s"]["pipeline_stages"].items():
-        L.append(f"| pipeline {k} | {v} |")
-    for k, v in s["timings_s"]["pieces"].items():
-        L.append(f"| {k} | {v} |")
-    L += ["", "estimate before the run (s): " + json.dumps(s["estimate_s"]), ""]
+        T.append({"caption": "Trainings", "columns": ["model", "examples", "epochs", "optimizer steps",
+                                                     "last-epoch train loss"],
+                  "rows": [[m, r["n_examples"], r["epoch"], r["global_step"], f(r["final_epoch_train_loss"])]
+                           for m, r in s["trained"].items()]})
+    T.append({"caption": "Wall time per stage (s)", "columns": ["stage", "seconds"],
+              "rows": [[f"pipeline {k}", v] for k, v in s["timings_s"]["pipeline_stages"].items()]
+              + [[k, v] for k, v in s["timings_s"]["pieces"].items()],
+              "note": "estimate before the run (s): " + json.dumps(s["estimate_s"])})
+    return T
+
+
+def render_markdown(s: dict) -> str:
+    cell = lambda c: "—" if c is None else str(c).replace("|", "\\|")  # noqa: E731
+    L = [settings_line(s), ""]
+    for t in result_tables(s):
+        L += [f"### {t['caption']}", "", "| " + " | ".join(t["columns"]) + " |", "|---" * len(t["columns"]) + "|"]
+        L += ["| " + " | ".join(cell(c) for c in r) + " |" for r in t["rows"]]
+        if t.get("note"):
+            L += ["", t["note"]]
+        L.append("")
     return "\n".join(L)
 
 
@@ -736,6 +783,9 @@ def main(argv=None) -> int:
     out = Path(args.out).resolve()
     if args.render_docs:
         print(render_docs_section(out / "results.json"))
+        return 0
+    if args.report:
+        print(write_report(out))
         return 0
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / f"args.{time.strftime('%Y%m%d-%H%M%S')}.json", vars(args))
@@ -801,7 +851,9 @@ def main(argv=None) -> int:
     if "stability" in args.phases:
         from less_ray.pipeline import run_pipeline
         t = args.stability_target
-        cfg = pipeline_config(args, out, paths, model_dir, "less_stability", args.stability_warmup_seed, (t,), False)
+        pool, pct = stability_pool(args, out, paths)
+        cfg = pipeline_config(args, out, paths, model_dir, "less_stability", args.stability_warmup_seed, (t,), False,
+                              pool=pool, warmup_percentage=pct)
         t0 = time.time()
         run_pipeline(cfg)
         timings.data.setdefault("stability_pipeline_last_call", round(time.time() - t0, 1))
@@ -818,7 +870,16 @@ def write_results(args, out, paths, losses, gens, timings, facts, tok, est) -> N
         gens.setdefault(p.name.removesuffix(".gen.json"), json.loads(p.read_text()))
     s = summarize(args, out, paths, losses, gens, timings, facts, tok, est)
     write_json(out / "results.json", s)
+    write_json(out / "results.tables.json", {"title": "Issue #19: models trained on each selection",
+                                             "note": settings_line(s), "tables": result_tables(s)})
     (out / "results.md").write_text(render_markdown(s))
+
+
+def write_report(out: Path) -> Path:
+    """The LESS run's report page (`less-ray report`) with the experiment's tables on it."""
+    from less_ray.scoring.report import ReportConfig, run_report
+    return run_report(ReportConfig(scores=str(out / "less" / "scores"), out=str(out / "report.html"),
+                                   tables=[str(out / "results.tables.json")]))
 
 
 if __name__ == "__main__":

@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out")
     p.add_argument("--top-p", type=float)
     p.add_argument("--eval", nargs="+", metavar="JSON", help="eval results (files or folders) to show")
+    p.add_argument("--tables", nargs="+", metavar="JSON", help="result tables made elsewhere to show "
+                   "({title, tables: [{caption, columns, rows}]})")
 
     p = stages.add_parser("selector", help="another selector (random, full, rds, kcenter, ...): score folder + top p%%")
     p.add_argument("name", help="the selector ('list' names them all)")
@@ -238,7 +240,8 @@ def _cmd_scoring(args) -> int:
     else:
         from .scoring.report import ReportConfig, run_report
         result = {"report": str(run_report(_load(ReportConfig, args, {
-            "scores": args.scores, "out": args.out, "top_p": args.top_p, "eval": args.eval})))}
+            "scores": args.scores, "out": args.out, "top_p": args.top_p, "eval": args.eval,
+            "tables": args.tables})))}
     print(json.dumps(result, indent=2, default=str))
     return 0
 

@@ -66,9 +66,11 @@ def test_summary_and_tables_of_a_fabricated_run(rd, tmp_path):
         _scored(out / "less" / "selectors" / "kcenter" / t, pool, list(map(float, g.normal(0, 1, N))), k)
     for s in args.seeds:
         _scored(out / "random" / f"seed{s}" / "all", pool, list(map(float, g.random(N))), k)
+    # the second warmup's run scored a sample of 120 of the 200 (--stability-pool)
     bbh_scores = pq.read_table(out / "less" / "scores" / "bbh" / "scores.parquet").column("score").to_pylist()
-    second = [v + float(e) for v, e in zip(bbh_scores, g.normal(0, 0.5, N))]
-    _scored(out / "less_stability" / "scores" / "bbh", pool, second, k)
+    sample = sorted(random.Random(5).sample(range(N), 120))
+    second = [bbh_scores[i] + float(g.normal(0, 0.5)) for i in sample]
+    _scored(out / "less_stability" / "scores" / "bbh", [pool[i] for i in sample], second, 6)
     (out / "less" / "stages.json").write_text(json.dumps({"warmup": {"seconds": 10.0}, "score": {"seconds": 2.0}}))
     st = out / "models" / "less_bbh" / "state.json"
     st.parent.mkdir(parents=True)
@@ -126,12 +128,18 @@ def test_summary_and_tables_of_a_fabricated_run(rd, tmp_path):
     assert pl["auc"] == pytest.approx(mw)
     assert set(s["planted"]) >= {"LESS", "RDS (MiniLM)", "k-center", "random seed 0"}
 
-    # stability: Jaccard of the two top-k sets, counted here
+    # stability over the 120 both runs scored: each run's top 6 of those, counted here
     stab = s["stability"]
-    a = set(tops["less_bbh"])
+    a_scores = {pool[i]["id"]: bbh_scores[i] for i in sample}
+    a = set(sorted(a_scores, key=lambda i: (-np.float32(a_scores[i]), i))[:6])
     b = {json.loads(x)["id"] for x in (out / "less_stability" / "scores" / "bbh" / "top_p0.05.jsonl").read_text().splitlines()}
     row = stab[next(k_ for k_ in stab if k_.startswith("LESS"))]
+    assert (row["n"], row["k"]) == (120, 6)
     assert row["shared_top"] == len(a & b) and row["jaccard_top"] == pytest.approx(len(a & b) / len(a | b))
+    from scipy.stats import spearmanr
+    assert row["spearman"] == pytest.approx(spearmanr([a_scores[pool[i]["id"]] for i in sample],
+                                                      [np.float32(v) for v in second]).statistic, abs=1e-6)
+    assert stab[next(k_ for k_ in stab if k_.startswith("random"))]["n"] == 120
 
     # composition: LESS's planted selection's code_alpaca share, counted here
     sel = s["selection_shares"]["less_code_alpaca"] if "less_code_alpaca" in s["selection_shares"] else None
@@ -142,12 +150,38 @@ def test_summary_and_tables_of_a_fabricated_run(rd, tmp_path):
     for needle in ("Held-out answer-token loss", "Paired per-example", "Cross-target matrix", "Planted task",
                    "Stability", "Source composition", "Trainings", "Wall time"):
         assert needle in md, needle
-    # the summary survives JSON and renders the docs section from it
-    (out / "results.json").write_text(json.dumps(s, default=str))
+    # what a run writes: results.json (-> the docs section), results.md, and the tables file the
+    # report page takes (checked by the report's own reader)
+    rd.write_results(args, out, paths, losses, {}, timings, facts, {}, {"x": 1})
     assert "Real data, issue #19" in rd.render_docs_section(out / "results.json")
+    from less_ray.scoring.report import result_tables
+    title, note, tables = result_tables(out / "results.tables.json")
+    assert "SmolLM2" in note and [t["caption"] for t in tables if t["caption"].startswith("Held-out")]
+    assert (out / "results.md").read_text().count("### ") == len(tables)
 
     # after the first training only (write_results runs after every model): the tables render
     part = {m: losses[m] for m in ("base", "less_bbh")}
     s1 = rd.summarize(args, out, paths, part, {}, timings, facts, {}, {"x": 1})
     assert "random" not in s1["loss_table"]["bbh"] and list(s1["paired"]["bbh"]) == ["less_bbh - base"]
     assert "| bbh (30) |" in rd.render_markdown(s1)
+
+
+def test_stability_sample_and_its_warmup_draw(rd, tmp_path):
+    """The second run's pool: a seeded sample of the pool file, and a warmup percentage with which the
+    product's own draw takes as many examples from it as the first run's took from the pool."""
+    from less_ray.train.runner import draw_warmup
+    for n_pool, n_sample, pct in ((4000, 1000, 0.05), (3953, 1000, 0.05), (1000, 290, 0.029), (300, 1000, 0.05)):
+        out = tmp_path / f"o{n_pool}_{n_sample}"
+        (out / "data").mkdir(parents=True)
+        pool = out / "data" / "pool.jsonl"
+        pool.write_text("".join(json.dumps({"id": f"e{i}"}) + "\n" for i in range(n_pool)))
+        args = rd.parse_args(["--out", str(out), "--stability-pool", str(n_sample), "--warmup-percentage", str(pct)])
+        path, p = rd.stability_pool(args, out, {"pool": str(pool)})
+        lines = Path(path).read_text().splitlines()
+        assert len(lines) == min(n_sample, n_pool) and len(set(lines)) == len(lines)
+        assert set(lines) <= set(pool.read_text().splitlines())
+        first = len(draw_warmup(list(range(n_pool)), pct, 3))
+        assert len(draw_warmup(lines, p, 4)) == first
+        assert rd.stability_pool(args, out, {"pool": str(pool)}) == (path, p)  # the same sample again
+    args = rd.parse_args(["--out", str(out), "--stability-pool", "0"])
+    assert rd.stability_pool(args, out, {"pool": str(pool)}) == (str(pool), 0.05)

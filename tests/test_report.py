@@ -291,3 +291,30 @@ def test_hashes_near_duplicates_and_missing_selection(tmp_path):
     page = run_report(ReportConfig(scores=str(tmp_path / "g"))).read_text()
     assert "no pool file is recorded or given" in page and "selection: not checked (no example texts)" in page
     assert "k = floor(p·N) = floor(0.05 · 43) = 2" in page
+
+
+def test_result_tables_are_shown_escaped_and_bad_ones_named(world, tmp_path, capsys):
+    """`tables`: an experiment's comparison shown on the run's page (issue #19), cells escaped; a
+    malformed file stops the report with its path and key before any work."""
+    from less_ray.cli import main
+    folder = world["run"] / "selectors" / "random"
+    good = tmp_path / "results.tables.json"
+    good.write_text(json.dumps({"title": "Trained on each selection", "note": "pool 200 & co", "tables": [
+        {"caption": "Held-out loss", "columns": ["target", "base", "LESS"],
+         "rows": [["bbh", 2.5, 2.25], ["<b>mmlu</b>", None, "1.8 ± 0.1"]], "note": "lower is better"}]}))
+    out = tmp_path / "r.html"
+    assert main(["report", "--scores", str(folder), "--out", str(out), "--tables", str(good)]) == 0
+    capsys.readouterr()
+    page = out.read_text()
+    sec = page.split("<h2>Trained on each selection</h2>", 1)[1].split("<h2>", 1)[0]
+    assert "<p>pool 200 &amp; co</p>" in sec and "<h3>Held-out loss</h3>" in sec and "<th>LESS</th>" in sec
+    assert "<td class='num'>2.2500</td>" in sec and "&lt;b&gt;mmlu&lt;/b&gt;" in sec and "<b>mmlu" not in sec
+    assert "<td>—</td>" in sec and "1.8 ± 0.1" in sec and "lower is better" in sec
+    bad = tmp_path / "bad.json"
+    for content, needle in ((json.dumps({"tables": [{"columns": ["a", "b"], "rows": [[1]]}]}), "tables[0].rows[0]"),
+                            (json.dumps({"title": "x"}), "key 'tables'"), ("{not json", "cannot read")):
+        bad.write_text(content)
+        with pytest.raises(ValueError, match=re.escape(needle)) as e:
+            run_report(ReportConfig(scores=str(folder), out=str(tmp_path / "b.html"), tables=[str(bad)]))
+        assert str(bad) in str(e.value)
+    assert not (tmp_path / "b.html").exists()

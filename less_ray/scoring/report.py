@@ -9,6 +9,7 @@ Works on any score folder (`less_ray.scoring.folder`): LESS's and every other se
   from the score folder, its store manifests and, inside a pipeline run folder, `pipeline.config.yaml`;
 - eval results of every trained model (`<run>/eval/*.json` inside a pipeline run folder, plus
   the JSON files or folders in `ReportConfig.eval`);
+- result tables made elsewhere (`ReportConfig.tables`: e.g. an experiment's trained-model comparison);
 - per task: the selection file and its size rule (k, p, the denominator N; a rule `select`
   records is shown as recorded), the composition by source of the selection beside the pool and
   a random baseline of the same size (`<run>/selectors/random` when the run has it, else a seeded
@@ -51,6 +52,9 @@ class ReportConfig:
     bins: int = 50
     block_rows: int = 65536
     eval: list[str] = path_field("in", [])  # eval JSON files or folders (besides <run>/eval/**/*.json)
+    # result tables made elsewhere (an experiment's comparison), each file JSON: {"title", "tables":
+    # [{"caption", "columns": [..], "rows": [[..], ..], "note"?}]}, shown after the eval results
+    tables: list[str] = path_field("in", [])
     random_seed: int = 0  # seed of the computed random baseline (used when the run has no selectors/random)
     dedup_threshold: float | None = 0.8  # near-duplicate: estimated Jaccard of word shingles >= this (None: skip)
     dedup_ngram: int = 5
@@ -422,6 +426,41 @@ def eval_rows(path: Path) -> list[dict[str, Any]]:
     return flat
 
 
+def result_tables(path: Path) -> tuple[str, str, list[dict[str, Any]]]:
+    """The title, note and tables of one `ReportConfig.tables` file; a file of another shape is an error
+    naming the file and the key, not a page with a silently missing section."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read a tables file: {e}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("tables"), list):
+        raise ValueError(f"{path}: key 'tables': expected a list of {{caption, columns, rows}}")
+    for i, t in enumerate(data["tables"]):
+        cols, rows = (t.get("columns"), t.get("rows")) if isinstance(t, dict) else (None, None)
+        if not isinstance(cols, list) or not isinstance(rows, list):
+            raise ValueError(f"{path}: tables[{i}]: expected 'columns' and 'rows' lists")
+        for j, r in enumerate(rows):
+            if not isinstance(r, list) or len(r) != len(cols):
+                raise ValueError(f"{path}: tables[{i}].rows[{j}]: expected a list of {len(cols)} cells")
+    return str(data.get("title") or path.name), str(data.get("note") or ""), data["tables"]
+
+
+def _tables_html(path: Path) -> str:
+    title, note, tables = result_tables(path)
+    parts = [f"<h2>{_e(title)}</h2>" + (f"<p>{_e(note)}</p>" if note else "")
+             + f"<p class='sub'>From <code>{_e(path)}</code></p>"]
+    for t in tables:
+        num = lambda c: isinstance(c, (int, float)) and not isinstance(c, bool)  # noqa: E731
+        parts.append(f"<h3>{_e(t.get('caption', ''))}</h3><table><tr>"
+                     + "".join(f"<th>{_e(c)}</th>" for c in t["columns"]) + "</tr>"
+                     + "".join("<tr>" + "".join(f"<td class='num'>{_e(_num(c))}</td>" if num(c) else
+                                                f"<td>{_e('—' if c is None else c)}</td>" for c in r) + "</tr>"
+                               for r in t["rows"]) + "</table>")
+        if t.get("note"):
+            parts.append(f"<p class='sub'>{_e(t['note'])}</p>")
+    return "".join(parts)
+
+
 def _eval_label(path: Path, run: Path | None) -> str:
     try:
         return str(path.resolve().relative_to(run / "eval")) if run is not None else path.name
@@ -614,6 +653,7 @@ def render_task(task: str, root: Path, run: Path | None, spec: dict[str, Any], c
 def run_report(cfg: ReportConfig) -> Path:
     import pyarrow.parquet as pq
     root = Path(cfg.scores)
+    extra_tables = [_tables_html(Path(p)) for p in cfg.tables]  # a malformed file fails before the work
     summary = json.loads((root / "score_summary.json").read_text())
     run = run_folder(root)
     try:
@@ -702,6 +742,8 @@ def run_report(cfg: ReportConfig) -> Path:
     else:
         parts.append("<p class='sub'>No eval results: none under <code>&lt;run&gt;/eval/</code> and none given "
                      "(<code>ReportConfig.eval</code>).</p>")
+
+    parts += extra_tables
 
     parts.append("<h2>Run metadata</h2><table class='meta'>" + "".join(
         f"<tr><th>{_e(k)}</th><td>{v}</td></tr>" for k, v in meta["rows"]) + "</table>")
