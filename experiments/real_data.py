@@ -16,6 +16,9 @@ Phases, in this order (the core comparison first; each later phase is optional):
              model work, the planted targets ride along in the core pipeline
   full       the full pool trained once (--full-epochs, default 1) and evaluated
   gen        secondary metrics through `run_eval` (MMLU accuracy, BBH EM, TydiQA F1; small caps)
+  projection LESS's scores of --check-pool pool examples from the unprojected gradients (identity
+             projection; same checkpoints and targets) beside the run's projected ones: rank
+             correlation and top-5% overlap per target (is d=--dim enough?)
   stability  a second warmup seed (other warmup subset), LESS for one target: top-5% Jaccard and
              score rank correlation against the first run, beside the same for random seeds; on a
              seeded sample of --stability-pool examples (the first run's scores restricted to it)
@@ -47,7 +50,7 @@ from pathlib import Path
 
 TARGETS = ("bbh", "mmlu", "tydiqa")
 PLANTED = "code_alpaca"  # the planted real task (a source; never one of the three targets)
-PHASES = ("core", "planted", "full", "gen", "stability")
+PHASES = ("core", "planted", "full", "gen", "stability", "projection")
 log = logging.getLogger("real19")
 
 
@@ -111,6 +114,8 @@ def parse_args(argv=None):
     # stability phase
     p.add_argument("--stability-target", default="bbh", choices=TARGETS)
     p.add_argument("--stability-warmup-seed", type=int, default=4)
+    p.add_argument("--check-pool", type=int, default=300,
+                   help="projection phase: pool examples scored from unprojected gradients as well")
     p.add_argument("--stability-pool", type=int, default=1000,
                    help="the second run scores a seeded sample of this many pool examples (0: the whole pool); "
                         "its warmup draws as many examples as the first run's, from that sample")
@@ -533,16 +538,79 @@ def stability_pool(args, out: Path, paths: dict[str, str]) -> tuple[str, float]:
     percentage that draws from it as many examples as the first run's warmup drew."""
     if not args.stability_pool:
         return paths["pool"], args.warmup_percentage
+    path, n, n_pool = pool_sample(args, out, paths, "stability_pool", args.stability_pool, 1000)
+    drawn = int(n_pool * args.warmup_percentage)  # the warmup's own rule (draw_warmup)
+    return str(path), min(1.0, (drawn + 0.5) / n)  # + 0.5: int(n * p) lands on `drawn` despite float rounding
+
+
+def pool_sample(args, out: Path, paths: dict[str, str], name: str, n: int, salt: int) -> tuple[Path, int, int]:
+    """A seeded sample of n records of the pool file, in pool order (written once; its path, size
+    and the pool's size)."""
     lines = Path(paths["pool"]).read_text(encoding="utf-8").splitlines()
-    n = min(args.stability_pool, len(lines))
-    path = out / "data" / f"stability_pool_{n}.jsonl"
+    n = min(n, len(lines))
+    path = out / "data" / f"{name}_{n}.jsonl"
     if not path.exists():
-        pick = sorted(random.Random(args.data_seed + 1000).sample(range(len(lines)), n))
+        pick = sorted(random.Random(args.data_seed + salt).sample(range(len(lines)), n))
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(lines[i] + "\n" for i in pick), encoding="utf-8")
         tmp.replace(path)
-    drawn = int(len(lines) * args.warmup_percentage)  # the warmup's own rule (draw_warmup)
-    return str(path), min(1.0, (drawn + 0.5) / n)  # + 0.5: int(n * p) lands on `drawn` despite float rounding
+    return path, n, len(lines)
+
+
+def projection_check(args, out: Path, paths: dict[str, str], model_dir: Path, timings: Timings,
+                     epochs: list[int] | None = None) -> None:
+    """LESS's scores of a seeded pool sample from the unprojected gradients (identity projection:
+    P coordinates) with the same checkpoints, targets and formulas: is d=--dim enough? The
+    product's own extract and score stages, as the pipeline configures them, but for the projection.
+    `epochs`: extract only these checkpoints (and score nothing): an early look."""
+    from less_ray.extract.job import run_extract
+    from less_ray.pipeline import extract_config, score_config
+    from less_ray.scoring.job import run_score
+    from less_ray.train.checkpoint import read_warmup_manifest
+    sample, _, _ = pool_sample(args, out, paths, "check_pool", args.check_pool, 2000)
+    cfg = pipeline_config(args, out, paths, model_dir, "less", args.warmup_seed, TARGETS, False, pool=str(sample))
+    cfg = dataclasses.replace(cfg, extract=dataclasses.replace(cfg.extract, projection="identity"))
+    root = out / "projection_check"
+    pool_stores, target_stores = [], {t: [] for t in TARGETS}
+    for c in read_warmup_manifest(out / "less" / "warmup")["checkpoints"]:
+        if epochs is not None and c["epoch"] not in epochs:
+            continue
+        for name, data, kind in [("pool", str(sample), "adam")] + [(t, paths[f"targets_{t}"], "sgd") for t in TARGETS]:
+            folder = root / "datastore" / f"epoch_{c['epoch']}" / name
+            done = sorted(folder.glob("dim*/manifest.json"))  # identity: one store, dim = P
+            if not done:
+                ecfg = extract_config(cfg, c["path"], data, folder, kind)
+                timings.piece(f"projection_check/extract/epoch_{c['epoch']}/{name}", folder / "none",
+                              lambda ecfg=ecfg: run_extract(ecfg))
+                done = sorted(folder.glob("dim*/manifest.json"))
+            (pool_stores if name == "pool" else target_stores[name]).append(str(done[0].parent))
+    if epochs is not None:
+        return
+    scfg = score_config(cfg, pool_stores, target_stores, root / "scores")
+    timings.piece("projection_check/score", root / "scores" / "score_summary.json", lambda: run_score(scfg))
+
+
+def projection_table(args, out: Path) -> dict:
+    """Per target: the projected run's LESS scores of the sample against the unprojected ones."""
+    import numpy as np
+    from scipy.stats import pearsonr, spearmanr
+    res = {}
+    for t in TARGETS:
+        exact, run = out / "projection_check" / "scores", out / "less" / "scores"
+        if not (exact / t / "scores.parquet").exists() or not (run / t / "scores.parquet").exists():
+            continue
+        ie, _, se = read_scores(exact, t)
+        ir, _, sr = read_scores(run, t)
+        m = dict(zip(ir, sr))
+        x, y = np.array(se, dtype=np.float64), np.array([m[i] for i in ie], dtype=np.float64)
+        k = max(1, int(args.top_p * len(ie)))
+        top = lambda v: set(np.lexsort((np.array(ie), -v))[:k].tolist())  # noqa: E731 (score desc, id asc)
+        a, b = top(x), top(y)
+        res[t] = {"n": len(ie), "k": k, "spearman": float(spearmanr(x, y).statistic),
+                  "pearson": float(pearsonr(x, y).statistic), "shared_top": len(a & b),
+                  "jaccard_top": len(a & b) / len(a | b), "exact_score_sd": float(x.std()),
+                  "rmse": float(np.sqrt(np.mean((x - y) ** 2)))}
+    return res
 
 
 def warmup_loss_curve(args, out: Path, model_dir: Path, timings: Timings) -> None:
@@ -636,7 +704,11 @@ def summarize(args, out: Path, paths: dict[str, str], losses: dict, gens: dict, 
         if f.exists():
             sel[f"random_seed{s}"] = shares(f)
     sel["pool"] = shares(paths["pool"])
-    stages = json.loads((out / "less" / "stages.json").read_text()) if (out / "less" / "stages.json").exists() else {}
+    stages = {}
+    for run in ("less", "less_stability"):  # the stability run's stages under its folder's name
+        f = out / run / "stages.json"
+        if f.exists():
+            stages.update({(k if run == "less" else f"{run}/{k}"): v for k, v in json.loads(f.read_text()).items()})
     trained = {}
     for d in sorted((out / "models").glob("*/state.json")):
         s = json.loads(d.read_text())
@@ -649,6 +721,7 @@ def summarize(args, out: Path, paths: dict[str, str], losses: dict, gens: dict, 
             "warmup": warmup_curve(out / "less"),
             "planted": planted_table(args, out) if "planted" in args.phases else None,
             "stability": stability(args, out) if (out / "less_stability" / "scores").exists() else None,
+            "projection": projection_table(args, out),
             "gen": {m: {t: g["tasks"][t]["score"] for t in g["tasks"]} for m, g in gens.items()},
             "gen_n": {t: g["tasks"][t]["n"] for g in list(gens.values())[:1] for t in g["tasks"]},
             "timings_s": {"pieces": timings.data,
@@ -699,6 +772,14 @@ def result_tables(s: dict) -> list[dict]:
                   "rows": [[n, r.get("n", "—"), f"{r['shared_top']} / {r['k']}", f"{r['jaccard_top']:.3f}",
                             f"{r['spearman']:.3f}"] for n, r in st.items() if isinstance(r, dict)],
                   "note": st.get("note", "")})
+    if s.get("projection"):
+        T.append({"caption": f"Projection check: the run's LESS scores ({s['args']['projection']} d={s['args']['dim']}) "
+                             "against the unprojected gradients' (identity), on a seeded pool sample",
+                  "columns": ["target", "examples", "Spearman", "Pearson", "shared of top k", "Jaccard",
+                              "RMSE / sd of exact scores"],
+                  "rows": [[t, r["n"], f"{r['spearman']:.3f}", f"{r['pearson']:.3f}", f"{r['shared_top']} / {r['k']}",
+                            f"{r['jaccard_top']:.3f}", f"{r['rmse'] / r['exact_score_sd']:.3f}"]
+                           for t, r in s["projection"].items()]})
     w = s.get("warmup") or {}
     if w.get("train_loss_per_epoch"):
         rows = []
@@ -857,6 +938,8 @@ def main(argv=None) -> int:
         t0 = time.time()
         run_pipeline(cfg)
         timings.data.setdefault("stability_pipeline_last_call", round(time.time() - t0, 1))
+    if "projection" in args.phases:
+        projection_check(args, out, paths, model_dir, timings)
     write_results(args, out, paths, losses, gens, timings, facts, tok, est)
     print((out / "results.md").read_text())
     return 0
