@@ -72,12 +72,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="the run folder of experiments/real_data.py")
     ap.add_argument("--epochs", type=int, nargs="+", default=None, help="checkpoints (default: every one checked)")
-    ap.add_argument("--run-dim", type=int, default=2048)
+    ap.add_argument("--run", default="sjlt-s1:65536", help="KIND:DIM of the run's datastore (its dim<DIM> stores)")
     ap.add_argument("--top-p", type=float, default=0.05)
     ap.add_argument("--also", nargs="+", default=["sjlt-s1:2048", "sjlt-s1:8192", "sjlt-s1:32768", "sjlt-s4:8192",
                                                     "rademacher:8192"],
                     help="KIND:DIM projections of the exact features to compare too")
     args = ap.parse_args(argv)
+    _, run_dim = _kd(args.run)
     out = Path(args.out)
     check = out / "projection_check" / "datastore"
     epochs = args.epochs or sorted(int(p.name.split("_")[1]) for p in check.glob("epoch_*"))
@@ -89,14 +90,14 @@ def main(argv=None) -> int:
     for e in epochs:
         w = 1.0 if weights is None else weights[e - 1]
         ex_pool = read(check / f"epoch_{e}" / "pool")
-        run_pool_all = read_store(out / "less" / "datastore" / f"epoch_{e}" / "pool" / f"dim{args.run_dim}")
+        run_pool_all = read_store(out / "less" / "datastore" / f"epoch_{e}" / "pool" / f"dim{run_dim}")
         pos = {i: n for n, i in enumerate(run_pool_all["id"].tolist())}
         run_pool = run_pool_all["features"][np.array([pos[i] for i in ex_pool["id"].tolist()])]
         ids = ex_pool["id"]
         ex_t, run_t = {}, {}
         for t in TARGETS:
             ex_t[t] = read(check / f"epoch_{e}" / t, subtasks=True)
-            run_t[t] = read_store(out / "less" / "datastore" / f"epoch_{e}" / t / f"dim{args.run_dim}",
+            run_t[t] = read_store(out / "less" / "datastore" / f"epoch_{e}" / t / f"dim{run_dim}",
                                   ("id", "features", "subtask"))
             if ex_t[t]["id"].tolist() != run_t[t]["id"].tolist():
                 raise ValueError(f"epoch {e} {t}: the check's target rows differ from the run's")
@@ -105,8 +106,8 @@ def main(argv=None) -> int:
         bounds = np.cumsum([0, len(ids)] + [len(ex_t[t]["id"]) for t in TARGETS])
         x_all = np.concatenate([ex_pool["features"]] + [ex_t[t]["features"] for t in TARGETS])
         t0 = time.time()
-        projected = {a: project(x_all, *_kd(a)) for a in [f"rademacher:{args.run_dim}", *args.also]}
-        again = projected[f"rademacher:{args.run_dim}"]
+        projected = {a: project(x_all, *_kd(a)) for a in dict.fromkeys([args.run, *args.also])}
+        again = projected[args.run]
         # the run's own projection, reproduced from the exact features: equal up to rounding
         res["consistency"][f"epoch_{e}"] = {
             "max_abs_diff_run_vs_reprojected_pool": float(np.abs(again[:len(ids)] - run_pool).max()),
@@ -119,8 +120,9 @@ def main(argv=None) -> int:
             sl = slice(bounds[i + 1], bounds[i + 2])
             acc = totals.setdefault(t, {})
             for name, s in [("exact", less_scores(ex_pool["features"], ex_t[t]["features"], sub)),
-                            (f"run (rademacher:{args.run_dim})", less_scores(run_pool, run_t[t]["features"], sub))] + [
-                    (a, less_scores(projected[a][:len(ids)], projected[a][sl], sub)) for a in args.also]:
+                            (f"run ({args.run})", less_scores(run_pool, run_t[t]["features"], sub))] + [
+                    (a, less_scores(projected[a][:len(ids)], projected[a][sl], sub)) for a in args.also
+                    if a != args.run]:
                 acc[name] = acc.get(name, 0) + w * s
     for t, acc in totals.items():
         ex = acc.pop("exact")

@@ -1,11 +1,11 @@
 """LESS vs random vs RDS vs full pool vs base on the real data in ../shared/data (issue #19).
 
     python experiments/real_data.py --out /work/runs/real19            # the CPU run (defaults)
-    python experiments/real_data.py --out OUT --phases core planted full gen stability
+    python experiments/real_data.py --out OUT --phases core planted         # only some phases
     python experiments/real_data.py --out OUT --render-docs              # docs section from OUT
     python experiments/real_data.py --out OUT --report                   # OUT/report.html with the tables
 
-Phases, in this order (the core comparison first; each later phase is optional):
+Phases, run in this order (default: all):
   core       data -> base eval -> LESS pipeline (warmup 4 epochs -> 4 checkpoints -> datastore ->
              score -> top 5%; RDS and k-center as the pipeline's `selectors`) -> random 5% (3 seeds,
              the product's `random` selector) -> train every selection from the base model
@@ -14,15 +14,16 @@ Phases, in this order (the core comparison first; each later phase is optional):
   planted    share of the planted task (code_alpaca, ~5% of the pool; disjoint code_alpaca targets)
              in each selector's top 1/5/10% and its AUC (LESS, RDS, k-center, random): no new
              model work, the planted targets ride along in the core pipeline
-  full       the full pool trained once (--full-epochs, default 1) and evaluated
-  gen        secondary metrics through `run_eval` (MMLU accuracy, BBH EM, TydiQA F1; small caps)
   projection LESS's scores of --check-pool pool examples from the unprojected gradients (identity
              projection; same checkpoints and targets) beside the run's projected ones: rank
-             correlation and top-5% overlap per target (is d=--dim enough?)
+             correlation and top-5% overlap per target (is d=--dim enough?); more projections of
+             the same exact features: experiments/projection_fidelity.py
+  full       the full pool trained once (--full-epochs, default 1) and evaluated
   stability  a second warmup seed (other warmup subset), LESS for one target: top-5% Jaccard and
              score rank correlation against the first run, beside the same for random seeds; on a
              seeded sample of --stability-pool examples (the first run's scores restricted to it)
              unless 0, as a second datastore of the whole pool costs as much as the first
+  gen        secondary metrics through `run_eval` (MMLU accuracy, BBH EM, TydiQA F1; small caps)
 
 Resumable: the LESS part is `run_pipeline` (its stage ledger skips finished stages; extraction
 resumes per shard); every other piece writes a done-marker last (the selection's score summary,
@@ -30,8 +31,9 @@ the training's state.json, an eval's JSON) and is skipped when that exists. Kill
 same command: it continues. Per-piece wall times accumulate in <out>/timings.json.
 
 Defaults are the reduced CPU version; on a GPU raise them to LESS's (e.g. --pool-size 80000
---lora-r 128 --lora-alpha 512 --lr 2e-5 --batch-size 128 --dim 8192 --max-seq-length 2048
---bbh-target-shots 2 --tydiqa-context-chars 2000 --workers 1 --gpu).
+--lora-r 128 --lora-alpha 512 --lr 2e-5 --batch-size 128 --max-seq-length 2048
+--bbh-target-shots 2 --tydiqa-context-chars 2000 --workers 1 --gpu; LESS's own projection is
+--projection rademacher --dim 8192).
 """
 from __future__ import annotations
 
@@ -57,7 +59,8 @@ log = logging.getLogger("real19")
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
-    p.add_argument("--phases", nargs="+", default=["core", "planted", "full"], choices=PHASES)
+    p.add_argument("--phases", nargs="+", default=["core", "planted", "projection", "full", "stability", "gen"],
+                   choices=PHASES)
     p.add_argument("--render-docs", action="store_true", help="print the docs/results.md section from OUT/results.json")
     p.add_argument("--report", action="store_true", help="write OUT/report.html: the LESS run's report page with "
                    "OUT/results.tables.json on it")
@@ -73,8 +76,11 @@ def parse_args(argv=None):
     p.add_argument("--chat-format", default="less", choices=["less", "tulu_stripped", "tulu", "template"])
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--lora-alpha", type=int, default=32)
-    p.add_argument("--dim", type=int, default=2048, help="projection dim")
-    p.add_argument("--projection", default="rademacher", choices=["rademacher", "sjlt", "identity"])
+    # sjlt d=65536: LESS's scores of checkpoint 1 at Spearman 0.98 with the unprojected ones (Rademacher
+    # d=2048: 0.55-0.69; LESS's d=8192: 0.73-0.90; docs/logs/real19/projection_epoch1.json)
+    p.add_argument("--dim", type=int, default=65536, help="projection dim")
+    p.add_argument("--projection", default="sjlt", choices=["rademacher", "sjlt", "identity"])
+    p.add_argument("--sjlt-s", type=int, default=1, help="sjlt: hashed nonzeros per gradient coordinate")
     p.add_argument("--top-p", type=float, default=0.05)
     p.add_argument("--warmup-percentage", type=float, default=0.05)
     p.add_argument("--warmup-epochs", type=int, default=4, help="= checkpoints")
@@ -87,7 +93,10 @@ def parse_args(argv=None):
     p.add_argument("--gpu", action="store_true", help="train/extract on GPUs (one per worker / actor)")
     p.add_argument("--train-epochs", type=int, default=2, help="epochs of every 5%% selection's training")
     p.add_argument("--full-epochs", type=int, default=1)
-    p.add_argument("--extract-batch", type=int, default=8)
+    p.add_argument("--extract-batch", type=int, default=4)
+    p.add_argument("--extract-memory-gb", type=float, default=6.0,
+                   help="memory each extract actor reserves from Ray (the stage's own estimate for sjlt d=65536 "
+                        "left room for one actor on this 24 GB machine, so one core idled)")
     p.add_argument("--shard-rows", type=int, default=250, help="extraction shard (unit of work and of resumption)")
     p.add_argument("--extract-actors", type=int, default=2)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="random-selection seeds")
@@ -116,6 +125,9 @@ def parse_args(argv=None):
     p.add_argument("--stability-warmup-seed", type=int, default=4)
     p.add_argument("--check-pool", type=int, default=300,
                    help="projection phase: pool examples scored from unprojected gradients as well")
+    p.add_argument("--check-epochs", type=int, nargs="+", default=None,
+                   help="projection phase: extract only these checkpoints, score nothing (an early look; "
+                        "then experiments/projection_fidelity.py --epochs ...)")
     p.add_argument("--stability-pool", type=int, default=1000,
                    help="the second run scores a seeded sample of this many pool examples (0: the whole pool); "
                         "its warmup draws as many examples as the first run's, from that sample")
@@ -370,8 +382,10 @@ def pipeline_config(args, out: Path, paths: dict[str, str], model_dir: Path, run
         max_seq_length=args.max_seq_length, stages=["warmup", "extract", "score", "select", "selectors"],
         warmup=WarmupSection(percentage=warmup_percentage or args.warmup_percentage, data_seed=warmup_seed,
                              **training_settings(args, args.warmup_epochs)),
-        extract=ExtractSection(dims=[args.dim], projection=args.projection, batch_size=args.extract_batch,
-                               shard_rows=args.shard_rows, max_actors=args.extract_actors,
+        extract=ExtractSection(dims=[args.dim], projection=args.projection, sjlt_s=args.sjlt_s,
+                               batch_size=args.extract_batch,
+                               shard_rows=args.shard_rows, min_actors=args.extract_actors,
+                               max_actors=args.extract_actors, actor_memory_gb=args.extract_memory_gb,
                                actor_num_gpus=1.0 if args.gpu else 0.0),
         score=ScoreSection(max_actors=1),
         select=SelectSection(top_p=args.top_p),
@@ -569,7 +583,9 @@ def projection_check(args, out: Path, paths: dict[str, str], model_dir: Path, ti
     from less_ray.train.checkpoint import read_warmup_manifest
     sample, _, _ = pool_sample(args, out, paths, "check_pool", args.check_pool, 2000)
     cfg = pipeline_config(args, out, paths, model_dir, "less", args.warmup_seed, TARGETS, False, pool=str(sample))
-    cfg = dataclasses.replace(cfg, extract=dataclasses.replace(cfg.extract, projection="identity"))
+    # unprojected features take ~9 GB per actor: the stage's own memory estimate places them
+    cfg = dataclasses.replace(cfg, extract=dataclasses.replace(cfg.extract, projection="identity", min_actors=1,
+                                                               actor_memory_gb=None))
     root = out / "projection_check"
     pool_stores, target_stores = [], {t: [] for t in TARGETS}
     for c in read_warmup_manifest(out / "less" / "warmup")["checkpoints"]:
@@ -920,26 +936,25 @@ def main(argv=None) -> int:
                 model = train(args, name, selections[name], out, model_dir, args.train_epochs, timings)
                 losses[name] = loss_eval(args, name, str(model), model_dir, paths, out, timings)
                 write_results(args, out, paths, losses, gens, timings, facts, tok, est)
+    if "projection" in args.phases:  # before the long ones: it says how far to trust the selection
+        projection_check(args, out, paths, model_dir, timings, args.check_epochs)
+        write_results(args, out, paths, losses, gens, timings, facts, tok, est)
     if "full" in args.phases:
         model = train(args, "full", Path(paths["pool"]), out, model_dir, args.full_epochs, timings)
         losses["full"] = loss_eval(args, "full", str(model), model_dir, paths, out, timings)
+        write_results(args, out, paths, losses, gens, timings, facts, tok, est)
+    if "stability" in args.phases:  # its stage times: less_stability/stages.json (in the summary)
+        from less_ray.pipeline import run_pipeline
+        t = args.stability_target
+        pool, pct = stability_pool(args, out, paths)
+        run_pipeline(pipeline_config(args, out, paths, model_dir, "less_stability", args.stability_warmup_seed, (t,),
+                                     False, pool=pool, warmup_percentage=pct))
         write_results(args, out, paths, losses, gens, timings, facts, tok, est)
     if "gen" in args.phases:
         for name in ["base"] + sorted(p.name for p in (out / "models").glob("*") if (p / "state.json").exists()):
             model = str(model_dir) if name == "base" else str(out / "models" / name / "model")
             gens[name] = gen_eval(args, name, model, model_dir, out, root, timings)
             write_results(args, out, paths, losses, gens, timings, facts, tok, est)
-    if "stability" in args.phases:
-        from less_ray.pipeline import run_pipeline
-        t = args.stability_target
-        pool, pct = stability_pool(args, out, paths)
-        cfg = pipeline_config(args, out, paths, model_dir, "less_stability", args.stability_warmup_seed, (t,), False,
-                              pool=pool, warmup_percentage=pct)
-        t0 = time.time()
-        run_pipeline(cfg)
-        timings.data.setdefault("stability_pipeline_last_call", round(time.time() - t0, 1))
-    if "projection" in args.phases:
-        projection_check(args, out, paths, model_dir, timings)
     write_results(args, out, paths, losses, gens, timings, facts, tok, est)
     print((out / "results.md").read_text())
     return 0

@@ -67,7 +67,7 @@ def test_fidelity_on_synthetic_stores(pf, tmp_path, capsys):
             exact_scores[t] = exact_scores.get(t, 0) + weights[e - 1] * ex
     (out / "less" / "scores").mkdir(parents=True)
     (out / "less" / "scores" / "score_summary.json").write_text(json.dumps({"weights": weights}))
-    assert pf.main(["--out", str(out), "--run-dim", str(d), "--also", "sjlt-s1:64", "sjlt-s1:4096"]) == 0
+    assert pf.main(["--out", str(out), "--run", f"rademacher:{d}", "--also", "sjlt-s1:64", "sjlt-s1:4096"]) == 0
     res = json.loads(capsys.readouterr().out)
     for e in ("epoch_1", "epoch_2"):
         c = res["consistency"][e]
