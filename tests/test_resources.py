@@ -86,3 +86,40 @@ def test_actor_killed_for_memory_ends_the_run_with_the_setting_to_change(oom_ray
     msg = str(e.value)
     assert "extract: an actor was killed for memory" in msg and "GiB to Ray" in msg
     assert "extract.batch_tokens" in msg and "extract.actor_memory_gb" in msg and "actor_max_restarts" in msg
+
+
+def test_fewer_actors_than_asked_is_said_with_the_numbers():
+    """Measured on this 2-core machine (issue #19's run): Ray's `memory` 16.1 GiB, the extract
+    estimate 8.2 GiB per actor, max_actors 2: Ray Data ran one actor, one core idled, no word."""
+    from less_ray.shards import actors_that_fit, placement_warning
+    node = {"CPU": 2.0, "memory": 16.1 * GiB}
+    assert actors_that_fit([node], int(8.2 * GiB), 1.0, 0.0) == 1
+    assert actors_that_fit([node], int(7.6 * GiB), 1.0, 0.0) == 2  # Ray Data placed both
+    assert actors_that_fit([node], None, 1.0, 0.0) == 2 and actors_that_fit([node], None, 0.5, 0.0) == 4
+    assert actors_that_fit([node, {"CPU": 8.0, "GPU": 1.0, "memory": 64 * GiB}], int(8 * GiB), 1.0, 1.0) == 1
+    assert actors_that_fit([node, node], int(8.2 * GiB), 1.0, 0.0) == 2
+    msg = placement_warning("extract", 2, 1, int(8.2 * GiB), [node], "extract.batch_size")
+    assert msg.startswith("extract: 2 actors asked for, only 1 fit at once")
+    assert "8.2 GiB" in msg and "16.1 GiB" in msg and "extract.batch_size" in msg and "actor_memory_gb" in msg
+    assert placement_warning("extract", 2, 2, int(7.6 * GiB), [node], "x") is None
+
+
+@pytest.mark.slow
+def test_a_stage_warns_when_memory_leaves_cores_idle(tiny_model_dir, tmp_path, caplog):
+    """A real extract whose actors reserve 60% of Ray's memory each: it still finishes, and says
+    that one of its two actors could not run."""
+    import logging
+
+    import ray
+
+    from less_ray.ray_runtime import ensure_ray
+    ensure_ray(None, 2)
+    mem = ray.cluster_resources()["memory"]
+    ckpt = make_lora_checkpoint(tiny_model_dir, tmp_path / "ckpt", r=4)
+    write_jsonl(generate_pool(8, seed=3), tmp_path / "pool.jsonl")
+    cfg = ExtractConfig(data=str(tmp_path / "pool.jsonl"), checkpoint=str(ckpt), out=str(tmp_path / "store"),
+                        base_model=str(tiny_model_dir), dims=[16], max_actors=2, shard_rows=4,
+                        actor_memory_gb=0.6 * mem / GiB)
+    with caplog.at_level(logging.WARNING, logger="less_ray"):
+        run_extract(cfg)
+    assert any("extract: 2 actors asked for, only 1 fit at once" in r.getMessage() for r in caplog.records)
