@@ -66,7 +66,10 @@ def shard_input(data: str, out: Path, shard_rows: int, sha256: str | None = None
 
 def actors_that_fit(nodes: list[dict[str, float]], memory_bytes: int | None, num_cpus: float,
                     num_gpus: float) -> int:
-    """How many actors of this size the nodes (their Ray resources: CPU, GPU, memory) hold at once."""
+    """How many actors of this size the nodes (their Ray resources: CPU, GPU, memory) hold at once
+    (an actor that reserves nothing: no bound)."""
+    if not (num_cpus or num_gpus or memory_bytes):
+        return 2 ** 31
     total = 0
     for r in nodes:
         fit = []
@@ -76,7 +79,7 @@ def actors_that_fit(nodes: list[dict[str, float]], memory_bytes: int | None, num
             fit.append(math.floor(r.get("GPU", 0) / num_gpus + 1e-9))
         if memory_bytes:
             fit.append(math.floor(RAY_DATA_MEMORY_SHARE * r.get("memory", 0) / memory_bytes))
-        total += min(fit) if fit else 0
+        total += min(fit)
     return total
 
 

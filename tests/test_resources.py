@@ -98,6 +98,7 @@ def test_fewer_actors_than_asked_is_said_with_the_numbers():
     assert actors_that_fit([node], None, 1.0, 0.0) == 2 and actors_that_fit([node], None, 0.5, 0.0) == 4
     assert actors_that_fit([node, {"CPU": 8.0, "GPU": 1.0, "memory": 64 * GiB}], int(8 * GiB), 1.0, 1.0) == 1
     assert actors_that_fit([node, node], int(8.2 * GiB), 1.0, 0.0) == 2
+    assert actors_that_fit([node], None, 0.0, 0.0) >= 2 ** 31  # reserves nothing: no bound
     msg = placement_warning("extract", 2, 1, int(8.2 * GiB), [node], "extract.batch_size")
     assert msg.startswith("extract: 2 actors asked for, only 1 fit at once")
     assert "8.2 GiB" in msg and "16.1 GiB" in msg and "extract.batch_size" in msg and "actor_memory_gb" in msg
