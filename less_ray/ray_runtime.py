@@ -104,11 +104,15 @@ class ActorPool:
     def pool_settings(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(ActorPool)}
 
+    def reserved_memory(self, memory_bytes: int | None) -> int | None:
+        """What each actor reserves from Ray: actor_memory_gb when set, else the stage's estimate."""
+        return int(self.actor_memory_gb * 2 ** 30) if self.actor_memory_gb else memory_bytes
+
     def map_batches_args(self, memory_bytes: int | None = None) -> dict[str, Any]:
         """The `Dataset.map_batches` arguments that place a callable class on this pool;
         `memory_bytes`: the stage's estimate, used when actor_memory_gb is not set."""
         import ray
-        memory = int(self.actor_memory_gb * 2 ** 30) if self.actor_memory_gb else memory_bytes
+        memory = self.reserved_memory(memory_bytes)
         return {"compute": ray.data.ActorPoolStrategy(min_size=self.min_actors, max_size=self.max_actors),
                 "num_cpus": self.actor_num_cpus, "num_gpus": self.actor_num_gpus,
                 **({"memory": memory} if memory else {}),

@@ -137,7 +137,7 @@ def map_shards(cfg: RayStage, actor_cls: type, ctor_kwargs: dict[str, Any], shar
     if not shards:
         return []
     cfg.join_ray()
-    memory = memory_bytes if not cfg.actor_memory_gb else int(cfg.actor_memory_gb * 2 ** 30)
+    memory = cfg.reserved_memory(memory_bytes)
     nodes = ray_nodes()
     warning = placement_warning(stage, min(cfg.max_actors, len(shards)),
                                 actors_that_fit(nodes, memory, cfg.actor_num_cpus, cfg.actor_num_gpus),
