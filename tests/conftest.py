@@ -49,6 +49,23 @@ def smollm2_dir(tmp_path_factory):
     return out
 
 
+@pytest.fixture
+def less_ray_log(caplog):
+    """caplog, seeing less_ray's records at INFO and above. That logger stops propagating once
+    console.configure() ran (any earlier CLI test does), so caplog's root handler alone would see
+    nothing then: attach its handler to the logger itself."""
+    import logging
+    logger = logging.getLogger("less_ray")
+    level = logger.level
+    logger.addHandler(caplog.handler)
+    logger.setLevel(min(level or logging.INFO, logging.INFO))
+    try:
+        yield caplog
+    finally:
+        logger.removeHandler(caplog.handler)
+        logger.setLevel(level)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _ray_per_module():
     """Stop whatever Ray a module started (stages call ensure_ray, which starts an embedded

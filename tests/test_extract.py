@@ -142,11 +142,9 @@ def ckpt_b(tiny_model_dir, tmp_path_factory):
 
 @pytest.mark.parametrize("change", ["seed", "checkpoint", "data", "max_seq_length"])
 def test_a_rerun_with_other_inputs_into_a_used_folder_equals_a_fresh_run(ray_local, ckpt, ckpt_b, records, tmp_path,
-                                                                       change, caplog, monkeypatch):
+                                                                       change, less_ray_log, monkeypatch):
     """Issue #16: shards were reused on input hash + shard_rows alone, and the manifest then
     claimed the new checkpoint / seed over the old features."""
-    import logging
-
     from less_ray.extract import job
     pool, path = records
     kw = dict(data=str(path), checkpoint=str(ckpt), kind="adam", dims=[32], seed=0, shard_rows=20, batch_size=8,
@@ -158,24 +156,20 @@ def test_a_rerun_with_other_inputs_into_a_used_folder_equals_a_fresh_run(ray_loc
     kw2 = {**kw, **other}
     fresh = run_extract(ExtractConfig(out=str(tmp_path / "fresh"), **kw2))[32]
     want = read_store(fresh, ("id", "features"))
-    logger = logging.getLogger("less_ray")  # it stops propagating once console.configure() ran
-    logger.addHandler(caplog.handler)
-    try:  # a rerun killed before it finishes must not leave the old features under any manifest
-        with monkeypatch.context() as m:
-            m.setattr(job, "ShardExtractor", _dying_extractor(tmp_path / "died", 0))
-            try:
-                run_extract(ExtractConfig(out=str(tmp_path / "used"), **kw2))
-            except Exception:
-                pass
-    finally:
-        logger.removeHandler(caplog.handler)
+    # a rerun killed before it finishes must not leave the old features under any manifest
+    with monkeypatch.context() as m:
+        m.setattr(job, "ShardExtractor", _dying_extractor(tmp_path / "died", 0))
+        try:
+            run_extract(ExtractConfig(out=str(tmp_path / "used"), **kw2))
+        except Exception:
+            pass
     assert (tmp_path / "died").exists()
     man = tmp_path / "used" / "dim32" / "manifest.json"
     if man.exists():  # Ray retried the shard on another actor and finished: then it is the new store
         np.testing.assert_array_equal(read_store(man.parent, ("features",))["features"], want["features"])
     key = {"seed": "seed 0 -> 5", "checkpoint": "checkpoint ", "max_seq_length": "max_seq_length 2048 -> 40",
            "data": "input_sha256 "}[change]
-    assert "was made from other inputs" in caplog.text and key in caplog.text, caplog.text
+    assert "was made from other inputs" in less_ray_log.text and key in less_ray_log.text, less_ray_log.text
     used = run_extract(ExtractConfig(out=str(tmp_path / "used"), **kw2))[32]
     got = read_store(used, ("id", "features"))
     assert list(got["id"]) == list(want["id"])

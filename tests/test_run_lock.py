@@ -50,24 +50,17 @@ def test_a_second_writer_fails_fast_naming_the_holder(tmp_path, holder):
     assert json.loads((tmp_path / "run" / HOLDER_FILE).read_text())["pid"] == p.pid
 
 
-def test_a_dead_holders_lock_is_recovered(tmp_path, holder, caplog):
+def test_a_dead_holders_lock_is_recovered(tmp_path, holder, less_ray_log):
     p = holder(tmp_path / "run", "extract")
     os.kill(p.pid, signal.SIGKILL)  # dies holding it: lock file and sidecar stay behind
     p.wait()
     assert (tmp_path / "run" / LOCK_FILE).exists() and (tmp_path / "run" / HOLDER_FILE).exists()
-    # less_ray's logger stops propagating once console.configure() ran (an earlier CLI test does),
-    # so caplog's root handler would see nothing: attach it to that logger directly.
-    logger = logging.getLogger("less_ray")
-    logger.addHandler(caplog.handler)
-    try:
-        with RunLock(tmp_path / "run", "pipeline"):
-            assert json.loads((tmp_path / "run" / HOLDER_FILE).read_text())["pid"] == os.getpid()
-            with RunLock(tmp_path / "run", "score"):  # re-entrant within one process
-                pass
-            assert (tmp_path / "run" / HOLDER_FILE).exists()
-    finally:
-        logger.removeHandler(caplog.handler)
-    assert f"recovered a stale lock of `extract` (pid {p.pid} on {socket.gethostname()}, dead" in caplog.text
+    with RunLock(tmp_path / "run", "pipeline"):
+        assert json.loads((tmp_path / "run" / HOLDER_FILE).read_text())["pid"] == os.getpid()
+        with RunLock(tmp_path / "run", "score"):  # re-entrant within one process
+            pass
+        assert (tmp_path / "run" / HOLDER_FILE).exists()
+    assert f"recovered a stale lock of `extract` (pid {p.pid} on {socket.gethostname()}, dead" in less_ray_log.text
     assert not (tmp_path / "run" / HOLDER_FILE).exists()
     run_lock.acquire(tmp_path / "run", "again")  # free again
     run_lock.release(tmp_path / "run")
