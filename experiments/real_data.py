@@ -930,8 +930,11 @@ def main(argv=None) -> int:
             selections[f"less_{t}"] = out / "less" / "scores" / t / f"top_p{args.top_p:g}.jsonl"
             selections[f"rds_{t}"] = out / "less" / "selectors" / "rds" / t / f"top_p{args.top_p:g}.jsonl"
         if "core" in args.phases:
-            # LESS first (the comparison's subject), then random, then RDS
-            order = [f"less_{t}" for t in TARGETS] + [f"random_seed{s}" for s in args.seeds] + [f"rds_{t}" for t in TARGETS]
+            # the comparison's subject first: one LESS model and one random seed, so that a run cut
+            # short still pairs them; then the other LESS models, the other seeds, RDS
+            less = [f"less_{t}" for t in TARGETS]
+            rand = [f"random_seed{s}" for s in args.seeds]
+            order = less[:1] + rand[:1] + less[1:] + rand[1:] + [f"rds_{t}" for t in TARGETS]
             for name in order:
                 model = train(args, name, selections[name], out, model_dir, args.train_epochs, timings)
                 losses[name] = loss_eval(args, name, str(model), model_dir, paths, out, timings)
