@@ -62,10 +62,11 @@ def agreement(exact: np.ndarray, approx: np.ndarray, ids: np.ndarray, top_p: flo
     k = max(1, int(top_p * len(ids)))
     top = lambda v: set(np.lexsort((ids, -v))[:k].tolist())  # noqa: E731 (score desc, id asc: select's order)
     a, b = top(exact), top(approx)
-    return {"spearman": round(float(spearmanr(exact, approx).statistic), 4),
+    return {"n": len(ids), "spearman": round(float(spearmanr(exact, approx).statistic), 4),
             "pearson": round(float(pearsonr(exact, approx).statistic), 4),
-            "shared_top": len(a & b), "k": k, "rmse_over_sd": round(float(np.sqrt(np.mean((exact - approx) ** 2))
-                                                                        / exact.std()), 4)}
+            "shared_top": len(a & b), "k": k, "jaccard_top": round(len(a & b) / len(a | b), 4),
+            "exact_score_sd": float(exact.std()),
+            "rmse_over_sd": round(float(np.sqrt(np.mean((exact - approx) ** 2)) / exact.std()), 4)}
 
 
 def main(argv=None) -> int:

@@ -607,9 +607,14 @@ def projection_check(args, out: Path, paths: dict[str, str], model_dir: Path, ti
 
 
 def projection_table(args, out: Path) -> dict:
-    """Per target: the projected run's LESS scores of the sample against the unprojected ones."""
+    """Per target: the projected run's LESS scores of the sample against the unprojected ones
+    (experiments/projection_fidelity.py's agreement: Spearman, Pearson, shared top k, RMSE / sd)."""
+    import importlib.util
+
     import numpy as np
-    from scipy.stats import pearsonr, spearmanr
+    spec = importlib.util.spec_from_file_location("projection_fidelity", Path(__file__).with_name("projection_fidelity.py"))
+    fidelity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fidelity)
     res = {}
     for t in TARGETS:
         exact, run = out / "projection_check" / "scores", out / "less" / "scores"
@@ -618,14 +623,8 @@ def projection_table(args, out: Path) -> dict:
         ie, _, se = read_scores(exact, t)
         ir, _, sr = read_scores(run, t)
         m = dict(zip(ir, sr))
-        x, y = np.array(se, dtype=np.float64), np.array([m[i] for i in ie], dtype=np.float64)
-        k = max(1, int(args.top_p * len(ie)))
-        top = lambda v: set(np.lexsort((np.array(ie), -v))[:k].tolist())  # noqa: E731 (score desc, id asc)
-        a, b = top(x), top(y)
-        res[t] = {"n": len(ie), "k": k, "spearman": float(spearmanr(x, y).statistic),
-                  "pearson": float(pearsonr(x, y).statistic), "shared_top": len(a & b),
-                  "jaccard_top": len(a & b) / len(a | b), "exact_score_sd": float(x.std()),
-                  "rmse": float(np.sqrt(np.mean((x - y) ** 2)))}
+        res[t] = fidelity.agreement(np.array(se, dtype=np.float64), np.array([m[i] for i in ie], dtype=np.float64),
+                                    np.array(ie), args.top_p)
     return res
 
 
@@ -794,7 +793,7 @@ def result_tables(s: dict) -> list[dict]:
                   "columns": ["target", "examples", "Spearman", "Pearson", "shared of top k", "Jaccard",
                               "RMSE / sd of exact scores"],
                   "rows": [[t, r["n"], f"{r['spearman']:.3f}", f"{r['pearson']:.3f}", f"{r['shared_top']} / {r['k']}",
-                            f"{r['jaccard_top']:.3f}", f"{r['rmse'] / r['exact_score_sd']:.3f}"]
+                            f"{r['jaccard_top']:.3f}", f"{r['rmse_over_sd']:.3f}"]
                            for t, r in s["projection"].items()]})
     w = s.get("warmup") or {}
     if w.get("train_loss_per_epoch"):

@@ -71,6 +71,10 @@ def test_summary_and_tables_of_a_fabricated_run(rd, tmp_path):
     sample = sorted(random.Random(5).sample(range(N), 120))
     second = [bbh_scores[i] + float(g.normal(0, 0.5)) for i in sample]
     _scored(out / "less_stability" / "scores" / "bbh", [pool[i] for i in sample], second, 6)
+    # the projection check: exact (unprojected) scores of a 100-example sample = the run's + noise
+    chk = sorted(random.Random(7).sample(range(N), 100))
+    exact_bbh = [bbh_scores[i] + float(g.normal(0, 0.3)) for i in chk]
+    _scored(out / "projection_check" / "scores" / "bbh", [pool[i] for i in chk], exact_bbh, 5)
     (out / "less" / "stages.json").write_text(json.dumps({"warmup": {"seconds": 10.0}, "score": {"seconds": 2.0}}))
     st = out / "models" / "less_bbh" / "state.json"
     st.parent.mkdir(parents=True)
@@ -146,8 +150,20 @@ def test_summary_and_tables_of_a_fabricated_run(rd, tmp_path):
     assert s["selection_shares"]["pool"]["code_alpaca"] == pytest.approx(planted.mean())
     assert sel is None or sel["code_alpaca"] == pytest.approx(planted[order[:10]].mean())
 
+    # projection table: over the 100 checked, against scipy and a direct top-5 count
+    from scipy.stats import spearmanr
+    pr = s["projection"]["bbh"]
+    run_chk = [np.float32(bbh_scores[i]) for i in chk]
+    ex32 = [np.float32(v) for v in exact_bbh]
+    assert (pr["n"], pr["k"]) == (100, 5) and set(s["projection"]) == {"bbh"}
+    assert pr["spearman"] == pytest.approx(spearmanr(ex32, run_chk).statistic, abs=1e-4)
+    top5 = lambda v: {pool[chk[j]]["id"] for j in sorted(range(100), key=lambda j: (-v[j], pool[chk[j]]["id"]))[:5]}  # noqa: E731
+    assert pr["shared_top"] == len(top5(ex32) & top5(run_chk))
+    ex, rn = np.array(ex32, dtype=np.float64), np.array(run_chk, dtype=np.float64)
+    assert pr["rmse_over_sd"] == pytest.approx(np.sqrt(np.mean((ex - rn) ** 2)) / ex.std(), abs=1e-4)
+
     md = rd.render_markdown(s)
-    for needle in ("Held-out answer-token loss", "Paired per-example", "Cross-target matrix", "Planted task",
+    for needle in ("Projection check", "Held-out answer-token loss", "Paired per-example", "Cross-target matrix", "Planted task",
                    "Stability", "Source composition", "Trainings", "Wall time"):
         assert needle in md, needle
     # what a run writes: results.json (-> the docs section), results.md, and the tables file the
