@@ -56,14 +56,12 @@ def less_ray_log(caplog):
     nothing then: attach its handler to the logger itself."""
     import logging
     logger = logging.getLogger("less_ray")
-    level = logger.level
+    caplog.set_level(logging.INFO, logger="less_ray")  # caplog restores the level afterwards
     logger.addHandler(caplog.handler)
-    logger.setLevel(min(level or logging.INFO, logging.INFO))
     try:
         yield caplog
     finally:
         logger.removeHandler(caplog.handler)
-        logger.setLevel(level)
 
 
 @pytest.fixture(scope="module", autouse=True)
