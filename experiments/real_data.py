@@ -24,6 +24,10 @@ Phases, run in this order (default: all):
              seeded sample of --stability-pool examples (the first run's scores restricted to it)
              unless 0, as a second datastore of the whole pool costs as much as the first
   gen        secondary metrics through `run_eval` (MMLU accuracy, BBH EM, TydiQA F1; small caps)
+  target_loss every model's answer-token loss on the target examples LESS scored against (for BBH,
+             the chain-of-thought exemplars: does a selection that follows them lower their loss,
+             where the held-out measure is the bare answer's?); held out from training, not from
+             selection (--target-loss-tasks)
 
 Resumable: the LESS part is `run_pipeline` (its stage ledger skips finished stages; extraction
 resumes per shard); every other piece writes a done-marker last (the selection's score summary,
@@ -52,14 +56,15 @@ from pathlib import Path
 
 TARGETS = ("bbh", "mmlu", "tydiqa")
 PLANTED = "code_alpaca"  # the planted real task (a source; never one of the three targets)
-PHASES = ("core", "planted", "full", "gen", "stability", "projection")
+PHASES = ("core", "planted", "full", "gen", "stability", "projection", "target_loss")
 log = logging.getLogger("real19")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
-    p.add_argument("--phases", nargs="+", default=["core", "planted", "projection", "full", "stability", "gen"],
+    p.add_argument("--phases", nargs="+", default=["core", "planted", "projection", "full", "stability", "gen",
+                                                   "target_loss"],
                    choices=PHASES)
     p.add_argument("--render-docs", action="store_true", help="print the docs/results.md section from OUT/results.json")
     p.add_argument("--report", action="store_true", help="write OUT/report.html: the LESS run's report page with "
@@ -123,6 +128,8 @@ def parse_args(argv=None):
     # stability phase
     p.add_argument("--stability-target", default="bbh", choices=TARGETS)
     p.add_argument("--stability-warmup-seed", type=int, default=4)
+    # target_loss phase
+    p.add_argument("--target-loss-tasks", nargs="+", default=["bbh", "tydiqa"], choices=TARGETS)
     p.add_argument("--check-pool", type=int, default=300,
                    help="projection phase: pool examples scored from unprojected gradients as well")
     p.add_argument("--check-epochs", type=int, nargs="+", default=None,
@@ -416,10 +423,11 @@ def train(args, name: str, data: Path, out: Path, model_dir: Path, epochs: int, 
 
 
 def loss_eval(args, name: str, model: str, model_dir: Path, paths: dict[str, str], out: Path,
-              timings: Timings) -> dict:
-    """Per held-out example answer-token loss of `model` on every target (the product's
-    `answer_loss`, called per example so that each example's loss is kept)."""
-    path = out / "evals" / f"{name}.loss.json"
+              timings: Timings, split: str = "heldout", tasks=TARGETS) -> dict:
+    """Per example answer-token loss of `model` on every target's `split` examples (held-out:
+    <name>.loss.json; targets: <name>.target_loss.json); the product's `answer_loss`, called per
+    example so that each example's loss is kept."""
+    path = out / "evals" / (f"{name}.loss.json" if split == "heldout" else f"{name}.{split[:-1]}_loss.json")
 
     def go():
         import torch
@@ -431,15 +439,15 @@ def loss_eval(args, name: str, model: str, model_dir: Path, paths: dict[str, str
         cfg = EvalConfig(model=model, base_model=str(model_dir), chat_format=args.chat_format,
                          max_prompt_tokens=args.eval_max_tokens, batch_size=1)
         res = {"model": model, "tasks": {}}
-        for t in TARGETS:
+        for t in tasks:
             per, skipped = {}, []
-            for r in read_records(paths[f"heldout_{t}"]).records:
+            for r in read_records(paths[f"{split}_{t}"]).records:
                 try:
                     per[r.id] = answer_loss([r], m, tok, cfg)["mean"]
                 except ValueError:  # no answer token within eval_max_tokens
                     skipped.append(r.id)
             sub = {}
-            for r in read_records(paths[f"heldout_{t}"]).records:
+            for r in read_records(paths[f"{split}_{t}"]).records:
                 if r.id in per:
                     sub.setdefault(r.subtask, []).append(per[r.id])
             res["tasks"][t] = {"metric": "answer_loss", "mean": statistics.fmean(per.values()), "n": len(per),
@@ -448,7 +456,7 @@ def loss_eval(args, name: str, model: str, model_dir: Path, paths: dict[str, str
         write_json(path, res)
         log.info("loss %s: %s", name, {t: round(v["mean"], 4) for t, v in res["tasks"].items()})
 
-    timings.piece(f"eval/{name}", path, go)
+    timings.piece(f"eval/{name}" if split == "heldout" else f"eval_{split}/{name}", path, go)
     return json.loads(path.read_text())
 
 
@@ -737,10 +745,31 @@ def summarize(args, out: Path, paths: dict[str, str], losses: dict, gens: dict, 
             "planted": planted_table(args, out) if "planted" in args.phases else None,
             "stability": stability(args, out) if (out / "less_stability" / "scores").exists() else None,
             "projection": projection_table(args, out),
+            "target_loss": target_loss_table(args, out),
             "gen": {m: {t: g["tasks"][t]["score"] for t in g["tasks"]} for m, g in gens.items()},
             "gen_n": {t: g["tasks"][t]["n"] for g in list(gens.values())[:1] for t in g["tasks"]},
             "timings_s": {"pieces": timings.data,
                           "pipeline_stages": {k: v.get("seconds") for k, v in stages.items()}}}
+
+
+def target_loss_table(args, out: Path) -> dict | None:
+    """From the target_loss phase's files: each model's mean loss on each target set's own
+    examples, and LESS's (and RDS's) paired differences against every random seed."""
+    found = {p.name.removesuffix(".target_loss.json"): json.loads(p.read_text())
+             for p in sorted((out / "evals").glob("*.target_loss.json"))}
+    if not found:
+        return None
+    tasks = [t for t in TARGETS if any(t in r["tasks"] for r in found.values())]
+    mean = {m: {t: r["tasks"][t]["mean"] for t in tasks if t in r["tasks"]} for m, r in found.items()}
+    n = {t: next(r["tasks"][t]["n"] for r in found.values() if t in r["tasks"]) for t in tasks}
+    pairs = {}
+    for t in tasks:
+        pe = {m: r["tasks"][t]["per_example"] for m, r in found.items() if t in r["tasks"]}
+        for a in (f"less_{t}", f"rds_{t}"):
+            for b in [f"random_seed{s}" for s in args.seeds] + ["base"]:
+                if a in pe and b in pe:
+                    pairs.setdefault(t, {})[f"{a} - {b}"] = paired(pe[a], pe[b], args.bootstrap)
+    return {"tasks": tasks, "n": n, "mean": mean, "paired": pairs}
 
 
 def settings_line(s: dict) -> str:
@@ -770,6 +799,16 @@ def result_tables(s: dict) -> list[dict]:
                         f"{100 * v['frac_lower']:.0f}%"] for t, pt in s["paired"].items() for k, v in pt.items()]})
     T.append({"caption": "Cross-target matrix (held-out loss; rows: model, columns: target)",
               "columns": ["model", *TARGETS], "rows": [[m, *(f"{r[t]:.4f}" for t in TARGETS)] for m, r in s["matrix"].items()]})
+    if s.get("target_loss"):
+        tl = s["target_loss"]
+        T.append({"caption": "Loss on the targets LESS scored against (answer tokens; BBH: the chain-of-thought "
+                             "exemplars; held out from training, not from selection; n " + json.dumps(tl["n"]) + ")",
+                  "columns": ["model", *tl["tasks"]],
+                  "rows": [[m, *(f"{r[t]:.4f}" if t in r else "—" for t in tl["tasks"])] for m, r in tl["mean"].items()]})
+        T.append({"caption": "Paired differences on the targets LESS scored against (< 0: the first is better)",
+                  "columns": ["target", "comparison", "n", "mean diff", "95% CI", "share of examples lower"],
+                  "rows": [[t, k, v["n"], f"{v['mean_diff']:+.4f}", f"[{v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}]",
+                            f"{100 * v['frac_lower']:.0f}%"] for t, pt in tl["paired"].items() for k, v in pt.items()]})
     if s.get("gen"):
         T.append({"caption": "Secondary metrics (generation / multiple choice, small caps: n per task "
                              + json.dumps(s.get("gen_n")) + ")", "columns": ["model", *TARGETS],
@@ -952,6 +991,11 @@ def main(argv=None) -> int:
         run_pipeline(pipeline_config(args, out, paths, model_dir, "less_stability", args.stability_warmup_seed, (t,),
                                      False, pool=pool, warmup_percentage=pct))
         write_results(args, out, paths, losses, gens, timings, facts, tok, est)
+    if "target_loss" in args.phases:
+        for name in ["base"] + sorted(p.name for p in (out / "models").glob("*") if (p / "state.json").exists()):
+            model = str(model_dir) if name == "base" else str(out / "models" / name / "model")
+            loss_eval(args, name, model, model_dir, paths, out, timings, "targets", args.target_loss_tasks)
+            write_results(args, out, paths, losses, gens, timings, facts, tok, est)
     if "gen" in args.phases:
         for name in ["base"] + sorted(p.name for p in (out / "models").glob("*") if (p / "state.json").exists()):
             model = str(model_dir) if name == "base" else str(out / "models" / name / "model")

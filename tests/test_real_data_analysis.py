@@ -103,9 +103,26 @@ def test_summary_and_tables_of_a_fabricated_run(rd, tmp_path):
     timings.data = {"train/less_bbh": 12.0}
     paths = {"pool": str(out / "data" / "pool.jsonl")}
 
+    # the target_loss phase's files: BBH only; less_bbh 0.2 below each random seed on every target
+    (out / "evals").mkdir()
+    tids = [f"bbh/t:{i}" for i in range(12)]
+    tl = {}
+    for m, shift in [("base", 0.0), ("less_bbh", -0.4)] + [(f"random_seed{x}", -0.2) for x in args.seeds]:
+        tl[m] = {i: 1.5 + 0.05 * j + shift + float(g.normal(0, 0.01)) for j, i in enumerate(tids)}
+        (out / "evals" / f"{m}.target_loss.json").write_text(json.dumps({"model": m, "tasks": {"bbh": {
+            "metric": "answer_loss", "mean": float(np.mean(list(tl[m].values()))), "n": 12, "skipped": [],
+            "per_example": tl[m], "per_subtask": {}}}}))
+
     s = rd.summarize(args, out, paths, losses, {}, timings, facts, {}, {"x": 1})
 
     assert s["k"] == 10
+    tls = s["target_loss"]
+    assert tls["tasks"] == ["bbh"] and tls["n"] == {"bbh": 12}
+    assert tls["mean"]["less_bbh"]["bbh"] == pytest.approx(np.mean(list(tl["less_bbh"].values())))
+    assert set(tls["paired"]["bbh"]) == {f"less_bbh - random_seed{x}" for x in args.seeds} | {"less_bbh - base"}
+    d = [tl["less_bbh"][i] - tl["random_seed1"][i] for i in tids]
+    p1 = tls["paired"]["bbh"]["less_bbh - random_seed1"]
+    assert p1["mean_diff"] == pytest.approx(np.mean(d)) and p1["ci95"][1] < 0 and p1["frac_lower"] == 1.0
     for t in rd.TARGETS:
         row = s["loss_table"][t]
         assert row["less"] == pytest.approx(losses[f"less_{t}"]["tasks"][t]["mean"])
@@ -163,7 +180,7 @@ def test_summary_and_tables_of_a_fabricated_run(rd, tmp_path):
     assert pr["rmse_over_sd"] == pytest.approx(np.sqrt(np.mean((ex - rn) ** 2)) / ex.std(), abs=1e-4)
 
     md = rd.render_markdown(s)
-    for needle in ("Projection check", "Held-out answer-token loss", "Paired per-example", "Cross-target matrix", "Planted task",
+    for needle in ("Projection check", "Held-out answer-token loss", "Loss on the targets LESS scored against", "Paired per-example", "Cross-target matrix", "Planted task",
                    "Stability", "Source composition", "Trainings", "Wall time"):
         assert needle in md, needle
     # what a run writes: results.json (-> the docs section), results.md, and the tables file the
