@@ -28,6 +28,10 @@ Phases, run in this order (default: all):
              the chain-of-thought exemplars: does a selection that follows them lower their loss,
              where the held-out measure is the bare answer's?); held out from training, not from
              selection (--target-loss-tasks)
+  cot_folds  the same question held out: BBH's 3 chain-of-thought exemplars per task split by shot;
+             for each shot, LESS's selection from the other two (the product's core influence on the
+             run's stored features; with all three it must reproduce the run's scores), trained like
+             the others, then the loss on the held-out shot: LESS cross-fitted vs every random seed
 
 Resumable: the LESS part is `run_pipeline` (its stage ledger skips finished stages; extraction
 resumes per shard); every other piece writes a done-marker last (the selection's score summary,
@@ -56,7 +60,7 @@ from pathlib import Path
 
 TARGETS = ("bbh", "mmlu", "tydiqa")
 PLANTED = "code_alpaca"  # the planted real task (a source; never one of the three targets)
-PHASES = ("core", "planted", "full", "gen", "stability", "projection", "target_loss")
+PHASES = ("core", "planted", "full", "gen", "stability", "projection", "target_loss", "cot_folds")
 log = logging.getLogger("real19")
 
 
@@ -64,7 +68,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
     p.add_argument("--phases", nargs="+", default=["core", "planted", "projection", "full", "stability", "gen",
-                                                   "target_loss"],
+                                                   "target_loss", "cot_folds"],
                    choices=PHASES)
     p.add_argument("--render-docs", action="store_true", help="print the docs/results.md section from OUT/results.json")
     p.add_argument("--report", action="store_true", help="write OUT/report.html: the LESS run's report page with "
@@ -411,10 +415,12 @@ def run_random(args, out: Path, paths: dict[str, str], seed: int, timings: Timin
     return d / "all" / f"top_p{args.top_p:g}.jsonl"
 
 
-def train(args, name: str, data: Path, out: Path, model_dir: Path, epochs: int, timings: Timings) -> Path:
+def train(args, name: str, data: Path, out: Path, model_dir: Path, epochs: int, timings: Timings,
+          models: Path | None = None) -> Path:
+    """`data` trained from the base model into `models` (default <out>/models)/<name>."""
     from less_ray.train.config import TrainConfig
     from less_ray.train.runner import run_train
-    d = out / "models" / name
+    d = (models or out / "models") / name
     cfg = TrainConfig(data=str(data), out=str(d), base_model=str(model_dir), seed=0, chat_format=args.chat_format,
                       max_seq_length=args.max_seq_length, ray=ray_settings(args, out),
                       **training_settings(args, epochs))
@@ -423,11 +429,11 @@ def train(args, name: str, data: Path, out: Path, model_dir: Path, epochs: int, 
 
 
 def loss_eval(args, name: str, model: str, model_dir: Path, paths: dict[str, str], out: Path,
-              timings: Timings, split: str = "heldout", tasks=TARGETS) -> dict:
+              timings: Timings, split: str = "heldout", tasks=TARGETS, path: Path | None = None) -> dict:
     """Per example answer-token loss of `model` on every target's `split` examples (held-out:
-    <name>.loss.json; targets: <name>.target_loss.json); the product's `answer_loss`, called per
-    example so that each example's loss is kept."""
-    path = out / "evals" / (f"{name}.loss.json" if split == "heldout" else f"{name}.{split[:-1]}_loss.json")
+    <name>.loss.json; targets: <name>.target_loss.json; or `path`); the product's `answer_loss`,
+    called per example so that each example's loss is kept."""
+    path = path or out / "evals" / (f"{name}.loss.json" if split == "heldout" else f"{name}.{split[:-1]}_loss.json")
 
     def go():
         import torch
@@ -746,10 +752,113 @@ def summarize(args, out: Path, paths: dict[str, str], losses: dict, gens: dict, 
             "stability": stability(args, out) if (out / "less_stability" / "scores").exists() else None,
             "projection": projection_table(args, out),
             "target_loss": target_loss_table(args, out),
+            "cot_folds": cot_fold_table(args, out),
             "gen": {m: {t: g["tasks"][t]["score"] for t in g["tasks"]} for m, g in gens.items()},
             "gen_n": {t: g["tasks"][t]["n"] for g in list(gens.values())[:1] for t in g["tasks"]},
             "timings_s": {"pieces": timings.data,
                           "pipeline_stages": {k: v.get("seconds") for k, v in stages.items()}}}
+
+
+def shot_of(target_id: str) -> int:
+    """LESS's BBH exemplar ids are "bbh/<task>:<shot>" (shot 0-2)."""
+    return int(target_id.rsplit(":", 1)[1])
+
+
+def cot_fold_scores(args, out: Path, folds: list[int]) -> tuple:
+    """(pool ids, {fold: LESS BBH score per pool example from the targets of the other shots,
+    "all": from every target}), through the product's core influence on the run's stored features,
+    weighted by the checkpoints' avg_lr as the score stage does."""
+    import numpy as np
+
+    from less_ray.core.influence import TaskQuery, normalize_weights, partial_subtask_scores, reduce_max, stack_queries
+    from less_ray.store import iter_blocks, read_manifest, read_store
+    epochs = sorted((out / "less" / "datastore").glob("epoch_*"), key=lambda p: int(p.name.split("_")[1]))
+    pools = [next((e / "pool").glob(f"dim{args.dim}/manifest.json")).parent for e in epochs]
+    targets = [next((e / "bbh").glob(f"dim{args.dim}/manifest.json")).parent for e in epochs]
+    w = normalize_weights([read_manifest(p).avg_lr for p in pools])
+    tdata = [read_store(t, ("id", "features", "subtask")) for t in targets]
+    if any(list(d["id"]) != list(tdata[0]["id"]) for d in tdata):
+        raise RuntimeError("cot_folds: the checkpoints' BBH target stores hold different examples")
+    shots = np.array([shot_of(i) for i in tdata[0]["id"]])
+    keep = {"all": np.ones(len(shots), bool), **{f: shots != f for f in folds}}
+    queries = [TaskQuery.build(str(k), [d["features"][m] for d in tdata], list(tdata[0]["subtask"][m]), w)
+               for k, m in keep.items()]
+    stacked, slices = stack_queries(queries)
+    ids, total = None, None
+    for c, pool in enumerate(pools):
+        blocks = list(iter_blocks(pool, ("id", "features")))
+        cid = np.concatenate([b["id"] for b in blocks])
+        part = np.concatenate([partial_subtask_scores(b["features"], stacked[c]) for b in blocks]).astype(np.float64)
+        if ids is None:
+            ids, total = cid, part
+        elif list(cid) != list(ids):
+            raise RuntimeError(f"cot_folds: pool store {pool} holds other examples, or in another order")
+        else:
+            total += part
+    return ids, {k: reduce_max(total, sl)[0] for k, sl in zip(keep, slices)}
+
+
+def cot_folds(args, out: Path, paths: dict[str, str], model_dir: Path, timings: Timings) -> None:
+    """The cot_folds phase (see the module docstring): selections, trainings, held-out-shot losses."""
+    from less_ray.core.influence import TopK
+    from less_ray.data.io import read_records, write_jsonl
+    root = out / "cot_folds"
+    folds = [0, 1, 2]
+    k = int(math.floor(args.top_p * sum(1 for _ in open(paths["pool"], encoding="utf-8")) + 1e-9))
+    sels = {f: root / f"fold{f}" / f"top_p{args.top_p:g}.jsonl" for f in folds}
+    if not all(p.exists() for p in sels.values()):
+        ids, scores = cot_fold_scores(args, out, folds)
+        run_ids, _, run_scores = read_scores(out / "less" / "scores", "bbh")
+        mine = dict(zip(ids, scores["all"]))
+        gap = max(abs(mine[i] - s) for i, s in zip(run_ids, run_scores))
+        if set(mine) != set(run_ids) or gap > 1e-5:
+            raise RuntimeError(f"cot_folds: every target's scores differ from the run's (max |diff| {gap:.2e})")
+        log.info("cot_folds: every target's scores reproduce the run's (max |diff| %.1e)", gap)
+        records = {r.id: r for r in read_records(paths["pool"]).records}
+        for key in ["all", *folds]:
+            top = TopK(k)
+            top.push(scores[key], ids)
+            chosen = list(top.result()[1])
+            if key == "all":
+                run_sel = [r.id for r in read_records(out / "less" / "scores" / "bbh" / f"top_p{args.top_p:g}.jsonl").records]
+                if chosen != run_sel:
+                    raise RuntimeError("cot_folds: every target's top k is not the run's selection")
+                continue
+            sels[key].parent.mkdir(parents=True, exist_ok=True)
+            write_jsonl([records[i] for i in chosen], sels[key])
+    for f in folds:
+        name = f"less_bbh_fold{f}"
+        model = train(args, name, sels[f], out, model_dir, args.train_epochs, timings, models=root / "models")
+        loss_eval(args, name, str(model), model_dir, paths, out, timings, "targets", ["bbh"],
+                  path=root / "evals" / f"{name}.target_loss.json")
+
+
+def cot_fold_table(args, out: Path) -> dict | None:
+    """LESS cross-fitted (each exemplar's loss from the model whose selection did not see its
+    shot) against every random seed and the base model, paired over the exemplars; and each fold
+    model's selection overlap with the all-shot one."""
+    root = out / "cot_folds"
+    files = {f: root / "evals" / f"less_bbh_fold{f}.target_loss.json" for f in (0, 1, 2)}
+    if not all(p.exists() for p in files.values()):
+        return None
+    cross = {}
+    for f, p in files.items():
+        per = json.loads(p.read_text())["tasks"]["bbh"]["per_example"]
+        cross.update({i: v for i, v in per.items() if shot_of(i) == f})
+    others = {p.name.removesuffix(".target_loss.json"): json.loads(p.read_text())["tasks"]["bbh"]["per_example"]
+              for p in sorted((out / "evals").glob("*.target_loss.json"))
+              if "bbh" in json.loads(p.read_text())["tasks"]}
+    res = {"n": len(cross), "mean": {"less_bbh cross-fitted": statistics.fmean(cross.values())}, "paired": {}}
+    for m in ["base", "less_bbh", "rds_bbh"] + [f"random_seed{s}" for s in args.seeds]:
+        if m in others:
+            res["mean"][m] = statistics.fmean(others[m][i] for i in cross)
+            res["paired"][f"less_bbh cross-fitted - {m}"] = paired(cross, others[m], args.bootstrap)
+    full = out / "less" / "scores" / "bbh" / f"top_p{args.top_p:g}.jsonl"
+    if full.exists():
+        a = {json.loads(x)["id"] for x in full.read_text().splitlines()}
+        res["shared_with_all_shots"] = {f: len(a & {json.loads(x)["id"] for x in (root / f"fold{f}" / full.name).read_text().splitlines()})
+                                        for f in files}
+    return res
 
 
 def target_loss_table(args, out: Path) -> dict | None:
@@ -809,6 +918,15 @@ def result_tables(s: dict) -> list[dict]:
                   "columns": ["target", "comparison", "n", "mean diff", "95% CI", "share of examples lower"],
                   "rows": [[t, k, v["n"], f"{v['mean_diff']:+.4f}", f"[{v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}]",
                             f"{100 * v['frac_lower']:.0f}%"] for t, pt in tl["paired"].items() for k, v in pt.items()]})
+    if s.get("cot_folds"):
+        cf = s["cot_folds"]
+        T.append({"caption": f"BBH chain-of-thought exemplars, each held out from its LESS selection (n {cf['n']}; "
+                             "cross-fitted over the 3 shots; paired < 0: cross-fitted LESS is better)",
+                  "columns": ["model", "mean loss", "mean diff", "95% CI", "share of examples lower"],
+                  "rows": [[m, f"{v:.4f}", *paired_cells(cf["paired"].get(f"less_bbh cross-fitted - {m}"))]
+                           for m, v in cf["mean"].items()],
+                  "note": ("fold selections share with the all-shot one (of k): " + json.dumps(cf["shared_with_all_shots"]))
+                  if cf.get("shared_with_all_shots") else ""})
     if s.get("gen"):
         T.append({"caption": "Secondary metrics (generation / multiple choice, small caps: n per task "
                              + json.dumps(s.get("gen_n")) + ")", "columns": ["model", *TARGETS],
@@ -859,6 +977,13 @@ def result_tables(s: dict) -> list[dict]:
               + [[k, v] for k, v in s["timings_s"]["pieces"].items()],
               "note": "estimate before the run (s): " + json.dumps(s["estimate_s"])})
     return T
+
+
+def paired_cells(p: dict | None) -> list[str]:
+    """mean diff, 95% CI, share lower; dashes for no comparison."""
+    if not p:
+        return ["—", "—", "—"]
+    return [f"{p['mean_diff']:+.4f}", f"[{p['ci95'][0]:+.4f}, {p['ci95'][1]:+.4f}]", f"{100 * p['frac_lower']:.0f}%"]
 
 
 def render_markdown(s: dict) -> str:
@@ -996,6 +1121,9 @@ def main(argv=None) -> int:
             model = str(model_dir) if name == "base" else str(out / "models" / name / "model")
             loss_eval(args, name, model, model_dir, paths, out, timings, "targets", args.target_loss_tasks)
             write_results(args, out, paths, losses, gens, timings, facts, tok, est)
+    if "cot_folds" in args.phases:
+        cot_folds(args, out, paths, model_dir, timings)
+        write_results(args, out, paths, losses, gens, timings, facts, tok, est)
     if "gen" in args.phases:
         for name in ["base"] + sorted(p.name for p in (out / "models").glob("*") if (p / "state.json").exists()):
             model = str(model_dir) if name == "base" else str(out / "models" / name / "model")

@@ -105,7 +105,7 @@ def test_summary_and_tables_of_a_fabricated_run(rd, tmp_path):
 
     # the target_loss phase's files: BBH only; less_bbh 0.2 below each random seed on every target
     (out / "evals").mkdir()
-    tids = [f"bbh/t:{i}" for i in range(12)]
+    tids = [f"bbh/task{j}:{shot}" for j in range(4) for shot in range(3)]  # LESS's ids: <task>:<shot>
     tl = {}
     for m, shift in [("base", 0.0), ("less_bbh", -0.4)] + [(f"random_seed{x}", -0.2) for x in args.seeds]:
         tl[m] = {i: 1.5 + 0.05 * j + shift + float(g.normal(0, 0.01)) for j, i in enumerate(tids)}
@@ -113,9 +113,29 @@ def test_summary_and_tables_of_a_fabricated_run(rd, tmp_path):
             "metric": "answer_loss", "mean": float(np.mean(list(tl[m].values()))), "n": 12, "skipped": [],
             "per_example": tl[m], "per_subtask": {}}}}))
 
+    # cot_folds: the fold-f model (its selection saw the other shots) is 0.1 below random seed 0 on
+    # the shot-f exemplars and 0.3 above it on the others, which must not count
+    fold = {}
+    for f in range(3):
+        fold[f] = {i: tl["random_seed0"][i] + (-0.1 if rd.shot_of(i) == f else 0.3) for i in tids}
+        p_ = out / "cot_folds" / "evals" / f"less_bbh_fold{f}.target_loss.json"
+        p_.parent.mkdir(parents=True, exist_ok=True)
+        p_.write_text(json.dumps({"tasks": {"bbh": {"mean": 0.0, "n": 12, "per_example": fold[f]}}}))
+        sel_ = out / "cot_folds" / f"fold{f}" / "top_p0.05.jsonl"
+        sel_.parent.mkdir(parents=True, exist_ok=True)
+        sel_.write_text("".join(json.dumps({"id": i}) + "\n" for i in tops["less_bbh"][: 10 - f]))
+
     s = rd.summarize(args, out, paths, losses, {}, timings, facts, {}, {"x": 1})
 
     assert s["k"] == 10
+    cf = s["cot_folds"]
+    cross = {i: fold[rd.shot_of(i)][i] for i in tids}
+    assert cf["n"] == 12 and cf["mean"]["less_bbh cross-fitted"] == pytest.approx(np.mean(list(cross.values())))
+    c0 = cf["paired"]["less_bbh cross-fitted - random_seed0"]
+    assert c0["mean_diff"] == pytest.approx(-0.1) and c0["frac_lower"] == 1.0
+    assert cf["paired"]["less_bbh cross-fitted - base"]["mean_diff"] == pytest.approx(
+        np.mean([cross[i] - tl["base"][i] for i in tids]))
+    assert cf["shared_with_all_shots"] == {0: 10, 1: 9, 2: 8}
     tls = s["target_loss"]
     assert tls["tasks"] == ["bbh"] and tls["n"] == {"bbh": 12}
     assert tls["mean"]["less_bbh"]["bbh"] == pytest.approx(np.mean(list(tl["less_bbh"].values())))
@@ -180,7 +200,7 @@ def test_summary_and_tables_of_a_fabricated_run(rd, tmp_path):
     assert pr["rmse_over_sd"] == pytest.approx(np.sqrt(np.mean((ex - rn) ** 2)) / ex.std(), abs=1e-4)
 
     md = rd.render_markdown(s)
-    for needle in ("Projection check", "Held-out answer-token loss", "Loss on the targets LESS scored against", "Paired per-example", "Cross-target matrix", "Planted task",
+    for needle in ("Projection check", "Held-out answer-token loss", "Loss on the targets LESS scored against", "each held out from its LESS selection", "Paired per-example", "Cross-target matrix", "Planted task",
                    "Stability", "Source composition", "Trainings", "Wall time"):
         assert needle in md, needle
     # what a run writes: results.json (-> the docs section), results.md, and the tables file the
