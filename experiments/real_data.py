@@ -447,13 +447,14 @@ def loss_eval(args, name: str, model: str, model_dir: Path, paths: dict[str, str
         res = {"model": model, "tasks": {}}
         for t in tasks:
             per, skipped = {}, []
-            for r in read_records(paths[f"{split}_{t}"]).records:
+            records = read_records(paths[f"{split}_{t}"]).records
+            for r in records:
                 try:
                     per[r.id] = answer_loss([r], m, tok, cfg)["mean"]
                 except ValueError:  # no answer token within eval_max_tokens
                     skipped.append(r.id)
             sub = {}
-            for r in read_records(paths[f"{split}_{t}"]).records:
+            for r in records:
                 if r.id in per:
                     sub.setdefault(r.subtask, []).append(per[r.id])
             res["tasks"][t] = {"metric": "answer_loss", "mean": statistics.fmean(per.values()), "n": len(per),
@@ -494,6 +495,17 @@ def paired(a: dict[str, float], b: dict[str, float], n_boot: int, seed: int = 0)
     return {"n": len(d), "mean_diff": float(d.mean()), "ci95": [float(np.percentile(boots, 2.5)),
                                                                float(np.percentile(boots, 97.5))],
             "frac_lower": float((d < 0).mean())}
+
+
+def selection_pairs(args, t: str, pe: dict[str, dict[str, float]]) -> dict:
+    """LESS's and RDS's model for target `t` against every random seed, then the base model, paired
+    over the examples (`pe`: per-example losses by model; absent models are left out)."""
+    pt = {}
+    for a in (f"less_{t}", f"rds_{t}"):
+        for b in [f"random_seed{s}" for s in args.seeds] + ["base"]:
+            if a in pe and b in pe:
+                pt[f"{a} - {b}"] = paired(pe[a], pe[b], args.bootstrap)
+    return pt
 
 
 def read_scores(folder: Path, task: str):
@@ -712,13 +724,7 @@ def summarize(args, out: Path, paths: dict[str, str], losses: dict, gens: dict, 
                              "values": vals}
         table[t] = row
         pe = {m: losses[m]["tasks"][t]["per_example"] for m in losses}
-        pt = {}
-        for a in (f"less_{t}", f"rds_{t}"):
-            if a in pe:
-                for m in rnd:
-                    pt[f"{a} - {m}"] = paired(pe[a], pe[m], args.bootstrap)
-                if "base" in pe:
-                    pt[f"{a} - base"] = paired(pe[a], pe["base"], args.bootstrap)
+        pt = selection_pairs(args, t, pe)
         if f"less_{t}" in pe and f"rds_{t}" in pe:
             pt[f"less_{t} - rds_{t}"] = paired(pe[f"less_{t}"], pe[f"rds_{t}"], args.bootstrap)
         pairs[t] = pt
@@ -802,9 +808,10 @@ def cot_folds(args, out: Path, paths: dict[str, str], model_dir: Path, timings: 
     """The cot_folds phase (see the module docstring): selections, trainings, held-out-shot losses."""
     from less_ray.core.influence import TopK
     from less_ray.data.io import read_records, write_jsonl
+    from less_ray.resources import count_rows
     root = out / "cot_folds"
     folds = [0, 1, 2]
-    k = int(math.floor(args.top_p * sum(1 for _ in open(paths["pool"], encoding="utf-8")) + 1e-9))
+    k = int(math.floor(args.top_p * count_rows(paths["pool"]) + 1e-9))
     sels = {f: root / f"fold{f}" / f"top_p{args.top_p:g}.jsonl" for f in folds}
     if not all(p.exists() for p in sels.values()):
         ids, scores = cot_fold_scores(args, out, folds)
@@ -845,9 +852,9 @@ def cot_fold_table(args, out: Path) -> dict | None:
     for f, p in files.items():
         per = json.loads(p.read_text())["tasks"]["bbh"]["per_example"]
         cross.update({i: v for i, v in per.items() if shot_of(i) == f})
-    others = {p.name.removesuffix(".target_loss.json"): json.loads(p.read_text())["tasks"]["bbh"]["per_example"]
-              for p in sorted((out / "evals").glob("*.target_loss.json"))
-              if "bbh" in json.loads(p.read_text())["tasks"]}
+    found = {p.name.removesuffix(".target_loss.json"): json.loads(p.read_text())["tasks"]
+             for p in sorted((out / "evals").glob("*.target_loss.json"))}
+    others = {m: r["bbh"]["per_example"] for m, r in found.items() if "bbh" in r}
     res = {"n": len(cross), "mean": {"less_bbh cross-fitted": statistics.fmean(cross.values())}, "paired": {}}
     for m in ["base", "less_bbh", "rds_bbh"] + [f"random_seed{s}" for s in args.seeds]:
         if m in others:
@@ -873,11 +880,9 @@ def target_loss_table(args, out: Path) -> dict | None:
     n = {t: next(r["tasks"][t]["n"] for r in found.values() if t in r["tasks"]) for t in tasks}
     pairs = {}
     for t in tasks:
-        pe = {m: r["tasks"][t]["per_example"] for m, r in found.items() if t in r["tasks"]}
-        for a in (f"less_{t}", f"rds_{t}"):
-            for b in [f"random_seed{s}" for s in args.seeds] + ["base"]:
-                if a in pe and b in pe:
-                    pairs.setdefault(t, {})[f"{a} - {b}"] = paired(pe[a], pe[b], args.bootstrap)
+        pt = selection_pairs(args, t, {m: r["tasks"][t]["per_example"] for m, r in found.items() if t in r["tasks"]})
+        if pt:
+            pairs[t] = pt
     return {"tasks": tasks, "n": n, "mean": mean, "paired": pairs}
 
 
@@ -904,8 +909,7 @@ def result_tables(s: dict) -> list[dict]:
               "columns": ["target (n)", "base", "LESS", "random (mean ± sd over seeds)", "RDS", "full"], "rows": rows})
     T.append({"caption": "Paired per-example differences (mean loss difference, bootstrap 95% CI; < 0: the first is better)",
               "columns": ["target", "comparison", "n", "mean diff", "95% CI", "share of examples lower"],
-              "rows": [[t, k, v["n"], f"{v['mean_diff']:+.4f}", f"[{v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}]",
-                        f"{100 * v['frac_lower']:.0f}%"] for t, pt in s["paired"].items() for k, v in pt.items()]})
+              "rows": [[t, k, v["n"], *paired_cells(v)] for t, pt in s["paired"].items() for k, v in pt.items()]})
     T.append({"caption": "Cross-target matrix (held-out loss; rows: model, columns: target)",
               "columns": ["model", *TARGETS], "rows": [[m, *(f"{r[t]:.4f}" for t in TARGETS)] for m, r in s["matrix"].items()]})
     if s.get("target_loss"):
@@ -916,8 +920,7 @@ def result_tables(s: dict) -> list[dict]:
                   "rows": [[m, *(f"{r[t]:.4f}" if t in r else "—" for t in tl["tasks"])] for m, r in tl["mean"].items()]})
         T.append({"caption": "Paired differences on the targets LESS scored against (< 0: the first is better)",
                   "columns": ["target", "comparison", "n", "mean diff", "95% CI", "share of examples lower"],
-                  "rows": [[t, k, v["n"], f"{v['mean_diff']:+.4f}", f"[{v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}]",
-                            f"{100 * v['frac_lower']:.0f}%"] for t, pt in tl["paired"].items() for k, v in pt.items()]})
+                  "rows": [[t, k, v["n"], *paired_cells(v)] for t, pt in tl["paired"].items() for k, v in pt.items()]})
     if s.get("cot_folds"):
         cf = s["cot_folds"]
         T.append({"caption": f"BBH chain-of-thought exemplars, each held out from its LESS selection (n {cf['n']}; "
@@ -1117,21 +1120,25 @@ def main(argv=None) -> int:
                                      False, pool=pool, warmup_percentage=pct))
         write_results(args, out, paths, losses, gens, timings, facts, tok, est)
     if "target_loss" in args.phases:
-        for name in ["base"] + sorted(p.name for p in (out / "models").glob("*") if (p / "state.json").exists()):
-            model = str(model_dir) if name == "base" else str(out / "models" / name / "model")
+        for name, model in every_model(out, model_dir):
             loss_eval(args, name, model, model_dir, paths, out, timings, "targets", args.target_loss_tasks)
             write_results(args, out, paths, losses, gens, timings, facts, tok, est)
     if "cot_folds" in args.phases:
         cot_folds(args, out, paths, model_dir, timings)
         write_results(args, out, paths, losses, gens, timings, facts, tok, est)
     if "gen" in args.phases:
-        for name in ["base"] + sorted(p.name for p in (out / "models").glob("*") if (p / "state.json").exists()):
-            model = str(model_dir) if name == "base" else str(out / "models" / name / "model")
+        for name, model in every_model(out, model_dir):
             gens[name] = gen_eval(args, name, model, model_dir, out, root, timings)
             write_results(args, out, paths, losses, gens, timings, facts, tok, est)
     write_results(args, out, paths, losses, gens, timings, facts, tok, est)
     print((out / "results.md").read_text())
     return 0
+
+
+def every_model(out: Path, model_dir: Path) -> list[tuple[str, str]]:
+    """(name, model folder) of the base model and of every finished training under <out>/models."""
+    return [("base", str(model_dir))] + [(d.name, str(d / "model")) for d in sorted((out / "models").glob("*"))
+                                         if (d / "state.json").exists()]
 
 
 def write_results(args, out, paths, losses, gens, timings, facts, tok, est) -> None:

@@ -85,7 +85,7 @@ def _memory_hog_class(grow_to_bytes: int):
             while len(held) * 2 ** 28 < grow_to_bytes:
                 held.append(np.ones(2 ** 25))  # 2**25 float64 = 256 MiB
                 time.sleep(0.1)
-            return {"shard": batch["shard"], "grew_to_gib": np.array([len(held) / 4])}
+            return {"shard": batch["shard"]}  # not reached while the monitor works: it kills first
     return MemoryHog
 
 
