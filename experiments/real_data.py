@@ -498,11 +498,11 @@ def paired(a: dict[str, float], b: dict[str, float], n_boot: int, seed: int = 0)
 
 
 def selection_pairs(args, t: str, pe: dict[str, dict[str, float]]) -> dict:
-    """LESS's and RDS's model for target `t` against every random seed, then the base model, paired
-    over the examples (`pe`: per-example losses by model; absent models are left out)."""
+    """LESS's and RDS's model for target `t` against every random seed, the full pool's model, then the
+    base model, paired over the examples (`pe`: per-example losses by model; absent models are left out)."""
     pt = {}
     for a in (f"less_{t}", f"rds_{t}"):
-        for b in [f"random_seed{s}" for s in args.seeds] + ["base"]:
+        for b in [f"random_seed{s}" for s in args.seeds] + ["full", "base"]:
             if a in pe and b in pe:
                 pt[f"{a} - {b}"] = paired(pe[a], pe[b], args.bootstrap)
     return pt

@@ -156,6 +156,10 @@ def test_summary_and_tables_of_a_fabricated_run(rd, tmp_path):
         assert p["n"] == 30 and p["mean_diff"] == pytest.approx(np.mean(d))
         assert p["ci95"][0] < np.mean(d) < p["ci95"][1] < 0  # a 0.1 shift with 0.03 noise: clearly below 0
         assert p["frac_lower"] == pytest.approx(np.mean(np.array(d) < 0))
+        pf = s["paired"][t][f"less_{t} - full"]  # LESS's 5% against the whole pool's model
+        assert pf["mean_diff"] == pytest.approx(np.mean([losses[f"less_{t}"]["tasks"][t]["per_example"][i]
+                                                         - losses["full"]["tasks"][t]["per_example"][i] for i in ids[t]]))
+        assert list(s["paired"][t]).index(f"less_{t} - full") == len(args.seeds)  # after the seeds, before base
     assert s["matrix"]["less_bbh"]["mmlu"] == pytest.approx(losses["less_bbh"]["tasks"]["mmlu"]["mean"])
 
     # planted table: top-k share and AUC against a direct count / the Mann-Whitney statistic
