@@ -172,6 +172,9 @@ def test_summary_and_tables_of_a_fabricated_run(rd, tmp_path):
     mw = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg))
     assert pl["auc"] == pytest.approx(mw)
     assert set(s["planted"]) >= {"LESS", "RDS (MiniLM)", "k-center", "random seed 0"}
+    # a later invocation with other phases (here only gen) summarises the same planted table
+    only_gen = rd.parse_args(["--out", str(out), "--bootstrap", "2000", "--phases", "gen"])
+    assert rd.summarize(only_gen, out, paths, losses, {}, timings, facts, {}, {"x": 1})["planted"] == s["planted"]
 
     # stability over the 120 both runs scored: each run's top 6 of those, counted here
     stab = s["stability"]
