@@ -1,10 +1,13 @@
 """Shared fixtures: a tiny Llama saved to disk and loaded the way users load models."""
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# precision auto's per-host probe cache: one per test session, not the developer's ~/.cache
+os.environ.setdefault("LESS_RAY_CACHE", tempfile.mkdtemp(prefix="less_ray_cache_"))
 
 
 @pytest.fixture(scope="session")
