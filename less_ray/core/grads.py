@@ -83,9 +83,14 @@ class LoraGradientComputer:
     """
 
     def __init__(self, model: torch.nn.Module, feature_cast: torch.dtype | None = None,
-                 split_overhead: int | None | Literal["auto"] = "auto"):
+                 split_overhead: int | None | Literal["auto"] = "auto", block_dtype: torch.dtype | None = None):
         """feature_cast: round each (adam-transformed) gradient block to this dtype before the
         projection, as LESS does (`torch.stack(full_grads).to(torch.float16)`); None: fp32 as is.
+        block_dtype: the dtype the per-example gradients are formed in; None: the model's own.
+        A bf16 model forms them as bf16 matmuls (fp32 accumulation inside oneDNN's and cuBLAS's
+        kernels, the result rounded to bf16 once: the precision of LESS's own `p.grad` in a bf16
+        model), at the matrix units' rate and with no fp32 copies of x and dy; torch.float32
+        forms them from fp32 copies (the reference the bf16 path is tested against).
         split_overhead: `features` cuts a right-padded batch into groups of similar length when
         that computes fewer positions, counting this many positions per extra forward/backward
         (`formatting.length_groups`); None: never. "auto": 64 on CPU (measured: a batch of 16 with
@@ -93,6 +98,7 @@ class LoraGradientComputer:
         favours few large launches)."""
         self.model = model
         self.feature_cast = feature_cast
+        self.block_dtype = block_dtype
         if split_overhead == "auto":
             on_gpu = next(model.parameters()).device.type != "cpu"
             split_overhead = None if on_gpu else 64
@@ -131,8 +137,8 @@ class LoraGradientComputer:
     def run(self, batch: dict[str, torch.Tensor], sink: BlockSink,
             on_logits: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None
             ) -> dict[str, torch.Tensor]:
-        """One forward + one backward; `sink(k, block)` gets every parameter's [B, p_k] fp32
-        per-example gradient (zeros for parameters the forward did not use).
+        """One forward + one backward; `sink(k, block)` gets every parameter's [B, p_k]
+        per-example gradient in the block dtype (fp32 zeros for parameters the forward did not use).
         `on_logits(logits [N, V], targets [N], rows [N])`, if given, sees the detached label-position
         logits (row = example index), so other per-token statistics need no second forward.
         Returns loss [B] (mean token loss per example) and n_tokens [B]."""
@@ -327,6 +333,7 @@ class _Capture:
                  sink: BlockSink):
         self.c = computer
         self.mask = token_mask  # [B, T] real tokens
+        self.no_padding = bool(token_mask.all())
         self.predicts = predicts  # [B, T] positions whose logits enter the loss
         self.sink = sink
         self.anchors: list[torch.Tensor] = []
@@ -363,29 +370,33 @@ class _Capture:
         self.pending[module] = self.pending.get(module, 0) + 1
         out.register_hook(lambda dy: self._on_grad(module, x, dy))
 
+    def _masked(self, dy: torch.Tensor) -> torch.Tensor:
+        """dy [B, T, out] in the block dtype, zero at padding positions. No loss depends on a
+        padding position, so dy is 0 there already; zeroing it makes that explicit, whatever
+        the attention implementation (padding x is finite: collate right-pads, so no attention
+        row is fully masked). A batch without padding skips the pass."""
+        dy = dy.to(self.c.block_dtype or dy.dtype).reshape(*self.mask.shape, dy.shape[-1])
+        return dy if self.no_padding else torch.where(self.mask[:, :, None], dy, 0.0)
+
     def _per_example(self, x: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
         """[B, out, in]: sum over each example's own positions of dy^T x."""
         B, T = self.mask.shape
-        x, dy = x.float().reshape(B, -1, x.shape[-1]), dy.float().reshape(B, -1, dy.shape[-1])
+        x = x.to(self.c.block_dtype or x.dtype).reshape(B, -1, x.shape[-1])
         if x.shape[1] != T:
             raise ValueError(f"a LoRA layer saw {x.shape[1]} positions per example, the batch has {T}")
-        # no loss depends on a padding position, so dy is 0 there already; zeroing it makes
-        # that explicit, whatever the attention implementation (padding x is finite: collate
-        # right-pads, so no attention row is fully masked)
-        dy = torch.where(self.mask[:, :, None], dy, 0.0)
-        return torch.bmm(dy.transpose(1, 2), x)
+        return torch.bmm(self._masked(dy).transpose(1, 2), x)
 
     def _on_grad(self, module, x, dy):
         w, b = self.c._linears[module]
         blocks = {w: self._per_example(x, dy).reshape(self.mask.shape[0], -1)}  # [B, out*in]
         if b is not None:
-            blocks[b] = torch.where(self.mask[:, :, None], dy.float().reshape(*self.mask.shape, -1), 0.0).sum(1)
+            blocks[b] = self._masked(dy).sum(1, dtype=torch.float32)
         self.pending[module] -= 1
         for k, g in blocks.items():
-            if k in self.partial:
+            if k in self.partial:  # a module called more than once: its calls summed in fp32
                 g = self.partial.pop(k) + g
             if self.pending[module] > 0:
-                self.partial[k] = g
+                self.partial[k] = g.float()
             else:
                 self.emitted.add(k)
                 self.sink(k, g)
