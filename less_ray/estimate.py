@@ -47,6 +47,7 @@ def token_stats(records: list, base_model: str, chat_format: str, max_seq_length
 def plan_pipeline(cfg: Any) -> dict[str, Any]:
     """The work per stage of PipelineConfig `cfg` (paths absolute, preflight passed)."""
     from .data.io import read_records
+    from .extract.job import resolved_precision
     from .pipeline import scored_dim
     from .preflight import eval_tasks_for, heldout_count, pipeline_selection_count
     pool = read_records(cfg.pool).records
@@ -74,6 +75,8 @@ def plan_pipeline(cfg: Any) -> dict[str, Any]:
                    "flops": train_flops(n_warm, ckpts)},
         "extract": {"examples": extract_rows, "pool_rows_per_checkpoint": n_pool, "target_rows_per_checkpoint": n_targets,
                     "projection": proj, "dim": dim, "gradient_dim": sizes["lora_params"],
+                    "precision": dict(zip(("resolved", "why"), resolved_precision(cfg.extract)),
+                                      requested=cfg.extract.precision),
                     "flops": 6 * sizes["model_params"] * tok["mean_tokens"] * extract_rows,
                     "projection_entries": proj_entries * extract_rows,
                     "feature_bytes": feature_bytes * extract_rows},
@@ -126,6 +129,8 @@ def format_plan(plan: dict[str, Any]) -> str:
               f" {e['target_rows_per_checkpoint']} targets per checkpoint), {e['projection']} projection to d = {e['dim']};"
               f" {_human(e['flops'], 'FLOP')} + {_human(e['projection_entries'], '')} projection entries;"
               f" store {_human(e['feature_bytes'], 'B')}; {cpu(e)}",
+              f"         precision {e['precision']['requested']} -> {e['precision']['resolved']}"
+              f" ({e['precision']['why']})",
               f"score    {sc['pool_rows']} rows x {sc['checkpoints']} checkpoints; {_human(sc['flops'], 'FLOP')}, {cpu(sc)}",
               f"select   top {s['select']['k_per_task']} per task, {s['select']['tasks']} task(s)",
               f"train    {tr['examples_per_task']} examples x {tr['epochs']} epochs x {tr['tasks']} task(s);"

@@ -309,6 +309,18 @@ def _write_if_changed(write, records: list, path: Path) -> Path:
     return path
 
 
+def resolve_precision(cfg: PipelineConfig) -> str:
+    """extract.precision `auto` resolved once for the whole run, in the config every extract stage
+    and the saved pipeline.config.yaml carry: the stores' identity names the precision they were
+    computed in, and a replay computes in it again. Returns the log line."""
+    from .extract.job import resolved_precision
+    requested = cfg.extract.precision
+    cfg.extract.precision, why = resolved_precision(cfg.extract)
+    line = f"precision: extract {requested} -> {cfg.extract.precision} ({why})"
+    log.info(line)
+    return line
+
+
 @locked("pipeline")  # one writer per run folder: a second run on it fails fast naming the holder
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     from .preflight import eval_tasks_for, preflight_pipeline
@@ -319,6 +331,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     findings = preflight_pipeline(cfg)  # before Ray starts: a config mistake costs a second
     findings.raise_errors("pipeline")
     findings.log_warnings()
+    resolve_precision(cfg)
     run = Run(cfg)
     save_config(cfg, run.root / "pipeline.config.yaml")
     target_files, heldout_files = prepare_targets(cfg, run)

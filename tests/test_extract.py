@@ -71,6 +71,7 @@ def test_identity_store_equals_brute_force(ray_local, tiny_model_dir, ckpt, reco
     pool, path = records
     stores = run_extract(ExtractConfig(data=str(path), checkpoint=str(ckpt), out=str(tmp_path), kind=kind,
                                        projection="identity", dtype="float32", batch_size=7, shard_rows=25,
+                                       precision="fp32",  # the reference is fp32; auto may pick bf16 here
                                        batch_tokens=batch_tokens, max_actors=2, actor_num_cpus=0.5))
     (store,) = stores.values()
     got = read_store(store, ("id", "features", "n_tokens", "loss"))

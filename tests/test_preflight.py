@@ -161,6 +161,10 @@ def test_plan_prints_the_work_per_stage(tmp_path, tiny_model_dir, demo_files, ca
     assert main(["plan", "--config", str(cfg)]) == 0
     text = capsys.readouterr().out
     assert "warmup   20 examples x 4 epochs = 20 optimizer steps" in text and "extract  1640 gradient features" in text
+    # extract.precision auto is resolved for this host and shown with its reason
+    pr = s["extract"]["precision"]
+    assert pr["requested"] == "auto" and pr["resolved"] in ("fp32", "bf16") and "matmul" in pr["why"]
+    assert f"precision auto -> {pr['resolved']} (" in text
 
 
 def test_example_configs_load_with_paths_made_absolute(tmp_path, monkeypatch):

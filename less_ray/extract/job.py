@@ -24,6 +24,7 @@ import numpy as np
 
 from ..config import config_hash, save_config, path_field
 from ..core.formatting import ChatFormat
+from ..core.precision import PRECISIONS  # auto, fp32, bf16, less
 from ..resources import auto_shard_rows, count_rows, estimate_extract_memory
 from ..ray_runtime import RayStage
 from ..run_lock import locked
@@ -34,7 +35,6 @@ from ..store import (Projection, StoreManifest, features_table, library_versions
 
 log = logging.getLogger("less_ray")
 PROJECTIONS = ("sjlt", "rademacher", "identity")
-PRECISIONS = ("fp32", "bf16", "less")
 
 
 @dataclass
@@ -50,10 +50,13 @@ class ExtractConfig(RayStage):
     projection: str = "rademacher"  # LESS's kind; sjlt: ~50x cheaper, selects less like the exact ranking
     sjlt_s: int = 1  # the fastest (3 % of extraction; s=2 5 %, s=4 9 %, README "Speed"); s=4 agrees best with exact
     seed: int = 0  # projection seed
-    # fp32: model and gradients in fp32; bf16: the model (base and LoRA) in bf16, per-example LoRA
-    # gradients formed and accumulated in fp32; less: bf16 and the (adam) gradient rounded to fp16
-    # before the projection, as LESS's collect_grad_reps.py does
-    precision: str = "fp32"
+    # auto: bf16 where the actors' device is fast at it (CUDA; a CPU whose measured bf16 matmul
+    # beats fp32 by BF16_MIN_SPEEDUP, core/precision.py), else fp32; resolved before the run and
+    # recorded resolved in the manifest. fp32: model and gradients in fp32; bf16: LESS's, the model
+    # (base and LoRA) in bf16 and the per-example gradients formed as bf16 matmuls (fp32
+    # accumulation), the adam transform and the projection in fp32; less: bf16 and the (adam)
+    # gradient rounded to fp16 before the projection, as LESS's collect_grad_reps.py does
+    precision: str = "auto"
     dtype: str = "float16"  # stored feature dtype: float16 | float32
     normalize: bool = True
     chat_format: ChatFormat = "less"  # less (LESS's tokens) | tulu_stripped | template
@@ -104,9 +107,31 @@ def resolve(cfg: ExtractConfig) -> ExtractConfig:
         raise ValueError(f"extract: sjlt_s must be in [1, min(64, smallest dim)], not {cfg.sjlt_s}")
     if cfg.precision not in PRECISIONS:
         raise ValueError(f"extract: precision must be one of {PRECISIONS}, not {cfg.precision!r}")
+    if cfg.precision == "auto":
+        cfg.precision, why = resolved_precision(cfg)
+        log.info("extract: precision auto -> %s (%s)", cfg.precision, why)
     if cfg.dtype not in ("float16", "float32"):
         raise ValueError(f"extract: dtype must be float16 or float32, not {cfg.dtype!r}")
     return cfg
+
+
+def resolved_precision(cfg: ExtractConfig) -> tuple[str, str]:
+    """(precision, why): `auto` decided for the device the actors run on. GPU actors: CUDA's bf16
+    (asked of the driver's GPU where it has one). CPU actors: this machine's probe at the actors'
+    thread count; on a cluster whose workers are other CPUs than the driver's, set it explicitly."""
+    from ..core.precision import probe, resolve_precision
+    if cfg.precision != "auto":
+        return cfg.precision, "as configured"
+    if cfg.actor_num_gpus > 0:
+        import torch
+        if not torch.cuda.is_available():
+            return "bf16", ("GPU actors: LESS's bf16 at the tensor cores' rate (this driver has no GPU to ask; "
+                            "set extract.precision fp32 for GPUs without bf16)")
+        host = probe("cuda")
+    else:
+        host = probe("cpu", threads=max(1, int(cfg.actor_num_cpus)))
+    precision, why = resolve_precision("auto", host)
+    return precision, f"{why}; {host.describe()}"
 
 
 def projection_batch(cfg: ExtractConfig, num_params: int) -> int:
