@@ -69,8 +69,9 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 W = json.loads(open(sys.argv[1]).read())
-base = AutoModelForCausalLM.from_pretrained(W["model"], dtype=torch.float32)
+base = AutoModelForCausalLM.from_pretrained(W["model"], dtype=getattr(torch, W["dtype"]))
 model = PeftModel.from_pretrained(base, W["adapter"], is_trainable=True).eval()
+model.to(getattr(torch, W["dtype"]))  # peft upcasts a LoRA on a bf16 base to fp32: the model and LoRA in one dtype
 moments = load_file(W["moments"])
 data = json.loads(open(W["examples"]).read())
 batches = W["batches"]
@@ -240,18 +241,34 @@ def prepare(args, work: Path) -> dict:
     return spec
 
 
-def run_worker(py: Path, code: str, work: Path, name: str) -> dict:
+def run_worker(py: Path, code: str, work: Path, name: str, dtype: str) -> dict:
     script = work / f"worker_{name}.py"
     script.write_text(code)
+    spec = work / f"spec_{dtype}.json"
+    spec.write_text(json.dumps({**json.loads((work / "spec.json").read_text()), "dtype": dtype}))
     t0 = time.time()
-    p = subprocess.run(["nice", str(py), str(script), str(work / "spec.json")], capture_output=True, text=True,
-                       env=ENV)
+    p = subprocess.run(["nice", str(py), str(script), str(spec)], capture_output=True, text=True, env=ENV)
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
     if p.returncode != 0 or not lines:
-        raise RuntimeError(f"{name} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
+        raise RuntimeError(f"{name} ({dtype}) failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
     out = json.loads(lines[-1][7:])
     out["wall"] = time.time() - t0
     return out
+
+
+def host_header() -> str:
+    """The CPU model, its bf16 matrix flags and both one-thread matmul peaks: which precision can
+    be fast here is a property of the host, printed with every result."""
+    import platform
+
+    import torch
+    from bench_precision import matmul_peak
+    from less_ray.core.precision import cpu_flags, cpu_model
+    flags = cpu_flags()
+    marks = " ".join(f"{f}={'yes' if f in flags else 'no'}" for f in ("amx_bf16", "amx_tile", "avx512_bf16"))
+    return (f"# host: {cpu_model() or platform.processor()}; {marks}; torch {torch.__version__}\n"
+            f"# one-thread matmul 2048^2 peak: fp32 {matmul_peak(torch.float32):.0f} GFLOP/s, "
+            f"bf16 {matmul_peak(torch.bfloat16):.0f} GFLOP/s")
 
 
 def main():
@@ -269,13 +286,17 @@ def main():
                     help="given: every --batch sorted examples (padding as a user's batches carry it); "
                          "tight: the batches our length cut would form, so no method computes much padding")
     ap.add_argument("--only", nargs="*", default=["ours", "bergson", "dattri"])
+    ap.add_argument("--precisions", nargs="*", default=["float32", "bfloat16"], choices=["float32", "bfloat16"],
+                    help="the dtype of every method's model and LoRA (Bergson's own `precision` setting is "
+                         "the model's dtype; ours: the bf16 fast path of core.grads)")
     args = ap.parse_args()
     import torch
     sys.path.insert(0, str(ROOT / "bench"))
+    sys.path.insert(0, str(ROOT))
     from bench_precision import matmul_peak
     torch.set_num_threads(1)
-    print(f"# one-thread matmul 2048^2 peak: fp32 {matmul_peak(torch.float32):.0f} GFLOP/s, "
-          f"bf16 {matmul_peak(torch.bfloat16):.0f} GFLOP/s", flush=True)
+    print(host_header(), flush=True)
+    bf16_peak = matmul_peak(torch.bfloat16)
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     pys = {"ours": Path(sys.executable)}
@@ -283,33 +304,43 @@ def main():
         if name in args.only:
             pys[name] = ensure_venv(cache, name)
     codes = {"ours": OURS, "bergson": BERGSON, "dattri": DATTRI}
+    runs = [(m, p) for m in args.only for p in args.precisions]
+    short = {"float32": "fp32", "bfloat16": "bf16"}
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         work = Path(tmp)
         prepare(args, work)
-        results = {m: [] for m in args.only}
+        results = {r: [] for r in runs}
         for r in range(args.rounds):
-            order = args.only[r % len(args.only):] + args.only[:r % len(args.only)]
-            for m in order:
-                res = run_worker(pys[m], codes[m], work, m)
-                results[m].append(res)
+            order = runs[r % len(runs):] + runs[:r % len(runs)]
+            for m, prec in order:
+                res = run_worker(pys[m], codes[m], work, m, prec)
+                results[(m, prec)].append(res)
                 extra = (f", projection {res['projection_seconds'] / res['n']:.3f} s/ex "
                          f"({100 * res['projection_seconds'] / res['seconds']:.1f}% of ours), "
                          f"{res['positions']:.0f} positions computed, "
-                         f"{res['flops'] / res['seconds'] / 1e9:.0f} GFLOP/s achieved"
+                         f"{res['flops'] / res['seconds'] / 1e9:.0f} GFLOP/s achieved "
+                         f"({100 * res['flops'] / res['seconds'] / 1e9 / bf16_peak:.0f}% of the bf16 peak)"
                          if "projection_seconds" in res else "")
-                print(f"round {r} {m:<8} {res['seconds'] / res['n']:.3f} s/example ({res['n']} examples, "
-                      f"dim {res['dim']}), peak RSS {res['peak_rss_gb']:.2f} GB{extra}", flush=True)
-    best = {m: min(x["seconds"] / x["n"] for x in v) for m, v in results.items()}
-    print("\n# best of rounds, s/example: " + ", ".join(f"{m} {t:.3f}" for m, t in best.items()))
+                print(f"round {r} {m:<8} {short[prec]} {res['seconds'] / res['n']:.3f} s/example ({res['n']} "
+                      f"examples, dim {res['dim']}), peak RSS {res['peak_rss_gb']:.2f} GB{extra}", flush=True)
+    per = {k: min(x["seconds"] / x["n"] for x in v) for k, v in results.items()}
+    print("\n# best of rounds, s/example: " + ", ".join(f"{m} {short[p]} {t:.3f}" for (m, p), t in per.items()))
+    best = {}  # method -> (s/example, precision) at its best precision
+    for (m, p), t in per.items():
+        if m not in best or t < best[m][0]:
+            best[m] = (t, p)
+    print("# each method at its best precision: " + ", ".join(f"{m} {short[p]} {t:.3f}" for m, (t, p) in best.items()))
+    rss = {m: max(x["peak_rss_gb"] for (mm, _), v in results.items() if mm == m for x in v) for m in best}
+    print("# peak RSS over every run, GB: " + ", ".join(f"{m} {g:.2f}" for m, g in rss.items()))
     if "ours" in best:
+        for (m, p) in runs:
+            if m != "ours" and ("ours", p) in results:
+                per_round = [f"{(q['seconds'] / q['n']) / (o['seconds'] / o['n']):.2f}"
+                             for o, q in zip(results[("ours", p)], results[(m, p)])]
+                print(f"# {m} / ours per round, both {short[p]}: {', '.join(per_round)}")
         for m in best:
             if m != "ours":
-                per_round = [f"{(p['seconds'] / p['n']) / (o['seconds'] / o['n']):.2f}"
-                             for o, p in zip(results["ours"], results[m])]
-                print(f"# {m} / ours per round: {', '.join(per_round)}")
-        for m in best:
-            if m != "ours":
-                print(f"ours vs {m}: {best[m] / best['ours']:.2f}x")
+                print(f"ours vs {m}: {best[m][0] / best['ours'][0]:.2f}x")
 
 
 if __name__ == "__main__":

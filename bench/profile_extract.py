@@ -2,9 +2,10 @@
 r=128 q/k/v/o, the same real records and batches, sjlt s=1, d=8192, adam features, one thread),
 one untimed warm-up batch, then torch.profiler over the rest. Prints the op table and the share
 of aten::mm with its achieved rate (FLOPs from torch's counter over the same batches) beside a
-measured one-thread fp32 matmul peak.
+measured one-thread matmul peak at the same precision. --precision bf16 loads the model and LoRA in
+bf16 (as bench_peers does); --attn picks the attention kernel (transformers' "sdpa" or "eager").
 
-    python bench/profile_extract.py --n 32 --batching tight > bench/results/profile_extract_cpu.txt
+    python bench/profile_extract.py --n 32 --batching tight --precision bf16 > bench/results/profile_extract_cpu.txt
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ def main():
     ap.add_argument("--n", type=int, default=32)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--batching", choices=["given", "tight"], default="tight")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--attn", choices=["sdpa", "eager"], default="sdpa")
     args = ap.parse_args()
     import torch
     from peft import PeftModel
@@ -37,14 +40,15 @@ def main():
     from less_ray.core.grads import LoraGradientComputer, Moments
     from less_ray.core.sparse_projection import SparseJLProjector
     torch.set_num_threads(1)
-    peak = matmul_peak(torch.float32)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.precision]
+    peak = matmul_peak(dtype)
     with tempfile.TemporaryDirectory() as tmp:
         ns = argparse.Namespace(model=args.model, n=args.n, batch=args.batch, max_len=512, seed=0, s=1,
                                 dattri_dim=34, batching=args.batching)
         spec = bench_peers.prepare(ns, Path(tmp))
         data = json.loads(Path(spec["examples"]).read_text())
-        base = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
-        model = PeftModel.from_pretrained(base, spec["adapter"], is_trainable=True).eval()
+        base = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=dtype, attn_implementation=args.attn)
+        model = PeftModel.from_pretrained(base, spec["adapter"], is_trainable=True).eval().to(dtype)
         moments = load_file(spec["moments"])
     comp = LoraGradientComputer(model)
     mom = Moments(comp.names, [moments[n + ".exp_avg"] for n in comp.names],
@@ -73,7 +77,8 @@ def main():
     total = sum(e.self_cpu_time_total for e in table) / 1e6
     mm = sum(e.self_cpu_time_total for e in table if e.key == "aten::mm") / 1e6
     mm_flops = fc.by_op.get("mm", 0.0)
-    print(f"# one-thread fp32 matmul 2048^2 peak {peak:.0f} GFLOP/s; profiled {total:.1f} s, aten::mm {mm:.1f} s "
+    print(f"# {args.precision}, attention {args.attn}: {total / sum(len(b) for b in spec['batches'][1:]):.3f} s/example profiled")
+    print(f"# one-thread {args.precision} matmul 2048^2 peak {peak:.0f} GFLOP/s; profiled {total:.1f} s, aten::mm {mm:.1f} s "
           f"({100 * mm / total:.0f}%); mm FLOPs {mm_flops / 1e9:.0f} G -> {mm_flops / mm / 1e9:.0f} GFLOP/s "
           f"in aten::mm ({100 * mm_flops / mm / 1e9 / peak:.0f}% of the peak); all counted FLOPs "
           f"{fc.total / 1e9:.0f} G in {total:.1f} s (profiler overhead included)")
