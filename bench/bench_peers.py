@@ -256,19 +256,15 @@ def run_worker(py: Path, code: str, work: Path, name: str, dtype: str) -> dict:
     return out
 
 
-def host_header() -> str:
+def host_header(fp32_peak: float, bf16_peak: float) -> str:
     """The CPU model, its bf16 matrix flags and both one-thread matmul peaks: which precision can
     be fast here is a property of the host, printed with every result."""
-    import platform
-
     import torch
-    from bench_precision import matmul_peak
-    from less_ray.core.precision import cpu_flags, cpu_model
+    from less_ray.core.precision import MATRIX_FLAGS, cpu_flags, cpu_model
     flags = cpu_flags()
-    marks = " ".join(f"{f}={'yes' if f in flags else 'no'}" for f in ("amx_bf16", "amx_tile", "avx512_bf16"))
-    return (f"# host: {cpu_model() or platform.processor()}; {marks}; torch {torch.__version__}\n"
-            f"# one-thread matmul 2048^2 peak: fp32 {matmul_peak(torch.float32):.0f} GFLOP/s, "
-            f"bf16 {matmul_peak(torch.bfloat16):.0f} GFLOP/s")
+    marks = " ".join(f"{f}={'yes' if f in flags else 'no'}" for f in MATRIX_FLAGS)
+    return (f"# host: {cpu_model()}; {marks}; torch {torch.__version__}\n"
+            f"# one-thread matmul 2048^2 peak: fp32 {fp32_peak:.0f} GFLOP/s, bf16 {bf16_peak:.0f} GFLOP/s")
 
 
 def main():
@@ -295,8 +291,8 @@ def main():
     sys.path.insert(0, str(ROOT))
     from bench_precision import matmul_peak
     torch.set_num_threads(1)
-    print(host_header(), flush=True)
     bf16_peak = matmul_peak(torch.bfloat16)
+    print(host_header(matmul_peak(torch.float32), bf16_peak), flush=True)
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     pys = {"ours": Path(sys.executable)}

@@ -379,18 +379,19 @@ class _Capture:
         return dy if self.no_padding else torch.where(self.mask[:, :, None], dy, 0.0)
 
     def _per_example(self, x: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
-        """[B, out, in]: sum over each example's own positions of dy^T x."""
+        """[B, out, in]: sum over each example's own positions of dy^T x (dy from `_masked`)."""
         B, T = self.mask.shape
         x = x.to(self.c.block_dtype or x.dtype).reshape(B, -1, x.shape[-1])
         if x.shape[1] != T:
             raise ValueError(f"a LoRA layer saw {x.shape[1]} positions per example, the batch has {T}")
-        return torch.bmm(self._masked(dy).transpose(1, 2), x)
+        return torch.bmm(dy.transpose(1, 2), x)
 
     def _on_grad(self, module, x, dy):
         w, b = self.c._linears[module]
+        dy = self._masked(dy)  # once, for the weight and the bias
         blocks = {w: self._per_example(x, dy).reshape(self.mask.shape[0], -1)}  # [B, out*in]
         if b is not None:
-            blocks[b] = self._masked(dy).sum(1, dtype=torch.float32)
+            blocks[b] = dy.sum(1, dtype=torch.float32)
         self.pending[module] -= 1
         for k, g in blocks.items():
             if k in self.partial:  # a module called more than once: its calls summed in fp32

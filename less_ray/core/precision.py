@@ -66,24 +66,23 @@ def resolve_precision(requested: str, host: Host) -> tuple[str, str]:
     return "fp32", f"bf16 matmul {ratio:.2f}x fp32 on this CPU (< {BF16_MIN_SPEEDUP}): fp32 is faster here"
 
 
-def cpu_model() -> str:
+def _cpuinfo(key: str) -> str | None:
+    """The first `key : value` of /proc/cpuinfo, or None (no such file or line)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(key):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor()
+    return None
+
+
+def cpu_model() -> str:
+    return _cpuinfo("model name") or platform.processor()
 
 
 def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    return set((_cpuinfo("flags") or "").split())
 
 
 def matmul_gflops(dtype, n: int = 1024, reps: int = 5) -> float:
