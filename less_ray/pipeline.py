@@ -325,7 +325,7 @@ def resolve_precision(cfg: PipelineConfig) -> str:
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     from .preflight import eval_tasks_for, preflight_pipeline
     from .train.checkpoint import read_warmup_manifest
-    from .train.runner import run_train, run_warmup
+    from .train.runner import resolve_training_dtype, run_train, run_warmup
 
     absolute_paths(cfg)  # Ray workers run in their own folders: nothing relative may reach them
     findings = preflight_pipeline(cfg)  # before Ray starts: a config mistake costs a second
@@ -344,6 +344,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         return summary
 
     wcfg = warmup_config(cfg, run)
+    resolve_training_dtype(wcfg, "warmup")  # before the stage is keyed by its config
     if "warmup" in want:
         run.stage("warmup", wcfg, Path(wcfg.out) / "warmup_manifest.json", lambda: str(run_warmup(wcfg)),
                   folder=Path(wcfg.out))
@@ -384,6 +385,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         else:  # nothing trains here; the path only names where select would write
             selection = scores_dir / task / selection_name(sel)
         tcfg = train_config(cfg, run, task, selection)
+        resolve_training_dtype(tcfg, f"train/{task}")
         if "train" in want:
             run.stage(f"train/{task}", tcfg, Path(tcfg.out) / "state.json", lambda tcfg=tcfg: str(run_train(tcfg)))
         base = tcfg.base_model

@@ -3,7 +3,7 @@
 Defaults are LESS's (scripts/train/base_training_args.sh + the paper): LoRA r=128,
 alpha=512, dropout 0.1 on q/k/v/o; AdamW lr 2e-5, betas (0.9, 0.999), eps 1e-8, no weight
 decay, gradient clipping 1.0 (HF Trainer's default, which LESS keeps); linear schedule with
-3% warmup; 4 epochs; effective batch 128; max length 2048; bf16 on GPU, fp32 on CPU.
+3% warmup; 4 epochs; effective batch 128; max length 2048; bf16 on GPU, on a CPU where measured faster.
 The loss, as in LESS (HF Trainer), is each micro-batch's mean over its label tokens; an
 optimizer step follows the average of those means over accumulation steps and workers.
 """
@@ -48,7 +48,10 @@ class ScalingSettings:
 @dataclass
 class DeepSpeedSettings:
     zero_stage: int = 0  # 0-3
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    # auto: bf16 on GPU; on a CPU bf16 for LoRA (ZeRO 0-2) where its measured bf16 matmul beats fp32
+    # (the precision probe), else fp32 (engine.resolve_dtype). bf16 LoRA: the frozen base in bf16, the
+    # adapter and AdamW in fp32; resolved before the run, recorded in config.yaml and every state
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     gradient_checkpointing: bool = False
 
 

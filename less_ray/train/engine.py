@@ -21,14 +21,36 @@ def prepare_deepspeed_env(use_gpu: bool) -> None:
         ds_torch.build_shm_op = lambda: None
 
 
-def resolve_dtype(dtype: str, use_gpu: bool) -> str:
-    if dtype == "auto":
-        return "bfloat16" if use_gpu else "float32"
-    return dtype
+def resolve_dtype(dtype: str, use_gpu: bool, lora: bool, zero_stage: int = 0, threads: float = 1) -> tuple[str, str]:
+    """(float32 | bfloat16, why) for `deepspeed.dtype`. auto: bf16 on GPU; on a CPU, bf16 for LoRA at
+    ZeRO 0-2 where this host's measured bf16 matmul beats fp32 (core/precision.py, the probe
+    extraction uses) -- the frozen base runs in bf16, the adapter and AdamW stay fp32
+    (bench/results/train_precision_cpu.txt: 1.4x steps/s on a Zen 4) -- else fp32. A CPU full
+    fine-tune or ZeRO 3 stays fp32 under auto: DeepSpeed's bf16 optimizer is not exercised on CPU."""
+    if dtype != "auto":
+        return dtype, "as configured"
+    if use_gpu:
+        return "bfloat16", "GPU: LESS's bf16"
+    if not lora or zero_stage == 3:
+        return "float32", "CPU full fine-tune or ZeRO 3: fp32"
+    from ..core.precision import probe, resolve_precision
+    host = probe("cpu", threads=max(1, int(threads)))
+    precision, why = resolve_precision("auto", host)
+    return ("bfloat16" if precision == "bf16" else "float32"), f"{why}; {host.describe()}"
+
+
+def deepspeed_bf16(dtype: str, lora: bool, zero_stage: int) -> bool:
+    """Whether DeepSpeed's own bf16 mode (BF16_Optimizer, fp32 master weights) runs. LoRA in bf16 at
+    ZeRO 0-2 needs none of it: the frozen base is loaded in bf16 and peft keeps the adapter fp32, so
+    the trained weights, their gradients and AdamW's moments are fp32 as in an fp32 run (equal to
+    plain AdamW over the same base, tests/test_train.py) while the base's matmuls run in bf16.
+    ZeRO 3 partitions the frozen base with the adapter; mixed there, the moments moved 3e-3 from
+    plain AdamW's, so ZeRO 3 (and a full fine-tune) in bf16 keeps DeepSpeed's bf16 mode."""
+    return dtype == "bfloat16" and (not lora or zero_stage == 3)
 
 
 def deepspeed_config(zero_stage: int, per_device: int, accumulation: int, world: int,
-                     max_grad_norm: float, dtype: str) -> dict[str, Any]:
+                     max_grad_norm: float, dtype: str, lora: bool) -> dict[str, Any]:
     if zero_stage not in (0, 1, 2, 3):
         raise ValueError(f"zero_stage must be 0-3, got {zero_stage}")
     cfg = {
@@ -37,23 +59,15 @@ def deepspeed_config(zero_stage: int, per_device: int, accumulation: int, world:
         "train_batch_size": per_device * accumulation * world,
         "gradient_clipping": max_grad_norm,
         "zero_optimization": {"stage": zero_stage},
-        "bf16": {"enabled": dtype == "bfloat16"},
+        "bf16": {"enabled": deepspeed_bf16(dtype, lora, zero_stage)},
         "zero_allow_untested_optimizer": True,  # torch AdamW under ZeRO
         "steps_per_print": 10 ** 9,
         "wall_clock_breakdown": False,
     }
-    if dtype == "bfloat16" and zero_stage == 1:
+    if deepspeed_bf16(dtype, lora, zero_stage) and zero_stage == 1:
         # DeepSpeed's BF16_Optimizer: fp32 master weights, moments and gradient accumulation
         cfg["data_types"] = {"grad_accum_dtype": "fp32"}
     return cfg
-
-
-def check_moments_supported(zero_stage: int, dtype: str) -> None:
-    """bf16 under ZeRO 0 keeps moments on flat fp32 buffers that DeepSpeed does not map
-    back to parameters; ZeRO 1 on one GPU costs nothing extra and does."""
-    if dtype == "bfloat16" and zero_stage == 0:
-        raise ValueError("saving AdamW moments with bf16 needs deepspeed.zero_stage >= 1 "
-                         "(ZeRO 1 on a single GPU behaves like ZeRO 0)")
 
 
 def build_model(base_model: str, dtype: str, lora, seed: int, gradient_checkpointing: bool):
@@ -70,7 +84,8 @@ def build_model(base_model: str, dtype: str, lora, seed: int, gradient_checkpoin
                          target_modules=list(lora.target_modules))
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            model = get_peft_model(model, cfg)
+            # autocast_adapter_dtype: over a bf16 base the adapter is kept fp32 (deepspeed_bf16)
+            model = get_peft_model(model, cfg, autocast_adapter_dtype=True)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable()
         if lora.enabled:  # frozen embeddings: make the checkpointed inputs carry grad

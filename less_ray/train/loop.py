@@ -126,7 +126,7 @@ def train_loop_per_worker(config: dict) -> None:
     per_epoch = steps_per_epoch(n, spec.per_device * spec.accumulation * world)
     total = per_epoch * epochs
     ds_config = deepspeed_config(spec.zero_stage, spec.per_device, spec.accumulation, world,
-                                 spec.optim.max_grad_norm, spec.dtype)
+                                 spec.optim.max_grad_norm, spec.dtype, spec.lora.enabled)
     engine, _ = build_engine(model, spec.optim, ds_config, total)
 
     start_epoch, global_step = 1, 0

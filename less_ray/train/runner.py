@@ -25,7 +25,7 @@ from ..ray_runtime import ensure_ray
 from .checkpoint import (MODEL_DIR, STATE_FILE, WARMUP_DATA_FILE, data_hash, export_checkpoint,
                          read_state, write_json, write_warmup_manifest)
 from .config import TrainConfig, WarmupConfig
-from .engine import check_moments_supported, resolve_dtype
+from .engine import resolve_dtype
 from .loop import LoopSpec
 from .plan import accumulation_steps
 
@@ -53,13 +53,23 @@ def _tokenized_ids(path: Path, base_model: str, fmt: FormatConfig) -> tuple[list
     return [e.id for e in kept], len(skipped)
 
 
+def resolve_training_dtype(cfg, kind: str) -> None:
+    """deepspeed.dtype `auto` resolved in place before anything is written: config.yaml, every
+    checkpoint's state and a replay carry the dtype the run trained in."""
+    requested = cfg.deepspeed.dtype
+    cfg.deepspeed.dtype, why = resolve_dtype(requested, cfg.scaling.use_gpu, cfg.lora.enabled,
+                                             cfg.deepspeed.zero_stage, cfg.scaling.cpus_per_worker)
+    if requested != cfg.deepspeed.dtype:
+        log.info("%s: deepspeed.dtype %s -> %s (%s)", kind, requested, cfg.deepspeed.dtype, why)
+
+
 def _spec(cfg, data_path: Path, ids: list[str], save_moments: bool, export_every_epoch: bool,
           state_extra: dict) -> LoopSpec:
     s = cfg.scaling
     return LoopSpec(
         base_model=cfg.base_model, data_path=str(data_path), data_hash=data_hash(ids),
         format=FormatConfig(cfg.chat_format, cfg.max_seq_length), lora=cfg.lora, optim=cfg.optim,
-        zero_stage=cfg.deepspeed.zero_stage, dtype=resolve_dtype(cfg.deepspeed.dtype, s.use_gpu),
+        zero_stage=cfg.deepspeed.zero_stage, dtype=cfg.deepspeed.dtype,
         gradient_checkpointing=cfg.deepspeed.gradient_checkpointing, use_gpu=s.use_gpu, seed=cfg.seed,
         per_device=s.per_device_batch_size,
         accumulation=accumulation_steps(s.effective_batch_size, s.per_device_batch_size, s.num_workers),
@@ -116,7 +126,7 @@ def run_warmup(cfg: WarmupConfig) -> Path:
     from ..data.io import read_records, write_jsonl
     if not cfg.lora.enabled:
         raise ValueError("warmup trains LoRA (the gradient datastore reads LoRA gradients); set lora.enabled: true")
-    check_moments_supported(cfg.deepspeed.zero_stage, resolve_dtype(cfg.deepspeed.dtype, cfg.scaling.use_gpu))
+    resolve_training_dtype(cfg, "warmup")
     absolute_paths(cfg)  # workers run in their own folders: nothing relative may reach them
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -145,6 +155,7 @@ def run_train(cfg: TrainConfig) -> Path:
     """LESS step 4: train on a selection (LoRA or full fine-tune, any base model);
     <out>/model is the final adapter (or model) with the tokenizer, <out>/state.json its state."""
     from ..models import load_tokenizer
+    resolve_training_dtype(cfg, "train")
     absolute_paths(cfg)  # workers run in their own folders: nothing relative may reach them
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
