@@ -49,6 +49,7 @@ def plan_pipeline(cfg: Any) -> dict[str, Any]:
     from .data.io import read_records
     from .extract.job import resolved_precision
     from .pipeline import scored_dim
+    from .train.engine import resolve_dtype
     from .preflight import eval_tasks_for, heldout_count, pipeline_selection_count
     pool = read_records(cfg.pool).records
     n_pool = len(pool)
@@ -69,8 +70,13 @@ def plan_pipeline(cfg: Any) -> dict[str, Any]:
     feature_bytes = (2 if cfg.extract.dtype == "float16" else 4) * dim
     proj_entries = sizes["lora_params"] * dim if proj == "rademacher" else 0
     extract_rows = (n_pool + n_targets) * ckpts
+    def dtype(section):  # deepspeed.dtype as run_warmup / run_train will resolve it
+        got, why = resolve_dtype(section.deepspeed.dtype, section.scaling.use_gpu, section.lora.enabled,
+                                 section.deepspeed.zero_stage, section.scaling.cpus_per_worker)
+        return {"requested": section.deepspeed.dtype, "resolved": got, "why": why}
+
     stages = {
-        "warmup": {"examples": n_warm, "epochs": ckpts, "checkpoints": ckpts,
+        "warmup": {"examples": n_warm, "dtype": dtype(cfg.warmup), "epochs": ckpts, "checkpoints": ckpts,
                    "optimizer_steps": math.ceil(n_warm / cfg.warmup.scaling.effective_batch_size) * ckpts,
                    "flops": train_flops(n_warm, ckpts)},
         "extract": {"examples": extract_rows, "pool_rows_per_checkpoint": n_pool, "target_rows_per_checkpoint": n_targets,
@@ -83,6 +89,7 @@ def plan_pipeline(cfg: Any) -> dict[str, Any]:
         "score": {"pool_rows": n_pool, "checkpoints": ckpts, "flops": 2 * n_pool * dim * ckpts * max(1, n_targets)},
         "select": {"k_per_task": k, "tasks": len(targets)},
         "train": {"examples_per_task": k, "epochs": cfg.train.optim.epochs, "tasks": len(targets),
+                  "dtype": dtype(cfg.train),
                   "flops": train_flops(k, cfg.train.optim.epochs) * len(targets)},
         "eval": {task: eval_tasks_for(cfg, task) for task in targets},
     }
@@ -125,6 +132,7 @@ def format_plan(plan: dict[str, Any]) -> str:
     cpu = lambda d: f"~{_duration(d['cpu_seconds_estimate'])} on {plan['cpu_cores']} CPU cores"
     lines += [f"warmup   {w['examples']} examples x {w['epochs']} epochs = {w['optimizer_steps']} optimizer steps,"
               f" {w['checkpoints']} checkpoints; {_human(w['flops'], 'FLOP')}, {cpu(w)}",
+              f"         dtype {w['dtype']['requested']} -> {w['dtype']['resolved']} ({w['dtype']['why']})",
               f"extract  {e['examples']} gradient features ({e['pool_rows_per_checkpoint']} pool +"
               f" {e['target_rows_per_checkpoint']} targets per checkpoint), {e['projection']} projection to d = {e['dim']};"
               f" {_human(e['flops'], 'FLOP')} + {_human(e['projection_entries'], '')} projection entries;"
@@ -135,6 +143,7 @@ def format_plan(plan: dict[str, Any]) -> str:
               f"select   top {s['select']['k_per_task']} per task, {s['select']['tasks']} task(s)",
               f"train    {tr['examples_per_task']} examples x {tr['epochs']} epochs x {tr['tasks']} task(s);"
               f" {_human(tr['flops'], 'FLOP')}, {cpu(tr)}",
+              f"         dtype {tr['dtype']['requested']} -> {tr['dtype']['resolved']} ({tr['dtype']['why']})",
               "eval     " + "; ".join(f"{k}: {', '.join(v)}" for k, v in s["eval"].items()),
               "", f"estimates: FLOPs at {plan['rate']}; a GPU is typically 20-100x faster (not measured here)"]
     lines += [f"warning: {x}" for x in plan.get("warnings", [])]

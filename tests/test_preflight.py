@@ -165,6 +165,11 @@ def test_plan_prints_the_work_per_stage(tmp_path, tiny_model_dir, demo_files, ca
     pr = s["extract"]["precision"]
     assert pr["requested"] == "auto" and pr["resolved"] in ("fp32", "bf16") and "matmul" in pr["why"]
     assert f"precision auto -> {pr['resolved']} (" in text
+    # and so is the training dtype (LoRA on CPU: by the same probe)
+    for stage in ("warmup", "train"):
+        dt = s[stage]["dtype"]
+        assert dt["requested"] == "auto" and dt["resolved"] in ("float32", "bfloat16") and "matmul" in dt["why"]
+        assert f"dtype auto -> {dt['resolved']} (" in text
 
 
 def test_example_configs_load_with_paths_made_absolute(tmp_path, monkeypatch):
