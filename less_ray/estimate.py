@@ -49,7 +49,7 @@ def plan_pipeline(cfg: Any) -> dict[str, Any]:
     from .data.io import read_records
     from .extract.job import resolved_precision
     from .pipeline import scored_dim
-    from .train.engine import resolve_dtype
+    from .train.engine import section_dtype
     from .preflight import eval_tasks_for, heldout_count, pipeline_selection_count
     pool = read_records(cfg.pool).records
     n_pool = len(pool)
@@ -71,8 +71,7 @@ def plan_pipeline(cfg: Any) -> dict[str, Any]:
     proj_entries = sizes["lora_params"] * dim if proj == "rademacher" else 0
     extract_rows = (n_pool + n_targets) * ckpts
     def dtype(section):  # deepspeed.dtype as run_warmup / run_train will resolve it
-        got, why = resolve_dtype(section.deepspeed.dtype, section.scaling.use_gpu, section.lora.enabled,
-                                 section.deepspeed.zero_stage, section.scaling.cpus_per_worker)
+        got, why = section_dtype(section)
         return {"requested": section.deepspeed.dtype, "resolved": got, "why": why}
 
     stages = {

@@ -138,3 +138,11 @@ def probe(device: str = "cpu", use_cache: bool = True, threads: int | None = Non
     except (OSError, ValueError):
         pass  # a read-only home: the probe is cheap enough to repeat
     return host
+
+
+def resolve_auto(device: str = "cpu", threads: float = 1) -> tuple[str, str]:
+    """(precision, why) of `auto` on this machine's `device` at `threads`: the probe, then
+    `resolve_precision`, the why naming the host (extraction and training both decide by it)."""
+    host = probe(device, threads=max(1, int(threads)))
+    precision, why = resolve_precision("auto", host)
+    return precision, f"{why}; {host.describe()}"

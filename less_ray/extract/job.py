@@ -119,7 +119,7 @@ def resolved_precision(cfg: ExtractConfig) -> tuple[str, str]:
     """(precision, why): `auto` decided for the device the actors run on. GPU actors: CUDA's bf16
     (asked of the driver's GPU where it has one). CPU actors: this machine's probe at the actors'
     thread count; on a cluster whose workers are other CPUs than the driver's, set it explicitly."""
-    from ..core.precision import probe, resolve_precision
+    from ..core.precision import resolve_auto
     if cfg.precision != "auto":
         return cfg.precision, "as configured"
     if cfg.actor_num_gpus > 0:
@@ -127,11 +127,8 @@ def resolved_precision(cfg: ExtractConfig) -> tuple[str, str]:
         if not torch.cuda.is_available():
             return "bf16", ("GPU actors: LESS's bf16 at the tensor cores' rate (this driver has no GPU to ask; "
                             "set extract.precision fp32 for GPUs without bf16)")
-        host = probe("cuda")
-    else:
-        host = probe("cpu", threads=max(1, int(cfg.actor_num_cpus)))
-    precision, why = resolve_precision("auto", host)
-    return precision, f"{why}; {host.describe()}"
+        return resolve_auto("cuda")
+    return resolve_auto("cpu", cfg.actor_num_cpus)
 
 
 def projection_batch(cfg: ExtractConfig, num_params: int) -> int:

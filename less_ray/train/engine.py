@@ -33,10 +33,15 @@ def resolve_dtype(dtype: str, use_gpu: bool, lora: bool, zero_stage: int = 0, th
         return "bfloat16", "GPU: LESS's bf16"
     if not lora or zero_stage == 3:
         return "float32", "CPU full fine-tune or ZeRO 3: fp32"
-    from ..core.precision import probe, resolve_precision
-    host = probe("cpu", threads=max(1, int(threads)))
-    precision, why = resolve_precision("auto", host)
-    return ("bfloat16" if precision == "bf16" else "float32"), f"{why}; {host.describe()}"
+    from ..core.precision import resolve_auto
+    precision, why = resolve_auto("cpu", threads)
+    return ("bfloat16" if precision == "bf16" else "float32"), why
+
+
+def section_dtype(cfg) -> tuple[str, str]:
+    """resolve_dtype for a warmup / train config (or a pipeline's section of one)."""
+    return resolve_dtype(cfg.deepspeed.dtype, cfg.scaling.use_gpu, cfg.lora.enabled, cfg.deepspeed.zero_stage,
+                         cfg.scaling.cpus_per_worker)
 
 
 def deepspeed_bf16(dtype: str, lora: bool, zero_stage: int) -> bool:
@@ -53,18 +58,19 @@ def deepspeed_config(zero_stage: int, per_device: int, accumulation: int, world:
                      max_grad_norm: float, dtype: str, lora: bool) -> dict[str, Any]:
     if zero_stage not in (0, 1, 2, 3):
         raise ValueError(f"zero_stage must be 0-3, got {zero_stage}")
+    ds_bf16 = deepspeed_bf16(dtype, lora, zero_stage)
     cfg = {
         "train_micro_batch_size_per_gpu": per_device,
         "gradient_accumulation_steps": accumulation,
         "train_batch_size": per_device * accumulation * world,
         "gradient_clipping": max_grad_norm,
         "zero_optimization": {"stage": zero_stage},
-        "bf16": {"enabled": deepspeed_bf16(dtype, lora, zero_stage)},
+        "bf16": {"enabled": ds_bf16},
         "zero_allow_untested_optimizer": True,  # torch AdamW under ZeRO
         "steps_per_print": 10 ** 9,
         "wall_clock_breakdown": False,
     }
-    if deepspeed_bf16(dtype, lora, zero_stage) and zero_stage == 1:
+    if ds_bf16 and zero_stage == 1:
         # DeepSpeed's BF16_Optimizer: fp32 master weights, moments and gradient accumulation
         cfg["data_types"] = {"grad_accum_dtype": "fp32"}
     return cfg

@@ -25,7 +25,7 @@ from ..ray_runtime import ensure_ray
 from .checkpoint import (MODEL_DIR, STATE_FILE, WARMUP_DATA_FILE, data_hash, export_checkpoint,
                          read_state, write_json, write_warmup_manifest)
 from .config import TrainConfig, WarmupConfig
-from .engine import resolve_dtype
+from .engine import section_dtype
 from .loop import LoopSpec
 from .plan import accumulation_steps
 
@@ -57,8 +57,7 @@ def resolve_training_dtype(cfg, kind: str) -> None:
     """deepspeed.dtype `auto` resolved in place before anything is written: config.yaml, every
     checkpoint's state and a replay carry the dtype the run trained in."""
     requested = cfg.deepspeed.dtype
-    cfg.deepspeed.dtype, why = resolve_dtype(requested, cfg.scaling.use_gpu, cfg.lora.enabled,
-                                             cfg.deepspeed.zero_stage, cfg.scaling.cpus_per_worker)
+    cfg.deepspeed.dtype, why = section_dtype(cfg)
     if requested != cfg.deepspeed.dtype:
         log.info("%s: deepspeed.dtype %s -> %s (%s)", kind, requested, cfg.deepspeed.dtype, why)
 
