@@ -427,12 +427,12 @@ def config_hash(cfg: Any) -> str:
 
 def save_config(cfg: Any, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write the resolved config as YAML (readable by `load_config` when `extra` is None)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from . import storage
+    path = storage.location(path)
     data = config_to_dict(cfg)
     header = f"# resolved {type(cfg).__name__} (replay with --config {path.name})\n"
     text = header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
     if extra:
         text += "# run facts (not config):\n" + "".join(f"# {k}: {v}\n" for k, v in extra.items())
-    path.write_text(text, encoding="utf-8")
+    storage.write_atomic(path, text)
     return path

@@ -10,6 +10,20 @@ A lock left by a dead process is free by construction (the kernel dropped it wit
 its stale sidecar is reported and replaced. Within one process the lock is re-entrant, so a
 stage may call another on the same folder. Over NFS the lock is a POSIX lock, which NFSv4 serves
 across nodes.
+
+On an object store (`s3://...`, less_ray/storage.py) there is no kernel to drop a dead holder's
+lock, so the lock is a lease:
+
+    <folder>/.less_ray.lock        one object: the holder (stage, pid, host, start), a random token
+                                   and `renewed` (epoch seconds)
+
+It is taken by a conditional create (S3's `If-None-Match: *`: of two writers exactly one succeeds;
+S3 since 2024, MinIO, Ceph and moto honour it). While held, a daemon thread rewrites it every
+LEASE_S / 4 with a fresh `renewed`. A lock not renewed for LEASE_S (LESS_RAY_LOCK_LEASE_S, default
+120 s) belongs to a dead holder: the next writer reports it, deletes it and creates its own, again
+conditionally, so of several writers recovering it at once one wins. (The check and the delete are
+two requests: a holder that renewed between them loses its lock; the lease is 30 renewal periods
+wide of that window.) Release deletes the object if it still holds this holder's token.
 """
 from __future__ import annotations
 
@@ -20,8 +34,11 @@ import os
 import socket
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable
+
+from . import storage
 
 log = logging.getLogger("less_ray")
 LOCK_FILE = ".less_ray.lock"
@@ -33,16 +50,85 @@ class RunLockBusy(ValueError):
     `less-ray <stage>: error: ...` line.)"""
 
 
-_held: dict[Path, list[Any]] = {}  # folder -> [FileLock, depth]
+_held: dict[Any, list[Any]] = {}  # folder -> [FileLock or _Lease, depth]
 _guard = threading.Lock()
 
 
 def holder(folder: str | Path) -> dict[str, Any] | None:
     """The recorded holder of `folder`'s lock (which may be stale), or None."""
+    loc = storage.location(folder)
     try:
-        return json.loads((Path(folder) / HOLDER_FILE).read_text())
+        return json.loads((loc / (HOLDER_FILE if isinstance(loc, Path) else LOCK_FILE)).read_text())
     except (OSError, ValueError):
         return None
+
+
+def lease_s() -> float:
+    return float(os.environ.get("LESS_RAY_LOCK_LEASE_S", "120"))
+
+
+def _holder_record(stage: str) -> dict[str, Any]:
+    return {"stage": stage, "pid": os.getpid(), "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def _busy(folder: Any, h: dict[str, Any], lock_name: str) -> RunLockBusy:
+    return RunLockBusy(
+        f"{folder} is in use: `{h.get('stage', '?')}` (pid {h.get('pid', '?')} on host {h.get('host', '?')}, "
+        f"since {h.get('started', '?')}) holds {lock_name}; one writer per folder: wait for it to "
+        "finish or stop it, or give this run another folder")
+
+
+class _Lease:
+    """The object-store lock of one folder while this process holds it (module docstring)."""
+
+    def __init__(self, folder: Any, stage: str):
+        self.obj = storage.location(folder) / LOCK_FILE
+        self.record = {**_holder_record(stage), "token": uuid.uuid4().hex}
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def _body(self) -> bytes:
+        return json.dumps({**self.record, "renewed": time.time()}).encode()
+
+    def acquire(self, folder: Any) -> None:
+        if storage.create_exclusive(self.obj, self._body()):
+            return self._start()
+        h = holder(folder) or {}
+        age = time.time() - float(h.get("renewed", 0))
+        if age <= lease_s():
+            raise _busy(folder, h, str(self.obj))
+        log.warning("%s: recovered a stale lock of `%s` (pid %s on %s; not renewed for %.0f s, lease %.0f s)",
+                    folder, h.get("stage"), h.get("pid"), h.get("host"), age, lease_s())
+        if (holder(folder) or {}).get("token") == h.get("token"):  # still the stale one
+            self.obj.unlink(missing_ok=True)
+        if not storage.create_exclusive(self.obj, self._body()):  # another writer recovered it first
+            raise _busy(folder, holder(folder) or {}, str(self.obj))
+        self._start()
+
+    def _start(self) -> None:
+        self.thread = threading.Thread(target=self._renew, name="less_ray-lock-lease", daemon=True)
+        self.thread.start()
+
+    def _renew(self) -> None:
+        while not self.stop.wait(lease_s() / 4):
+            try:
+                if (json.loads(self.obj.read_text()) or {}).get("token") != self.record["token"]:
+                    log.error("%s: this run's lock was taken over by another writer", self.obj)
+                    return
+                self.obj.write_bytes(self._body())
+            except (OSError, ValueError) as e:  # a failed renewal is retried; the lease is 4 periods long
+                log.warning("%s: lock renewal failed (%s); retrying", self.obj, e)
+
+    def release(self) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(timeout=30)
+        try:
+            if json.loads(self.obj.read_text()).get("token") == self.record["token"]:
+                self.obj.unlink(missing_ok=True)
+        except (OSError, ValueError):
+            pass
 
 
 def _alive(pid: int) -> bool:
@@ -55,9 +141,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def acquire(folder: str | Path, stage: str) -> Path:
+def acquire(folder: str | Path, stage: str):
     """Take `folder`'s lock (creating the folder) or raise RunLockBusy naming the holder."""
     from filelock import FileLock, Timeout
+    if storage.is_remote(folder):
+        return _acquire_lease(folder, stage)
     folder = Path(folder).resolve()
     with _guard:
         if folder in _held:
@@ -68,11 +156,7 @@ def acquire(folder: str | Path, stage: str) -> Path:
         try:
             lock.acquire(timeout=0)
         except Timeout:
-            h = holder(folder) or {}
-            raise RunLockBusy(
-                f"{folder} is in use: `{h.get('stage', '?')}` (pid {h.get('pid', '?')} on host {h.get('host', '?')}, "
-                f"since {h.get('started', '?')}) holds {folder / LOCK_FILE}; one writer per folder: wait for it to "
-                "finish or stop it, or give this run another folder") from None
+            raise _busy(folder, holder(folder) or {}, str(folder / LOCK_FILE)) from None
         old = holder(folder)
         if old:
             state = ("dead" if old.get("host") == socket.gethostname() and isinstance(old.get("pid"), int)
@@ -80,14 +164,36 @@ def acquire(folder: str | Path, stage: str) -> Path:
             log.warning("%s: recovered a stale lock of `%s` (pid %s on %s, %s; the OS had released it)",
                         folder, old.get("stage"), old.get("pid"), old.get("host"), state)
         tmp = folder / f".{HOLDER_FILE}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps({"stage": stage, "pid": os.getpid(), "host": socket.gethostname(),
-                                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+        tmp.write_text(json.dumps(_holder_record(stage)))
         os.replace(tmp, folder / HOLDER_FILE)
         _held[folder] = [lock, 1]
         return folder
 
 
+def _acquire_lease(folder: Any, stage: str) -> str:
+    key = storage.name_of(folder).rstrip("/")
+    with _guard:
+        if key in _held:
+            _held[key][1] += 1
+            return key
+        lease = _Lease(key, stage)
+        lease.acquire(key)
+        _held[key] = [lease, 1]
+        return key
+
+
 def release(folder: str | Path) -> None:
+    if storage.is_remote(folder):
+        key = storage.name_of(folder).rstrip("/")
+        with _guard:
+            entry = _held.get(key)
+            if entry is None:
+                return
+            entry[1] -= 1
+            if not entry[1]:
+                del _held[key]
+                entry[0].release()
+        return
     folder = Path(folder).resolve()
     with _guard:
         entry = _held.get(folder)

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from . import storage
 from .ray_runtime import RayStage
 from .store import sha256_file
 
@@ -28,7 +29,7 @@ log = logging.getLogger("less_ray")
 RAY_DATA_MEMORY_SHARE = 0.95
 
 
-def shard_input(data: str, out: Path, shard_rows: int, sha256: str | None = None) -> tuple[int, int, str]:
+def shard_input(data: str, out, shard_rows: int, sha256: str | None = None) -> tuple[int, int, str]:
     """Validated records as Parquet, one row group per shard (`<out>/_input.parquet`). Returns
     (rows, shards, input sha256); reused when the input file and shard size are unchanged.
     `sha256`: the file's, when the caller hashed it already (it is read in full to hash)."""
@@ -37,14 +38,14 @@ def shard_input(data: str, out: Path, shard_rows: int, sha256: str | None = None
 
     from .data.io import _parquet_schema, iter_records
     digest = sha256 or sha256_file(data)
+    out = storage.location(out)
     info_path = out / "_input.json"
     if info_path.exists() and (out / SHARDED_INPUT).exists():
         info = json.loads(info_path.read_text())
         if info["sha256"] == digest and info["shard_rows"] == shard_rows:
             return info["rows"], info["shards"], digest
-    out.mkdir(parents=True, exist_ok=True)
     schema = _parquet_schema()
-    tmp = out / f".{SHARDED_INPUT}.tmp"
+    tmp = storage.spool_file(out / SHARDED_INPUT)
     rows, shards, chunk = 0, 0, []
     with pq.ParquetWriter(tmp, schema) as w:
         def flush():
@@ -58,8 +59,8 @@ def shard_input(data: str, out: Path, shard_rows: int, sha256: str | None = None
         if chunk:
             flush()
             rows, shards = rows + len(chunk), shards + 1
-    tmp.replace(out / SHARDED_INPUT)
-    info_path.write_text(json.dumps({"path": str(data), "sha256": digest, "rows": rows, "shards": shards,
+    storage.upload(tmp, out / SHARDED_INPUT)
+    storage.write_atomic(info_path, json.dumps({"path": str(data), "sha256": digest, "rows": rows, "shards": shards,
                                      "shard_rows": shard_rows}))
     return rows, shards, digest
 
@@ -103,6 +104,9 @@ def ray_nodes() -> list[dict[str, float]]:
 
 def read_shard(sharded: str | Path, shard: int) -> list[dict[str, Any]]:
     import pyarrow.parquet as pq
+    if storage.is_remote(sharded):  # ranged reads: only this row group crosses the network
+        with storage.location(sharded).open("rb") as fh:
+            return pq.ParquetFile(fh).read_row_group(shard).to_pylist()
     return pq.ParquetFile(sharded).read_row_group(shard).to_pylist()
 
 

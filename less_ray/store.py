@@ -16,6 +16,11 @@ A shard is written to a hidden temp name and renamed into place with its sidecar
 writer leaves no partial shard visible; a rerun skips shards whose sidecar checksum verifies.
 The manifest is written last, from the sidecars, with a sha256 of its own content.
 
+A store may live on an object store (`s3://bucket/path`, any fsspec URI; less_ray/storage.py):
+shards are written to a local spool file and uploaded under their final name (an object appears
+whole or not at all), then their sidecars, then the manifest, in the same order as on disk; a
+reader copies each shard to its spool once, verifies its sha256 there and reads it as a local one.
+
 Verify on read: `read_manifest` checks the manifest's own checksum and that every shard `file`
 stays inside the store; `iter_blocks` / `read_store` (and `score`'s block reader) check each
 shard's sha256 against the manifest before using it, and every features row read for being
@@ -24,15 +29,16 @@ finite and, in a normalised store, of unit norm (`check_features`). A failure is
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import os
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
 import numpy as np
+
+from . import storage
 
 FORMAT = "less_ray.datastore/2"
 PARQUET_FORMAT = "less_ray.datastore/1"  # the retired layout: Parquet shards, part-NNNNN.parquet
@@ -55,7 +61,7 @@ class StoreIntegrityError(ValueError):
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with storage.location(path).open("rb") as fh:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
@@ -64,7 +70,7 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 def sha256_files(paths: list[str | Path]) -> str:
     """One content hash over several files (name and bytes), order-independent of the list."""
     h = hashlib.sha256()
-    for p in sorted(Path(x) for x in paths):
+    for p in sorted((storage.location(x) for x in paths), key=str):
         h.update(p.name.encode() + b"\0" + sha256_file(p).encode())
     return h.hexdigest()
 
@@ -105,25 +111,22 @@ def features_table(ids: list[str], sources: list[str], features: np.ndarray, nor
 def write_shard(store: str | Path, index: int, table) -> dict[str, Any]:
     """Atomically write shard `index` (an Arrow IPC file) and its sidecar; returns the sidecar entry."""
     import pyarrow as pa
-    shards = Path(store) / SHARDS
-    shards.mkdir(parents=True, exist_ok=True)
+    shards = storage.location(store) / SHARDS
     final = shards / shard_name(index)
-    tmp = shards / f".tmp-{final.name}-{uuid.uuid4().hex}"
+    tmp = storage.spool_file(final)
     ftype = table.schema.field("features").type
     row_bytes = ftype.list_size * ftype.value_type.bit_width // 8
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table, max_chunksize=max(1, BATCH_BYTES // max(1, row_bytes)))
     entry = {"file": f"{SHARDS}/{final.name}", "index": index, "rows": table.num_rows, "sha256": sha256_file(tmp)}
-    tmp_side = shards / f".tmp-{final.name}.json-{uuid.uuid4().hex}"
-    tmp_side.write_text(json.dumps(entry))
-    os.replace(tmp, final)  # the shard first, then the sidecar that vouches for it
-    os.replace(tmp_side, shards / f"{final.name}.json")
+    storage.upload(tmp, final)  # the shard first, then the sidecar that vouches for it
+    storage.write_atomic(shards / f"{final.name}.json", json.dumps(entry))
     return entry
 
 
 def verified_shard(store: str | Path, index: int) -> dict[str, Any] | None:
     """The sidecar entry if shard `index` is complete and its checksum matches, else None."""
-    shards = Path(store) / SHARDS
+    shards = storage.location(store) / SHARDS
     side, data = shards / f"{shard_name(index)}.json", shards / shard_name(index)
     if not (side.exists() and data.exists()):
         return None
@@ -138,7 +141,7 @@ def remove_temp_files(store: str | Path) -> int:
     """Leftovers of killed writers (never visible as shards), and shards of the retired Parquet
     layout with their sidecars (this version never reads them; extract replaces them); returns
     how many files were removed."""
-    shards = Path(store) / SHARDS
+    shards = storage.location(store) / SHARDS
     n = 0
     if shards.exists():
         for p in [*shards.glob(".tmp-*"), *shards.glob("part-*.parquet"), *shards.glob("part-*.parquet.json")]:
@@ -198,7 +201,7 @@ def manifest_digest(data: dict[str, Any]) -> str:
 
 
 def write_manifest(store: str | Path, manifest: StoreManifest) -> Path:
-    path = Path(store) / MANIFEST
+    path = storage.location(store) / MANIFEST
     if not manifest.shards:
         src = manifest.input.get("path") if manifest.input else None
         raise ValueError(f"{store}: refusing to write a datastore without shards: the input "
@@ -208,30 +211,29 @@ def write_manifest(store: str | Path, manifest: StoreManifest) -> Path:
         manifest.model_hash = model_content_hash(manifest.model)
     data = asdict(manifest)
     data[MANIFEST_SUM] = manifest_digest(data)
-    tmp = path.with_name(f".{MANIFEST}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    storage.write_atomic(path, json.dumps(data, indent=2))
     return path
 
 
-def shard_path(store: str | Path, entry: dict[str, Any], where: str | Path | None = None) -> Path:
+def shard_path(store: str | Path, entry: dict[str, Any], where: str | Path | None = None):
     """The shard file a manifest entry names, confined to `<store>/shards/` (no absolute path, no
     `..`, no link out of the store)."""
     file = entry.get("file")
-    where = where or Path(store) / MANIFEST
+    root = storage.location(store)
+    where = where or root / MANIFEST
     p = PurePosixPath(file) if isinstance(file, str) else None
     if (p is None or "\\" in file or p.is_absolute() or len(p.parts) != 2 or p.parts[0] != SHARDS
             or p.parts[1] in ("..", ".") or not p.parts[1].endswith(SUFFIX)):
         raise StoreIntegrityError(f"{where}: shard file {file!r} is not a file under {SHARDS}/ of its store: refused")
-    full = Path(store) / p
-    if not full.resolve().is_relative_to(Path(store).resolve()):
+    full = root / p
+    if isinstance(root, Path) and not full.resolve().is_relative_to(root.resolve()):  # (no links in an object store)
         raise StoreIntegrityError(f"{where}: shard file {file!r} leads outside its store ({full.resolve()}): refused")
     return full
 
 
 def read_manifest(store: str | Path) -> StoreManifest:
     """The manifest, after checking its own checksum and that its shard files stay in the store."""
-    path = Path(store) / MANIFEST
+    path = storage.location(store) / MANIFEST
     if not path.exists():
         raise FileNotFoundError(f"{store}: not a finished datastore (no {MANIFEST})")
     try:
@@ -260,12 +262,13 @@ def read_manifest(store: str | Path) -> StoreManifest:
     return StoreManifest(**data)
 
 
-def verify_shard_checksum(store: str | Path, entry: dict[str, Any]) -> Path:
-    """The shard's path once its bytes hash to the manifest's sha256 (else StoreIntegrityError)."""
+def verify_shard_checksum(store: str | Path, entry: dict[str, Any], local: Path | None = None):
+    """The shard's path once its bytes (those of `local`, its fetched copy, when given) hash to
+    the manifest's sha256 (else StoreIntegrityError)."""
     path = shard_path(store, entry)
-    if not path.exists():
+    if local is None and not path.exists():
         raise StoreIntegrityError(f"{path}: shard {entry.get('index')} is missing; {REPAIR}")
-    got = sha256_file(path)
+    got = sha256_file(local or path)
     if got != entry.get("sha256"):
         raise StoreIntegrityError(f"{path}: shard {entry.get('index')} is damaged: its sha256 {got[:16]}... "
                                   f"differs from the manifest's {str(entry.get('sha256'))[:16]}...; {REPAIR}")
@@ -297,26 +300,32 @@ def check_features(path: str | Path, features: np.ndarray, normalized: bool, ids
         raise feature_error(path, row0 + i, None if ids is None else ids[i], float(sumsq[i]), normalized)
 
 
-def shard_batches(path: str | Path, columns: list[str] | tuple[str, ...] | None = None) -> Iterator:
+def shard_batches(path: str | Path, columns: list[str] | tuple[str, ...] | None = None, shown=None) -> Iterator:
     """The record batches of one shard file, in order, with only `columns` (all when None). The
     file is memory-mapped and pyarrow's batches are views of it: no copy, no decoding. The next
     batch's pages are asked for ahead (readahead), and a batch's pages leave this process's
     resident set when the next one is asked for, so a reader holds about one batch, whatever the
     shard's size. A file that is not an Arrow IPC shard with these columns is a
-    StoreIntegrityError naming the file."""
+    StoreIntegrityError naming the file (`shown`: the name to give it, e.g. the remote shard that
+    `path` is a fetched copy of). A remote `path` is fetched to the spool first."""
+    if storage.is_remote(path):
+        with storage.fetched(path) as local:
+            yield from shard_batches(local, columns, shown or path)
+        return
     import mmap
 
     import pyarrow as pa
     path = Path(path)
+    shown = shown or path
     try:
         with open(path, "rb") as fh:
             mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     except (OSError, ValueError) as e:  # missing, unreadable or empty
-        raise StoreIntegrityError(f"{path}: not a readable Arrow IPC shard ({e}); {REPAIR}") from None
+        raise StoreIntegrityError(f"{shown}: not a readable Arrow IPC shard ({e}); {REPAIR}") from None
     try:
-        yield from _mapped_batches(path, mm, columns)
+        yield from _mapped_batches(shown, mm, columns)
     except (pa.ArrowException, OSError) as e:
-        raise StoreIntegrityError(f"{path}: not a readable Arrow IPC shard ({type(e).__name__}: {e}); "
+        raise StoreIntegrityError(f"{shown}: not a readable Arrow IPC shard ({type(e).__name__}: {e}); "
                                   f"{REPAIR}") from None
     finally:
         try:
@@ -362,7 +371,7 @@ def shard_schema(path: str | Path):
     """The Arrow schema of one shard file (its footer only)."""
     import pyarrow as pa
     try:
-        with pa.OSFile(str(path)) as f:
+        with storage.fetched(path) as local, pa.OSFile(str(local)) as f:
             return pa.ipc.open_file(f).schema
     except (pa.ArrowException, OSError) as e:
         raise StoreIntegrityError(f"{path}: not a readable Arrow IPC shard ({type(e).__name__}: {e}); "
@@ -403,18 +412,35 @@ def iter_blocks(store: str | Path, columns: tuple[str, ...] = ("id", "features")
     man = read_manifest(store)
     want = list(columns) + (["id"] if verify and "features" in columns and "id" not in columns else [])
     for entry in man.shards:
-        path = verify_shard_checksum(store, entry) if verify else shard_path(store, entry)
-        row = 0
-        for whole in shard_batches(path, want):
-            for lo in range(0, max(whole.num_rows, 1), batch_rows):
-                batch = whole.slice(lo, batch_rows)
-                if not batch.num_rows:
-                    continue
-                block = {name: _column_to_numpy(batch.column(name), man.projection.dim, path) for name in want}
-                if verify and "features" in block:
-                    check_features(path, block["features"], man.normalized, block["id"], row)
-                row += batch.num_rows
-                yield {name: block[name] for name in columns}
+        with local_shard(store, entry) as (path, local):  # a remote shard crosses the network once
+            yield from _shard_blocks(store, entry, path, local, man, want, columns, batch_rows, verify)
+
+
+@contextlib.contextmanager
+def local_shard(store: str | Path, entry: dict[str, Any]):
+    """(path, local): the shard a manifest entry names, and a local file of its bytes: the shard
+    itself when local, a spool copy of a remote one (fetched once, removed after)."""
+    path = shard_path(store, entry)
+    if storage.is_remote(path) and not path.exists():
+        raise StoreIntegrityError(f"{path}: shard {entry.get('index')} is missing; {REPAIR}")
+    with storage.fetched(path) as local:
+        yield path, local
+
+
+def _shard_blocks(store, entry, path, local, man, want, columns, batch_rows, verify) -> Iterator[dict[str, Any]]:
+    if verify:
+        verify_shard_checksum(store, entry, local if storage.is_remote(path) else None)
+    row = 0
+    for whole in shard_batches(local, want, path):
+        for lo in range(0, max(whole.num_rows, 1), batch_rows):
+            batch = whole.slice(lo, batch_rows)
+            if not batch.num_rows:
+                continue
+            block = {name: _column_to_numpy(batch.column(name), man.projection.dim, path) for name in want}
+            if verify and "features" in block:
+                check_features(path, block["features"], man.normalized, block["id"], row)
+            row += batch.num_rows
+            yield {name: block[name] for name in columns}
 
 
 def _column_to_numpy(col, dim: int, path: str | Path = ""):

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import storage
 from ..config import config_hash, save_config, path_field
 from ..core.formatting import ChatFormat
 from ..core.precision import PRECISIONS  # auto, fp32, bf16, less
@@ -157,8 +158,8 @@ def make_projector(cfg: ExtractConfig, num_params: int):
     return RademacherProjector(num_params, cfg.dims, seed=cfg.seed)
 
 
-def store_dir(out: str | Path, dim: int) -> Path:
-    return Path(out) / f"dim{dim}"
+def store_dir(out: str | Path, dim: int):
+    return storage.location(out) / f"dim{dim}"
 
 
 class ShardExtractor:
@@ -189,7 +190,7 @@ class ShardExtractor:
 
     def extract_shard(self, shard: int) -> dict[str, Any]:
         from ..core.formatting import SkippedExample, collate, token_budget_batches, tokenize_messages
-        rows = read_shard(*shard_file(Path(self.cfg.out), self.parts, shard))
+        rows = read_shard(*shard_file(storage.location(self.cfg.out), self.parts, shard))
         examples, skipped = [], []
         for r in rows:
             t = tokenize_messages(r["messages"], self.tok, self.fmt, example_id=r["id"])
@@ -217,9 +218,8 @@ class ShardExtractor:
                                    self.cfg.dtype, tasks=[r["task"] for r in recs] if targets else None,
                                    subtasks=[r["subtask"] for r in recs] if targets else None)
             sd = store_dir(self.cfg.out, d)
-            (sd / "shards").mkdir(parents=True, exist_ok=True)
             side = sd / "shards" / f"part-{shard:05d}.skipped.json"
-            side.write_text(json.dumps([{"id": s.id, "reason": s.reason} for _, s in skipped]))
+            storage.write_atomic(side, json.dumps([{"id": s.id, "reason": s.reason} for _, s in skipped]))
             write_shard(sd, shard, table)  # last: the shard becomes visible complete, or not at all
         return {"shard": shard, "rows": len(recs), "skipped": len(skipped)}
 
@@ -263,12 +263,11 @@ def shard_keys(cfg: ExtractConfig, dims: list[int], parts: list[dict[str, Any]])
     return {d: {**common, "dim": d} for d in dims}
 
 
-def claim_store(store: Path, key: dict[str, Any], append: bool = False) -> None:
+def claim_store(store, key: dict[str, Any], append: bool = False) -> None:
     """Make `store` hold only shards computed from `key`. A store made from anything else (another
     checkpoint, seed, data file, formatting, ... or a store that predates the key) loses its
     manifest first, then its shards, so a killed rerun can never pass old features off as new.
     `append`: the store must hold the same inputs less the appended ones, and is kept."""
-    import shutil
     path = store / SHARD_KEY
     before = json.loads(path.read_text()) if path.exists() else None
     if before == key:
@@ -285,14 +284,11 @@ def claim_store(store: Path, key: dict[str, Any], append: bool = False) -> None:
     elif store.exists() and any(store.iterdir()):
         log.warning("extract: %s was made from other inputs (%s): recomputing it", store, why)
         (store / "manifest.json").unlink(missing_ok=True)
-        shutil.rmtree(store / "shards", ignore_errors=True)
+        storage.rmtree(store / "shards")
         for f in store.iterdir():
             if f.is_file():
                 f.unlink()
-    store.mkdir(parents=True, exist_ok=True)
-    tmp = store / f".{SHARD_KEY}.tmp"
-    tmp.write_text(json.dumps(key, indent=1, sort_keys=True))
-    tmp.replace(path)
+    storage.write_atomic(path, json.dumps(key, indent=1, sort_keys=True))
 
 
 def _short(v: Any) -> str:
@@ -300,7 +296,7 @@ def _short(v: Any) -> str:
 
 
 def pending_shards(cfg: ExtractConfig, keys: dict[int, dict[str, Any]], parts: list[dict[str, Any]]) -> list[int]:
-    out = Path(cfg.out)
+    out = storage.location(cfg.out)
     dims = list(keys)
     for d in dims:
         claim_store(store_dir(out, d), keys[d], cfg.append)
@@ -309,7 +305,7 @@ def pending_shards(cfg: ExtractConfig, keys: dict[int, dict[str, Any]], parts: l
     return [i for i in range(n_shards) if not all(verified_shard(store_dir(out, d), i) for d in dims)]
 
 
-def input_parts(cfg: ExtractConfig, out: Path, dims: list[int]) -> list[dict[str, Any]]:
+def input_parts(cfg: ExtractConfig, out, dims: list[int]) -> list[dict[str, Any]]:
     """The store's input files in shard order, `data` written one row group per shard: alone, or
     (append) after the inputs the store already holds, in `<out>/_append<k>/`."""
     if not cfg.append:
@@ -333,26 +329,25 @@ def input_parts(cfg: ExtractConfig, out: Path, dims: list[int]) -> list[dict[str
     return parts
 
 
-def write_parts(out: Path, parts: list[dict[str, Any]]) -> None:
-    tmp = out / f".{PARTS}.tmp"
-    tmp.write_text(json.dumps(parts, indent=1))
-    tmp.replace(out / PARTS)
+def write_parts(out, parts: list[dict[str, Any]]) -> None:
+    storage.write_atomic(out / PARTS, json.dumps(parts, indent=1))
 
 
-def check_new_ids(store: Path, sharded: Path, data: str) -> None:
+def check_new_ids(store, sharded, data: str) -> None:
     """Refuse appended records whose ids the store holds already (scores are keyed by id)."""
     import pyarrow.parquet as pq
 
     from ..store import read_store
     have = set(read_store(store, ("id",))["id"].tolist())
-    new = pq.read_table(sharded, columns=["id"]).column("id").to_pylist()
+    with storage.fetched(sharded) as local:
+        new = pq.read_table(local, columns=["id"]).column("id").to_pylist()
     dup = [i for i in new if i in have]
     if dup:
         raise ValueError(f"extract --append: {data}: {len(dup)} id(s) are in the store already ({store}): "
                          f"{dup[:5]}; give the new records new ids")
 
 
-def shard_file(out: Path, parts: list[dict[str, Any]], shard: int) -> tuple[Path, int]:
+def shard_file(out, parts: list[dict[str, Any]], shard: int) -> tuple[Any, int]:
     """(written input file, its row group) of global shard `shard`."""
     for p in parts:
         if p["first_shard"] <= shard < p["first_shard"] + p["shards"]:
@@ -373,7 +368,7 @@ def finalize(cfg: ExtractConfig, parts: list[dict[str, Any]], keys: dict[int, di
         skipped = [s for i in range(n_shards)
                    for s in json.loads((sd / "shards" / f"part-{i:05d}.skipped.json").read_text())]
         if skipped:
-            (sd / "skipped.jsonl").write_text("".join(json.dumps(s) + "\n" for s in skipped))
+            storage.write_atomic(sd / "skipped.jsonl", "".join(json.dumps(s) + "\n" for s in skipped))
         man = StoreManifest(
             kind=cfg.kind, checkpoint=str(cfg.checkpoint), checkpoint_hash=key["checkpoint"], model=str(cfg.base_model),
             projection=Projection(projection_type(cfg), cfg.seed, d), normalized=cfg.normalize, dtype=cfg.dtype,
@@ -400,7 +395,7 @@ def run_extract(cfg: ExtractConfig) -> dict[int, Path]:
 
     t0 = time.time()
     cfg = resolve(cfg)
-    out = Path(cfg.out)
+    out = storage.location(cfg.out)
     if cfg.shard_rows is None:
         cfg.shard_rows = auto_shard_rows(count_rows(cfg.data), cfg.max_actors)
     dims = [_identity_dim(cfg)] if cfg.projection == "identity" else cfg.dims

@@ -17,6 +17,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .. import storage
+
 SCHEMA_FIELDS = (("id", "string"), ("source", "string"), ("score", "float32"), ("best_subtask", "string"))
 
 
@@ -33,11 +35,12 @@ class ScoreFolderWriter:
 
     def __init__(self, out: str | Path, tasks: Sequence[str], pool: str | None = None):
         import pyarrow as pa
-        self.out = Path(out)
+        self.out = storage.location(out)
         self.tasks = list(tasks)
         self.pool = pool
         self.schema = pa.schema([(n, getattr(pa, t)()) for n, t in SCHEMA_FIELDS])
         self._writers: dict[str, Any] = {}
+        self._temp: dict[str, Path] = {}  # task -> its scores file being written (local; uploaded at close)
         self._rows = {t: 0 for t in self.tasks}
 
     def write(self, task: str, ids: Sequence[str], sources: Sequence[str], scores,
@@ -54,9 +57,8 @@ class ScoreFolderWriter:
             raise ValueError(f"{task}: non-finite score for ids {[ids[i] for i in bad[:5]]} "
                              f"({len(bad)} rows): refusing to write NaN/inf scores")
         if task not in self._writers:
-            d = self.out / task
-            d.mkdir(parents=True, exist_ok=True)
-            self._writers[task] = pq.ParquetWriter(d / ".scores.parquet.tmp", self.schema)
+            self._temp[task] = storage.spool_file(self.out / task / "scores.parquet")
+            self._writers[task] = pq.ParquetWriter(self._temp[task], self.schema)
         best = best_subtask if best_subtask is not None else [task] * len(ids)
         self._writers[task].write_table(pa.table([_column(ids), _column(sources), pa.array(scores), _column(best)],
                                                  schema=self.schema))
@@ -66,7 +68,7 @@ class ScoreFolderWriter:
         """Rename the files into place and write score_summary.json (plus `summary`'s keys)."""
         for task, w in self._writers.items():
             w.close()
-            (self.out / task / ".scores.parquet.tmp").replace(self.out / task / "scores.parquet")
+            storage.upload(self._temp[task], self.out / task / "scores.parquet")
         missing = [t for t in self.tasks if t not in self._writers]
         if missing:
             raise ValueError(f"no scores were written for task(s) {missing}")
@@ -78,8 +80,6 @@ class ScoreFolderWriter:
         out["tasks"] = {t: {**out.get("tasks", {}).get(t, {}), "scores": str(self.out / t / "scores.parquet")}
                         for t in self.tasks}
         if self.pool:
-            m = self.out / "manifests"
-            m.mkdir(parents=True, exist_ok=True)
-            (m / "pool.json").write_text(json.dumps({"input": {"path": str(self.pool)}}))
-        (self.out / "score_summary.json").write_text(json.dumps(out, indent=2, default=str))
+            storage.write_atomic(self.out / "manifests" / "pool.json", json.dumps({"input": {"path": str(self.pool)}}))
+        storage.write_atomic(self.out / "score_summary.json", json.dumps(out, indent=2, default=str))
         return out

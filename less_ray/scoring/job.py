@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import storage
 from ..config import save_config, path_field
 from ..core.influence import TaskQuery, normalize_weights, reduce_max, stack_queries
 from ..ray_runtime import RayStage
@@ -41,7 +41,8 @@ from ..run_lock import locked
 from ..shards import map_shards
 from .folder import ScoreFolderWriter
 from ..store import (NORM_TOL, StoreIntegrityError, bad_feature_rows, feature_error, features_view, read_manifest,
-                     read_shard, read_store, shard_batches, shard_path, verify_shard_checksum)
+                     local_shard, read_shard, read_store, shard_batches, shard_path,
+                     verify_shard_checksum)
 from .stores import CheckpointStores, StoreMismatch, match_stores
 
 # |score| of unit rows (within NORM_TOL) against weighted means of unit rows, plus float32 rounding
@@ -75,20 +76,25 @@ def _id_hash(ids) -> np.ndarray:
                         for i in ids), dtype=np.uint64, count=len(ids))
 
 
-def check_unique_ids(parts: Path, n_shards: int, pool_store: str) -> int:
+def _read_part(path, columns: list[str]):
+    import pyarrow.parquet as pq
+    with storage.fetched(path) as local:
+        return pq.read_table(local, columns=columns)
+
+
+def check_unique_ids(parts, n_shards: int, pool_store: str) -> int:
     """Refuse a pool that holds an id twice. The actors hash each shard's ids (8 bytes per row,
     column `id_hash` of its part) while scoring, so this costs no extra pass over the store;
     the ids are named from the parts only on failure."""
-    import pyarrow.parquet as pq
     files = [parts / f"{i:05d}.parquet" for i in range(n_shards)]
-    h = np.concatenate([pq.read_table(f, columns=["id_hash"]).column(0).to_numpy() for f in files]
+    h = np.concatenate([_read_part(f, ["id_hash"]).column(0).to_numpy() for f in files]
                        or [np.empty(0, np.uint64)])
     s = np.sort(h)
     dup = set(s[1:][s[1:] == s[:-1]].tolist())
     if dup:
         names = set()
         for f in files:
-            t = pq.read_table(f, columns=["id", "id_hash"])
+            t = _read_part(f, ["id", "id_hash"])
             names |= {i for i, x in zip(t.column(0).to_pylist(), t.column(1).to_pylist()) if x in dup}
         raise StoreMismatch(f"{pool_store}: id(s) stored more than once: {sorted(names)[:10]}")
     return len(h)
@@ -112,7 +118,7 @@ class ShardScorer:
             self._hasher = ThreadPoolExecutor(1, thread_name_prefix="shard-sha256")
         self.pool_stores = pool_stores
         self.tasks = tasks
-        self.parts = Path(parts_dir)
+        self.parts = storage.location(parts_dir)
         self.block_rows = block_rows
         self.device = torch.device("cuda" if use_gpu else "cpu")
         # zero rows up to a multiple of 8 columns: the matmul kernels run ~25% faster at 32 than 27
@@ -143,43 +149,51 @@ class ShardScorer:
             if norms is not None:
                 torch.linalg.vector_norm(xf, dim=1, out=norms[lo:lo + _WIDEN_ROWS])
 
-    def _feature_blocks(self, c: int, shard: int):
+    def _feature_blocks(self, c: int, shard: int, local):
         """[rows, d] feature blocks of one store's shard, views of its record batches as pyarrow
         reads them (no copy, no decoding), at most `block_rows` rows each."""
         path, dim = self.files[c][shard], self.dims[c]
-        for batch in shard_batches(path, ["features"]):
+        for batch in shard_batches(local, ["features"], path):
             feats = features_view(batch.column(0), path, dim)
             for lo in range(0, len(feats), self.block_rows):
                 yield feats[lo:lo + self.block_rows]
 
-    def _verify_checksums(self, shard: int) -> None:
+    def _verify_checksums(self, shard: int, local: list) -> None:
         for c, store in enumerate(self.pool_stores):
-            verify_shard_checksum(store, self.entries[c][shard])
+            remote = storage.is_remote(self.files[c][shard])
+            verify_shard_checksum(store, self.entries[c][shard], local[c] if remote else None)
 
     def score_shard(self, shard: int) -> dict[str, Any]:
+        import contextlib
+
         import pyarrow.parquet as pq
-        check = self._hasher.submit(self._verify_checksums, shard) if self.verify else None
-        try:
-            table = self._score(shard)
-        except Exception:
+        with contextlib.ExitStack() as stack:  # remote shards: each store's fetched once, to the spool
+            local = [stack.enter_context(local_shard(s, self.entries[c][shard]))[1]
+                     for c, s in enumerate(self.pool_stores)]
+            check = self._hasher.submit(self._verify_checksums, shard, local) if self.verify else None
+            try:
+                table = self._score(shard, local)
+            except Exception:
+                if check is not None:
+                    check.result()  # a damaged shard is reported as damaged, whatever it broke downstream
+                raise
             if check is not None:
-                check.result()  # a damaged shard is reported as damaged, whatever it broke downstream
-            raise
-        if check is not None:
-            check.result()  # nothing of the shard is written before its bytes verify
-        tmp = self.parts / f".tmp-{shard:05d}.parquet"
+                check.result()  # nothing of the shard is written before its bytes verify
+        final = self.parts / f"{shard:05d}.parquet"
+        tmp = storage.spool_file(final)
         pq.write_table(table, tmp)
-        tmp.rename(self.parts / f"{shard:05d}.parquet")
+        storage.upload(tmp, final)
         return {"shard": shard, "rows": table.num_rows}
 
-    def _score(self, shard: int):
-        """The shard's part table (ids, sources, id hashes, per task score and best subtask)."""
+    def _score(self, shard: int, local: list):
+        """The shard's part table (ids, sources, id hashes, per task score and best subtask);
+        `local`: each store's shard file (a fetched copy of a remote one)."""
         import pyarrow as pa
         import torch
-        head = read_shard(self.files[0][shard], ["id", "source"])
+        head = read_shard(local[0], ["id", "source"])
         ids = head.column("id").combine_chunks()
         for c in range(1, len(self.files)):  # the stores share one id layout: a merge join on id
-            other = read_shard(self.files[c][shard], ["id"]).column(0).combine_chunks()
+            other = read_shard(local[c], ["id"]).column(0).combine_chunks()
             if not other.equals(ids):
                 a, b = ids.to_pylist(), other.to_pylist()
                 row = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
@@ -193,7 +207,7 @@ class ShardScorer:
         total = torch.zeros((n, self.matrices[0].shape[0]), dtype=torch.float32)
         norms = torch.empty(n, dtype=torch.float32) if self.verify else None
         row = 0
-        readers = [self._feature_blocks(c, shard) for c in range(len(self.files))]
+        readers = [self._feature_blocks(c, shard, local[c]) for c in range(len(self.files))]
         for blocks in _aligned(readers, shard):
             rows = len(blocks[0])
             if any(len(b) != rows for b in blocks) or row + rows > n:
@@ -286,7 +300,7 @@ def vanished_subtasks(store: str, stored: set[str]) -> dict[str, int]:
         log.warning("score: %s: %d target(s) were skipped and the input %s is gone or changed: cannot check "
                     "for subtasks left without targets", store, man.skipped["count"], src)
         return {}
-    skipped_file = Path(store) / "skipped.jsonl"
+    skipped_file = storage.location(store) / "skipped.jsonl"
     skipped = {json.loads(x)["id"] for x in skipped_file.read_text().splitlines() if x.strip()} \
         if skipped_file.is_file() else set()
     per_subtask: Counter = Counter()
@@ -311,7 +325,7 @@ def build_queries(stores: list[CheckpointStores], tasks: list[TaskSpec], weights
                 if gone:
                     msg = (f"task {t.name}: subtask(s) {sorted(gone)} have no target left: extract skipped all their "
                            f"examples ({', '.join(f'{s}: {n}' for s, n in sorted(gone.items()))}; reasons in "
-                           f"{Path(ck.targets[t.name]) / 'skipped.jsonl'})")
+                           f"{storage.location(ck.targets[t.name]) / 'skipped.jsonl'})")
                     if not allow_missing_subtasks:
                         raise StoreMismatch(msg + "; raise max_seq_length, drop them from the targets, or set "
                                             "allow_missing_subtasks to score without them")
@@ -351,13 +365,14 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
     weights = resolve_weights(cfg, stores)
     queries = build_queries(stores, cfg.tasks, weights, cfg.verify, cfg.allow_missing_subtasks)
     matrices, slices = stack_queries(queries)
-    out = Path(cfg.out)
+    out = storage.location(cfg.out)
     # the folder's summary goes first and is written last: a rerun killed half-way (some tasks'
     # scores rewritten, others not) leaves a folder that nothing takes for a finished one
     (out / "score_summary.json").unlink(missing_ok=True)
     parts = out / "_parts"
-    shutil.rmtree(parts, ignore_errors=True)
-    parts.mkdir(parents=True)
+    storage.rmtree(parts)
+    if not storage.is_remote(parts):
+        parts.mkdir(parents=True)
     manifest = read_manifest(stores[0].pool)
     n_shards = len(manifest.shards)
     log.info("score: %d pool rows in %d shards x %d checkpoints, tasks %s", manifest.count, n_shards, len(stores),
@@ -376,7 +391,7 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
                       list(range(n_shards)), "score", knobs="score.block_rows or max_actors")
     errors = sorted((int(d["shard"]), str(d["error"])) for d in done if d["error"])
     if errors:
-        shutil.rmtree(parts, ignore_errors=True)
+        storage.rmtree(parts)
         kind, msg = errors[0][1].split("\t", 1)
         more = f" ({len(errors) - 1} more shard(s) failed too: {[s for s, _ in errors[1:]][:10]})" if len(errors) > 1 else ""
         raise (StoreIntegrityError if kind == "StoreIntegrityError" else StoreMismatch)(msg + more)
@@ -385,7 +400,7 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
     try:
         n_pool = check_unique_ids(parts, n_shards, stores[0].pool)
     except StoreMismatch:
-        shutil.rmtree(parts)
+        storage.rmtree(parts)
         raise
     seconds["unique_ids"] = time.time() - t
     t = time.time()
@@ -399,16 +414,14 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
     for q in queries:
         names = pa.array(q.subtasks, pa.string())
         for i in range(n_shards):  # one row group per shard, in pool order
-            part = pq.read_table(parts / f"{i:05d}.parquet",
-                                 columns=["id", "source", f"score/{q.task}", f"best/{q.task}"])
+            part = _read_part(parts / f"{i:05d}.parquet", ["id", "source", f"score/{q.task}", f"best/{q.task}"])
             writer.write(q.task, part.column(0), part.column(1), part.column(2), pc.take(names, part.column(3)))
-    shutil.rmtree(parts)
+    storage.rmtree(parts)
     manifests = out / "manifests"
-    manifests.mkdir(exist_ok=True)
     for k, ck in enumerate(stores):
-        (manifests / f"pool_ckpt{k}.json").write_text((Path(ck.pool) / "manifest.json").read_text())
+        storage.write_atomic(manifests / f"pool_ckpt{k}.json", (storage.location(ck.pool) / "manifest.json").read_text())
         for task, path in ck.targets.items():
-            (manifests / f"{task}_ckpt{k}.json").write_text((Path(path) / "manifest.json").read_text())
+            storage.write_atomic(manifests / f"{task}_ckpt{k}.json", (storage.location(path) / "manifest.json").read_text())
     save_config(cfg, out / "score.config.yaml")
     seconds["write_outputs"] = time.time() - t
     seconds["total"] = time.time() - t0

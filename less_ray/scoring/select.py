@@ -26,6 +26,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from .. import storage
 from ..config import config_to_dict, save_config, path_field
 from ..store import sha256_file
 from ..core.influence import TopK
@@ -125,9 +126,9 @@ def write_sorted_csv(path: Path, out: Path, block_rows: int) -> int:
     """External merge sort: sort each block, spill it, merge the runs (score desc, id asc)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    runs_dir = out.parent / ".sorted_runs"
+    runs_dir = storage.spool_file(out.parent / ".sorted_runs")  # local scratch, whatever `out` is
     shutil.rmtree(runs_dir, ignore_errors=True)
-    runs_dir.mkdir()
+    runs_dir.mkdir(parents=True)
     runs = []
     for i, blk in enumerate(_score_blocks(path, block_rows)):
         order = np.lexsort((blk["id"], -blk["score"]))
@@ -141,14 +142,14 @@ def write_sorted_csv(path: Path, out: Path, block_rows: int) -> int:
             yield from zip(b.column("score").to_pylist(), b.column("id").to_pylist(), b.column("source").to_pylist())
 
     n = 0
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = storage.spool_file(out)
     with open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["source", "id", "score"])
         for score, rid, source in heapq.merge(*(rows(r) for r in runs), key=lambda t: (-t[0], t[1])):
             w.writerow([source, rid, repr(score)])
             n += 1
-    tmp.replace(out)
+    storage.upload(tmp, out)
     shutil.rmtree(runs_dir)
     return n
 
@@ -158,7 +159,7 @@ def pool_file(scores_dir: str, pool: str | None) -> str | list[str]:
     input; a store grown by `extract --append`: its files in order, a list)."""
     if pool:
         return pool
-    mdir = Path(scores_dir) / "manifests"
+    mdir = storage.location(scores_dir) / "manifests"
     found = [p for p in (mdir / "pool_ckpt0.json", mdir / "pool.json") if p.exists()]
     recorded = json.loads(found[0].read_text()).get("input", {}) if found else {}
     path = recorded.get("path")
@@ -174,8 +175,9 @@ def pool_records(pool: str | list[str]) -> Iterator[Any]:
         yield from iter_records(path)
 
 
-def write_selection(pool: str | list[str], ids: np.ndarray, scores: np.ndarray, out: Path) -> int:
-    """The selected records in descending score order, each with its score (one pass over the pool)."""
+def write_selection(pool: str | list[str], ids: np.ndarray, scores: np.ndarray, out) -> str:
+    """The selected records in descending score order, each with its score (one pass over the
+    pool), written to `out`; returns the file's sha256 (taken before an upload)."""
     rank = {rid: i for i, rid in enumerate(ids.tolist())}
     found: list[Any] = [None] * len(rank)
     for rec in pool_records(pool):
@@ -185,28 +187,27 @@ def write_selection(pool: str | list[str], ids: np.ndarray, scores: np.ndarray, 
     missing = [rid for rid, i in rank.items() if found[i] is None]
     if missing:
         raise ValueError(f"select: {len(missing)} selected id(s) are not in the pool file {pool}: {missing[:5]}")
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = storage.spool_file(out)
     with open(tmp, "w", encoding="utf-8") as fh:
         for rec, score in zip(found, scores.tolist()):
             fh.write(json.dumps({**rec.to_dict(), "score": score}, ensure_ascii=False) + "\n")
-    tmp.replace(out)
-    return len(found)
+    digest = sha256_file(tmp)
+    storage.upload(tmp, out)
+    return digest
 
 
 SELECTION_MANIFEST = "selection.json"
 
 
 def write_selection_manifest(task_dir: Path, manifest: dict[str, Any]) -> None:
-    tmp = task_dir / f".{SELECTION_MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    tmp.replace(task_dir / SELECTION_MANIFEST)  # last: the selection file it names is complete
+    storage.write_atomic(task_dir / SELECTION_MANIFEST, json.dumps(manifest, indent=1))  # last: its file is complete
 
 
 def read_selection_manifest(task_dir: str | Path) -> dict[str, Any]:
     """What `select` (or any selector's select) wrote for a task: the selection file (absolute
     `path`), k, the size rule and the config; train, report and the demo read these instead of
     re-deriving them. Refuses a selection file changed since."""
-    task_dir = Path(task_dir)
+    task_dir = storage.location(task_dir)
     path = task_dir / SELECTION_MANIFEST
     if not path.exists():
         raise FileNotFoundError(f"{path}: no selection here; run `less-ray select --scores {task_dir.parent}` first")
@@ -220,7 +221,7 @@ def read_selection_manifest(task_dir: str | Path) -> dict[str, Any]:
 
 def run_select(cfg: SelectConfig) -> dict[str, Any]:
     import pyarrow.parquet as pq
-    root = Path(cfg.scores)
+    root = storage.location(cfg.scores)
     summary = json.loads((root / "score_summary.json").read_text())
     tasks = cfg.tasks or list(summary["tasks"])
     if cfg.top_n is None and (cfg.top_p is None or not 0 < cfg.top_p <= 1):
@@ -229,20 +230,20 @@ def run_select(cfg: SelectConfig) -> dict[str, Any]:
     n_pool = pool_size(pool)
     result = {}
     for task in tasks:
-        scores_path = root / task / "scores.parquet"
-        n = pq.ParquetFile(scores_path).metadata.num_rows
-        k = selection_count(cfg.top_p, cfg.top_n, n_pool, n, cfg.count_rule)
-        ids, scores = top_k(scores_path, k, cfg.block_rows)
-        sel = root / task / selection_name(cfg)
-        write_selection(pool, ids, scores, sel)
-        rule = count_record(cfg.top_p, cfg.top_n, n_pool, n, k, cfg.count_rule)
-        write_selection_manifest(root / task, {
-            "file": sel.name, "k": k, "rule": rule, "pool": str(pool), "scores_sha256": sha256_file(scores_path),
-            "selection_sha256": sha256_file(sel), "config": config_to_dict(cfg)})
-        info = {"selected": k, "pool": n_pool, "scored": n, "rule": rule, "file": str(sel)}
-        if cfg.sorted_csv:
-            write_sorted_csv(scores_path, root / task / "sorted.csv", cfg.block_rows)
-            info["sorted_csv"] = str(root / task / "sorted.csv")
+        with storage.fetched(root / task / "scores.parquet") as scores_path:  # remote: read once, locally
+            n = pq.ParquetFile(scores_path).metadata.num_rows
+            k = selection_count(cfg.top_p, cfg.top_n, n_pool, n, cfg.count_rule)
+            ids, scores = top_k(scores_path, k, cfg.block_rows)
+            sel = root / task / selection_name(cfg)
+            selected = write_selection(pool, ids, scores, sel)
+            rule = count_record(cfg.top_p, cfg.top_n, n_pool, n, k, cfg.count_rule)
+            write_selection_manifest(root / task, {
+                "file": sel.name, "k": k, "rule": rule, "pool": str(pool), "scores_sha256": sha256_file(scores_path),
+                "selection_sha256": selected, "config": config_to_dict(cfg)})
+            info = {"selected": k, "pool": n_pool, "scored": n, "rule": rule, "file": str(sel)}
+            if cfg.sorted_csv:
+                write_sorted_csv(scores_path, root / task / "sorted.csv", cfg.block_rows)
+                info["sorted_csv"] = str(root / task / "sorted.csv")
         save_config(cfg, root / task / "select.config.yaml")
         result[task] = info
     return result

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..storage import location
 from ..store import Projection, StoreManifest, features_table, library_versions, write_manifest, write_shard
 
 
@@ -13,7 +14,7 @@ def write_store(path: str | Path, ids: list[str], features: np.ndarray, *, kind:
                 shard_rows: int = 1000, dtype: str = "float32", model: str = "tiny", seed: int = 0,
                 proj_type: str = "rademacher", normalized: bool = True, avg_lr: float | None = None,
                 input_path: str | None = None) -> Path:
-    path = Path(path)
+    path = location(path)
     n, dim = features.shape
     sources = sources or ["synthetic"] * n
     entries = []
