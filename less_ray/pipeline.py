@@ -321,7 +321,7 @@ def resolve_precision(cfg: PipelineConfig) -> str:
     return line
 
 
-@locked("pipeline")  # one writer per run folder: a second run on it fails fast naming the holder
+@locked("pipeline", local=True)  # one writer per run folder: a second run on it fails fast naming the holder
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     from .preflight import eval_tasks_for, preflight_pipeline
     from .train.checkpoint import read_warmup_manifest

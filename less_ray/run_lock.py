@@ -221,16 +221,18 @@ class RunLock:
         release(self.folder)
 
 
-def locked(stage: str, folder_of: Callable[[Any], str | Path] = lambda cfg: cfg.out):
+def locked(stage: str, folder_of: Callable[[Any], str | Path] = lambda cfg: cfg.out, local: bool = False):
     """Decorator for `run_<stage>(cfg, ...)`: the function runs holding the lock of
     `folder_of(cfg)` (default `cfg.out`); a missing folder setting is left to the function's own
-    check."""
+    check. `local`: the stage needs a local folder; a URI is refused before anything is taken."""
     def wrap(fn):
         @functools.wraps(fn)
         def inner(cfg, *args, **kwargs):
             folder = folder_of(cfg)
             if not folder:
                 return fn(cfg, *args, **kwargs)
+            if local:
+                storage.require_local(folder, f"{stage}: out")
             with RunLock(folder, stage):
                 return fn(cfg, *args, **kwargs)
         return inner

@@ -55,6 +55,15 @@ def location(p: Any):
     return path
 
 
+def require_local(p: Any, what: str) -> None:
+    """Refuse a URI where a stage needs a local (or shared-mount) folder: run folders, checkpoints,
+    models, reports. Object storage holds stores, score folders and selections."""
+    if p and is_remote(p):
+        raise ValueError(f"{what}: {p} is on object storage; this stage writes a local (or shared-mount) "
+                         "folder. Object storage holds datastores (extract), score folders (score) and "
+                         "selections (select): README, 'On object storage'")
+
+
 def name_of(p: Any) -> str:
     """How a path is shown and recorded: the URI for remote, the string for local."""
     return str(location(p))

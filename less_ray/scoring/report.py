@@ -652,6 +652,9 @@ def render_task(task: str, root: Path, run: Path | None, spec: dict[str, Any], c
 
 def run_report(cfg: ReportConfig) -> Path:
     import pyarrow.parquet as pq
+
+    from ..storage import require_local
+    require_local(cfg.scores, "report: scores")
     root = Path(cfg.scores)
     extra_tables = [_tables_html(Path(p)) for p in cfg.tables]  # a malformed file fails before the work
     summary = json.loads((root / "score_summary.json").read_text())

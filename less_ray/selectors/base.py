@@ -96,6 +96,8 @@ def load_selector_config(name: str, path: str | None = None, overrides: dict[str
 def run_selector(name: str, cfg: Any) -> dict[str, Any]:
     """Score the pool into `cfg.out`, save the resolved config, select the top `cfg.top_p`."""
     from ..scoring.select import SelectConfig, run_select
+    from ..storage import require_local
+    require_local(getattr(cfg, "out", None), f"selector {name}: out")
     sel = get_selector(name)
     if not isinstance(cfg, sel.config_cls):
         raise TypeError(f"selector {name} takes a {sel.config_cls.__name__}, got {type(cfg).__name__}")

@@ -123,6 +123,8 @@ def run_warmup(cfg: WarmupConfig) -> Path:
     """LESS step 1: LoRA-train on a seeded random `percentage` of the pool; one checkpoint
     (adapter + AdamW moments + state) per epoch, listed in <out>/warmup_manifest.json."""
     from ..data.io import read_records, write_jsonl
+    from ..storage import require_local
+    require_local(cfg.out, "warmup: out")
     if not cfg.lora.enabled:
         raise ValueError("warmup trains LoRA (the gradient datastore reads LoRA gradients); set lora.enabled: true")
     resolve_training_dtype(cfg, "warmup")
@@ -154,6 +156,8 @@ def run_train(cfg: TrainConfig) -> Path:
     """LESS step 4: train on a selection (LoRA or full fine-tune, any base model);
     <out>/model is the final adapter (or model) with the tokenizer, <out>/state.json its state."""
     from ..models import load_tokenizer
+    from ..storage import require_local
+    require_local(cfg.out, "train: out")
     resolve_training_dtype(cfg, "train")
     absolute_paths(cfg)  # workers run in their own folders: nothing relative may reach them
     out = Path(cfg.out)
