@@ -131,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="YAML mapping onto PipelineConfig")
     p.add_argument("--out", help="run folder")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--candidates", type=int, help="size the run for this many pool records (tokens as in the pool's sample)")
 
     p = stages.add_parser("config", help="every option of a stage, from its config dataclass; with --config/--set: "
                                          "the resolved config")
@@ -273,7 +274,7 @@ def _cmd_plan(args) -> int:
     cfg = _load(PipelineConfig, args, {"out": args.out})
     findings = preflight_pipeline(cfg)
     findings.raise_errors("plan")
-    plan = plan_pipeline(cfg)
+    plan = plan_pipeline(cfg, args.candidates)
     plan["warnings"] = findings.warnings
     print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
     return 0

@@ -19,6 +19,17 @@ from typing import Any
 CPU_FLOPS_PER_CORE = 60e9
 CPU_PROJECTION_S_PER_ENTRY = 0.02e-9
 TOKEN_SAMPLE = 400
+# Measured extraction rates: seconds per example per actor thread, by model shape and host CPU
+# (a plan for a matching model on a matching host shows the measured rate, else the FLOP estimate)
+MEASURED_EXTRACT = [
+    {"shape": {"hidden_size": 576, "num_hidden_layers": 30, "vocab_size": 49152}, "cpu": "AMD EPYC",
+     "s_per_example": 0.673, "what": "SmolLM2-135M, LoRA r=128 q/k/v/o, bf16, d=8192 sjlt, 112 tokens/example",
+     "source": "bench/results/peers_cpu.txt run 9"},
+    {"shape": {"hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 1024}, "cpu": "AMD EPYC",
+     "s_per_example": 2 * 159.0 / 100_000, "what": "the tiny demo model, LoRA r=4, d=1024, 2 actors",
+     "source": "bench/results/scale_cpu.txt N=100000"},
+]
+SIZING_DIMS = (1024, 4096, 8192)
 
 
 def model_sizes(base_model: str, lora: Any) -> dict[str, int]:
@@ -44,15 +55,36 @@ def token_stats(records: list, base_model: str, chat_format: str, max_seq_length
             "skipped_share": len(skipped) / max(1, len(sample))}
 
 
-def plan_pipeline(cfg: Any) -> dict[str, Any]:
-    """The work per stage of PipelineConfig `cfg` (paths absolute, preflight passed)."""
+def measured_rate(base_model: str, cpu: str) -> dict[str, Any] | None:
+    """The measured extraction rate for a model of this shape on this kind of CPU, if any."""
+    import json
+    from pathlib import Path
+    try:
+        conf = json.loads((Path(base_model) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    for m in MEASURED_EXTRACT:
+        if all(conf.get(k) == v for k, v in m["shape"].items()) and cpu.startswith(m["cpu"]):
+            return m
+    return None
+
+
+def sizing(n: int, checkpoints: int, dims: list[int]) -> list[dict[str, Any]]:
+    """Pool store bytes (features only) for n candidates, per dim and dtype, over all checkpoints."""
+    return [{"dim": d, "dtype": t, "bytes": n * checkpoints * d * b} for d in dims
+            for t, b in (("float16", 2), ("float32", 4))]
+
+
+def plan_pipeline(cfg: Any, candidates: int | None = None) -> dict[str, Any]:
+    """The work per stage of PipelineConfig `cfg` (paths absolute, preflight passed). `candidates`:
+    size the run for that many pool records (tokens as in a sample of the pool file)."""
     from .data.io import read_records
     from .extract.job import resolved_precision
     from .pipeline import scored_dim
     from .train.engine import section_dtype
     from .preflight import eval_tasks_for, heldout_count, pipeline_selection_count
     pool = read_records(cfg.pool).records
-    n_pool = len(pool)
+    n_pool = candidates or len(pool)
     targets = {}
     for task, path in cfg.targets.items():
         n = len(read_records(path).records)
@@ -99,7 +131,17 @@ def plan_pipeline(cfg: Any) -> dict[str, Any]:
         if name == "extract":
             seconds += s["projection_entries"] * CPU_PROJECTION_S_PER_ENTRY / cores
         s["cpu_seconds_estimate"] = round(seconds, 1)
-    return {"pool": {"path": cfg.pool, "records": n_pool}, "targets": targets, "model": {"path": cfg.base_model, **sizes},
+    from .core.precision import cpu_model
+    from .pipeline import extract_config
+    from .resources import extract_memory_bytes, model_shape
+    measured = measured_rate(cfg.base_model, cpu_model())
+    if measured:
+        stages["extract"]["measured"] = {**measured, "seconds": round(measured["s_per_example"] * extract_rows / cores, 1)}
+    ecfg = extract_config(cfg, "", cfg.pool, cfg.out or ".", "adam")  # as the pipeline will run it
+    stages["extract"]["actor_memory_bytes"] = extract_memory_bytes(ecfg, model_shape(cfg.base_model), sizes["lora_params"])
+    stages["extract"]["sizing"] = sizing(n_pool, ckpts, sorted({dim, *SIZING_DIMS}))
+    return {"pool": {"path": cfg.pool, "records": n_pool, "sized_for": candidates},
+            "targets": targets, "model": {"path": cfg.base_model, **sizes},
             "tokens": tok, "stages": stages, "cpu_cores": cores,
             "rate": f"{CPU_FLOPS_PER_CORE / 1e9:.0f} GFLOP/s per CPU core (fp32, measured for the batched gradient pass)"}
 
@@ -122,7 +164,8 @@ def _duration(seconds: float) -> str:
 
 def format_plan(plan: dict[str, Any]) -> str:
     s, m, t = plan["stages"], plan["model"], plan["tokens"]
-    lines = [f"pool     {plan['pool']['records']} records  ({plan['pool']['path']})",
+    sized = f", sized for {plan['pool']['sized_for']} candidates" if plan["pool"].get("sized_for") else ""
+    lines = [f"pool     {plan['pool']['records']} records  ({plan['pool']['path']}{sized})",
              "targets  " + ", ".join(f"{k}: {v['targets']} (+{v['held_out']} held out)" for k, v in plan["targets"].items()),
              f"model    {_human(m['model_params'])} parameters, LoRA gradient dimension P = {_human(m['lora_params'])}",
              f"tokens   {t['mean_tokens']:.0f} per example ({t['mean_label_tokens']:.0f} labelled; sample of {t['sampled']},"
@@ -136,6 +179,12 @@ def format_plan(plan: dict[str, Any]) -> str:
               f" {e['target_rows_per_checkpoint']} targets per checkpoint), {e['projection']} projection to d = {e['dim']};"
               f" {_human(e['flops'], 'FLOP')} + {_human(e['projection_entries'], '')} projection entries;"
               f" store {_human(e['feature_bytes'], 'B')}; {cpu(e)}",
+              *([f"         measured: {e['measured']['s_per_example']:.4g} s/example per core on "
+                 f"{e['measured']['cpu']} ({e['measured']['what']}; {e['measured']['source']}): "
+                 f"~{_duration(e['measured']['seconds'])} on {plan['cpu_cores']} CPU cores"] if e.get("measured") else []),
+              f"         memory per extraction actor ~{_human(e['actor_memory_bytes'], 'B')}; pool store by d x dtype"
+              f" ({s['score']['checkpoints']} checkpoint(s)): " + ", ".join(
+                  f"{z['dim']}/{z['dtype'][5:]}-bit {_human(z['bytes'], 'B')}" for z in e["sizing"]),
               f"         precision {e['precision']['requested']} -> {e['precision']['resolved']}"
               f" ({e['precision']['why']})",
               f"score    {sc['pool_rows']} rows x {sc['checkpoints']} checkpoints; {_human(sc['flops'], 'FLOP')}, {cpu(sc)}",

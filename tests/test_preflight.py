@@ -172,6 +172,31 @@ def test_plan_prints_the_work_per_stage(tmp_path, tiny_model_dir, demo_files, ca
         assert f"dtype auto -> {dt['resolved']} (" in text
 
 
+def test_plan_sizes_a_run_for_n_candidates(tmp_path, tiny_model_dir, demo_files, capsys):
+    """#27: `plan --candidates N` scales every count to N pool records; the store by d x dtype;
+    extraction time from the measured rate where this model was measured on this kind of host."""
+    from less_ray.core.precision import cpu_model
+    from less_ray.estimate import measured_rate
+    cfg = _config(tmp_path, tiny_model_dir, demo_files)
+    n = 1_000_000
+    assert main(["plan", "--config", str(cfg), "--json", "--candidates", str(n)]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    e = plan["stages"]["extract"]
+    assert plan["pool"]["records"] == n and e["examples"] == (n + 10) * 4 and e["feature_bytes"] == (n + 10) * 4 * 8192 * 2
+    assert plan["stages"]["select"]["k_per_task"] == n // 20
+    sizes = {(z["dim"], z["dtype"]): z["bytes"] for z in e["sizing"]}
+    assert sizes[(1024, "float16")] == n * 4 * 1024 * 2 and sizes[(8192, "float32")] == n * 4 * 8192 * 4
+    assert 0.5 * 2 ** 30 < e["actor_memory_bytes"] < 64 * 2 ** 30
+    m = measured_rate(tiny_model_dir, cpu_model())
+    if m is None:  # another kind of host: the FLOP estimate only
+        assert "measured" not in e
+    else:
+        assert e["measured"]["seconds"] == round(m["s_per_example"] * (n + 10) * 4 / plan["cpu_cores"], 1)
+    assert main(["plan", "--config", str(cfg), "--candidates", str(n)]) == 0
+    text = capsys.readouterr().out
+    assert f"sized for {n} candidates" in text and "pool store by d x dtype (4 checkpoint(s)): 1024/16-bit" in text
+
+
 def test_example_configs_load_with_paths_made_absolute(tmp_path, monkeypatch):
     from pathlib import Path
 
