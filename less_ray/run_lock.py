@@ -50,7 +50,7 @@ class RunLockBusy(ValueError):
     `less-ray <stage>: error: ...` line.)"""
 
 
-_held: dict[Any, list[Any]] = {}  # folder -> [FileLock or _Lease, depth]
+_held: dict[Any, list[Any]] = {}  # folder (_key) -> [_FileLock or _Lease, depth]
 _guard = threading.Lock()
 
 
@@ -83,6 +83,7 @@ class _Lease:
     """The object-store lock of one folder while this process holds it (module docstring)."""
 
     def __init__(self, folder: Any, stage: str):
+        self.folder = folder
         self.obj = storage.location(folder) / LOCK_FILE
         self.record = {**_holder_record(stage), "token": uuid.uuid4().hex}
         self.stop = threading.Event()
@@ -91,7 +92,8 @@ class _Lease:
     def _body(self) -> bytes:
         return json.dumps({**self.record, "renewed": time.time()}).encode()
 
-    def acquire(self, folder: Any) -> None:
+    def acquire(self) -> None:
+        folder = self.folder
         if storage.create_exclusive(self.obj, self._body()):
             return self._start()
         h = holder(folder) or {}
@@ -141,20 +143,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def acquire(folder: str | Path, stage: str):
-    """Take `folder`'s lock (creating the folder) or raise RunLockBusy naming the holder."""
-    from filelock import FileLock, Timeout
-    if storage.is_remote(folder):
-        return _acquire_lease(folder, stage)
-    folder = Path(folder).resolve()
-    with _guard:
-        if folder in _held:
-            _held[folder][1] += 1
-            return folder
+class _FileLock:
+    """The OS file lock of one local folder, and its holder sidecar, while this process holds it."""
+
+    def __init__(self, folder: Path, stage: str):
+        from filelock import FileLock
+        self.folder, self.stage = folder, stage
+        self.lock = FileLock(str(folder / LOCK_FILE), timeout=0)
+
+    def acquire(self) -> None:
+        from filelock import Timeout
+        folder = self.folder
         folder.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(folder / LOCK_FILE), timeout=0)
         try:
-            lock.acquire(timeout=0)
+            self.lock.acquire(timeout=0)
         except Timeout:
             raise _busy(folder, holder(folder) or {}, str(folder / LOCK_FILE)) from None
         old = holder(folder)
@@ -164,46 +166,43 @@ def acquire(folder: str | Path, stage: str):
             log.warning("%s: recovered a stale lock of `%s` (pid %s on %s, %s; the OS had released it)",
                         folder, old.get("stage"), old.get("pid"), old.get("host"), state)
         tmp = folder / f".{HOLDER_FILE}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(_holder_record(stage)))
+        tmp.write_text(json.dumps(_holder_record(self.stage)))
         os.replace(tmp, folder / HOLDER_FILE)
-        _held[folder] = [lock, 1]
-        return folder
+
+    def release(self) -> None:
+        (self.folder / HOLDER_FILE).unlink(missing_ok=True)  # before the lock: the next holder writes its own
+        self.lock.release()
 
 
-def _acquire_lease(folder: Any, stage: str) -> str:
-    key = storage.name_of(folder).rstrip("/")
+def _key(folder: str | Path):
+    """What `_held` knows a folder by: its resolved path, or its URI."""
+    return storage.name_of(folder).rstrip("/") if storage.is_remote(folder) else Path(folder).resolve()
+
+
+def acquire(folder: str | Path, stage: str):
+    """Take `folder`'s lock (creating the folder) or raise RunLockBusy naming the holder:
+    an OS file lock for a local folder, a lease object on an object store."""
+    key = _key(folder)
     with _guard:
         if key in _held:
             _held[key][1] += 1
             return key
-        lease = _Lease(key, stage)
-        lease.acquire(key)
-        _held[key] = [lease, 1]
+        lock = _Lease(key, stage) if storage.is_remote(key) else _FileLock(key, stage)
+        lock.acquire()
+        _held[key] = [lock, 1]
         return key
 
 
 def release(folder: str | Path) -> None:
-    if storage.is_remote(folder):
-        key = storage.name_of(folder).rstrip("/")
-        with _guard:
-            entry = _held.get(key)
-            if entry is None:
-                return
-            entry[1] -= 1
-            if not entry[1]:
-                del _held[key]
-                entry[0].release()
-        return
-    folder = Path(folder).resolve()
+    key = _key(folder)
     with _guard:
-        entry = _held.get(folder)
+        entry = _held.get(key)
         if entry is None:
             return
         entry[1] -= 1
         if entry[1]:
             return
-        del _held[folder]
-        (folder / HOLDER_FILE).unlink(missing_ok=True)  # before the lock: the next holder writes its own
+        del _held[key]
         entry[0].release()
 
 

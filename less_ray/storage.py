@@ -37,16 +37,17 @@ def is_remote(p: Any) -> bool:
 
 def location(p: Any):
     """`p` as a path object: `pathlib.Path` when local, `UPath` when a URI."""
-    if isinstance(p, Path) or (not is_remote(p) and not str(p).startswith("file://")):
-        return p if isinstance(p, Path) else Path(p)
-    if str(p).startswith("file://"):
-        return Path(str(p)[len("file://"):])
-    if type(p).__module__.startswith("upath"):
+    if isinstance(p, Path) or type(p).__module__.startswith("upath"):
         return p
-    scheme = str(p).split("://", 1)[0]
+    s = str(p)
+    if s.startswith("file://"):
+        return Path(s[len("file://"):])
+    if "://" not in s:
+        return Path(s)
+    scheme = s.split("://", 1)[0]
     try:
         from upath import UPath
-        path = UPath(str(p))
+        path = UPath(s)
         path.fs  # noqa: B018 - imports the filesystem's package now, so a missing one is said here
     except ImportError as e:
         extra = EXTRAS.get(scheme, scheme)

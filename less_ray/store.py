@@ -264,9 +264,10 @@ def read_manifest(store: str | Path) -> StoreManifest:
 
 def verify_shard_checksum(store: str | Path, entry: dict[str, Any], local: Path | None = None):
     """The shard's path once its bytes (those of `local`, its fetched copy, when given) hash to
-    the manifest's sha256 (else StoreIntegrityError)."""
+    the manifest's sha256 (else StoreIntegrityError). A remote shard is found missing by
+    `local_shard`, which fetches it."""
     path = shard_path(store, entry)
-    if local is None and not path.exists():
+    if not storage.is_remote(path) and not path.exists():
         raise StoreIntegrityError(f"{path}: shard {entry.get('index')} is missing; {REPAIR}")
     got = sha256_file(local or path)
     if got != entry.get("sha256"):
@@ -429,7 +430,7 @@ def local_shard(store: str | Path, entry: dict[str, Any]):
 
 def _shard_blocks(store, entry, path, local, man, want, columns, batch_rows, verify) -> Iterator[dict[str, Any]]:
     if verify:
-        verify_shard_checksum(store, entry, local if storage.is_remote(path) else None)
+        verify_shard_checksum(store, entry, local)
     row = 0
     for whole in shard_batches(local, want, path):
         for lo in range(0, max(whole.num_rows, 1), batch_rows):

@@ -4,14 +4,14 @@ removes them once idle, and the store equals, byte for byte, the one a fixed-siz
 The head runs no work (0 CPUs), so every shard is extracted on an autoscaled node."""
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 
 import pytest
+
+from less_ray.testing.ray_heads import stop_head
 
 pytestmark = pytest.mark.slow  # Ray clusters and an autoscaler: a minute or two on 2 cores
 
@@ -49,23 +49,6 @@ def _autoscaling_config(gcs: str) -> dict:
         "worker_start_ray_commands": []}
 
 
-def _stop(temp: str, port: int) -> None:
-    """Only this cluster's processes (`ray stop` would end every Ray of the user): they name its
-    temp dir, or (the fake worker nodes) its GCS address, on their command lines."""
-    import psutil
-    mine = [p for p in psutil.process_iter(["pid", "cmdline"]) if p.pid != os.getpid()
-            and (temp in " ".join(p.info["cmdline"] or []) or f":{port} " in " ".join(p.info["cmdline"] or []) + " "
-                 or f":{port}," in " ".join(p.info["cmdline"] or []))]
-    for p in mine:
-        try:
-            p.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(mine, timeout=10)
-    for p in alive:
-        p.kill()
-
-
 @pytest.fixture
 def autoscaling_head():
     from ray._private.services import get_node_ip_address
@@ -86,10 +69,10 @@ def autoscaling_head():
          "--temp-dir", temp, "--dashboard-agent-listen-port", str(_free_port()),
          "--ray-client-server-port", str(_free_port())], env=env, capture_output=True, text=True, timeout=180)
     if started.returncode != 0:
-        _stop(temp, port)
+        stop_head(temp, port)
         pytest.fail(f"ray start --head exited {started.returncode}:\n{started.stdout[-3000:]}\n{started.stderr[-3000:]}")
     yield gcs
-    _stop(temp, port)
+    stop_head(temp, port)
     import shutil
     shutil.rmtree(temp, ignore_errors=True)
 

@@ -3,7 +3,6 @@ artifacts checked, and only that head stopped."""
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -11,6 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from less_ray.testing.ray_heads import stop_head
 
 pytestmark = pytest.mark.slow  # a real Ray cluster or job: minutes on 2 cores
 
@@ -40,27 +41,7 @@ def head(tmp_path):
     if started.returncode != 0:  # say why: CI's record shows only this message
         pytest.fail(f"ray start --head exited {started.returncode}:\n{started.stdout[-3000:]}\n{started.stderr[-3000:]}")
     yield ray_bin, f"http://127.0.0.1:{dash}", env
-    _stop_head(temp, gcs)
-
-
-def _stop_head(temp: Path, gcs_port: int) -> None:
-    """Stop only this head (`ray stop` would end every Ray of the user): its processes name its
-    temp dir or its GCS port on their command lines."""
-    import psutil
-    mine = []
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if p.pid != os.getpid() and (str(temp) in cmd or f"gcs_server_port={gcs_port}" in cmd
-                                     or f":{gcs_port}" in cmd and "ray" in cmd):
-            mine.append(p)
-    for p in mine:
-        try:
-            p.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(mine, timeout=10)
-    for p in alive:
-        p.kill()
+    stop_head(str(temp), gcs)  # only this head
     shutil.rmtree(temp, ignore_errors=True)
 
 

@@ -160,8 +160,7 @@ class ShardScorer:
 
     def _verify_checksums(self, shard: int, local: list) -> None:
         for c, store in enumerate(self.pool_stores):
-            remote = storage.is_remote(self.files[c][shard])
-            verify_shard_checksum(store, self.entries[c][shard], local[c] if remote else None)
+            verify_shard_checksum(store, self.entries[c][shard], local[c])
 
     def score_shard(self, shard: int) -> dict[str, Any]:
         import contextlib
@@ -356,7 +355,6 @@ def resolve_weights(cfg: ScoreConfig, stores: list[CheckpointStores]) -> list[fl
 def run_score(cfg: ScoreConfig) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     t0 = time.time()
     if not cfg.out:
