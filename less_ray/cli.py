@@ -79,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="YAML mapping onto ScoreConfig")
     p.add_argument("--out")
     p.add_argument("--address", help="Ray cluster address (default $RAY_ADDRESS, else embedded Ray)")
+    p = stages.add_parser("recode", help="a datastore's features in another stored dtype (int8, int4, sign: "
+                                         "1 bit per value, float16, float32)")
+    p.add_argument("--config", help="YAML mapping onto RecodeConfig")
+    p.add_argument("--store", help="the finished datastore (a dim<d> folder or URI)")
+    p.add_argument("--dtype", help="int8 | int4 | sign | float16 | float32")
+    p.add_argument("--out")
     p = stages.add_parser("select", help="top p%% (or top n) per task: top_p*.jsonl, sorted.csv")
     p.add_argument("--config", help="YAML mapping onto SelectConfig")
     p.add_argument("--scores", help="the score stage's output folder")
@@ -136,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = stages.add_parser("config", help="every option of a stage, from its config dataclass; with --config/--set: "
                                          "the resolved config")
     p.add_argument("name", help="warmup, extract, score, select, train, eval, report, dedup, pipeline, demo, "
-                                "convert, or selector:NAME")
+                                "convert, recode, or selector:NAME")
     p.add_argument("--config", help="YAML file to resolve")
 
     for name, what in (("warmup", "LESS step 1: LoRA warmup on a seeded p%% of the pool (Ray Train + DeepSpeed)"),
@@ -287,6 +293,7 @@ STAGE_CONFIGS = {  # stage -> (module, config class) for `--set` and `less-ray c
     "eval": ("less_ray.eval.runner", "EvalConfig"), "dedup": ("less_ray.selectors.minhash", "DedupConfig"),
     "pipeline": ("less_ray.pipeline", "PipelineConfig"), "plan": ("less_ray.pipeline", "PipelineConfig"),
     "demo": ("less_ray.demo", "DemoConfig"), "convert": ("less_ray.data.convert", "ConvertConfig"),
+    "recode": ("less_ray.recode", "RecodeConfig"),
 }
 
 
@@ -390,6 +397,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.stage == "selector":
             return _cmd_selector(args)
+        if args.stage == "recode":
+            from .recode import RecodeConfig, run_recode
+            out = run_recode(_load(RecodeConfig, args, {"store": args.store, "dtype": args.dtype, "out": args.out}))
+            print(json.dumps({"store": str(out)}))
+            return 0
         if args.stage in ("score", "select", "report", "dedup"):
             return _cmd_scoring(args)
         if args.stage == "demo":

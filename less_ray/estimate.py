@@ -71,8 +71,8 @@ def measured_rate(base_model: str, cpu: str) -> dict[str, Any] | None:
 
 def sizing(n: int, checkpoints: int, dims: list[int]) -> list[dict[str, Any]]:
     """Pool store bytes (features only) for n candidates, per dim and dtype, over all checkpoints."""
-    return [{"dim": d, "dtype": t, "bytes": n * checkpoints * d * b} for d in dims
-            for t, b in (("float16", 2), ("float32", 4))]
+    from .core.quantize import DTYPES, row_bytes
+    return [{"dim": d, "dtype": t, "bytes": n * checkpoints * row_bytes(t, d)} for d in dims for t in DTYPES]
 
 
 def plan_pipeline(cfg: Any, candidates: int | None = None) -> dict[str, Any]:
@@ -99,7 +99,8 @@ def plan_pipeline(cfg: Any, candidates: int | None = None) -> dict[str, Any]:
     dim, proj = scored_dim(cfg), cfg.extract.projection
     n_targets = sum(t["targets"] for t in targets.values())
     train_flops = lambda examples, epochs: 6 * sizes["model_params"] * tok["mean_tokens"] * examples * epochs
-    feature_bytes = (2 if cfg.extract.dtype == "float16" else 4) * dim
+    from .core.quantize import row_bytes
+    feature_bytes = row_bytes(cfg.extract.dtype, dim)
     proj_entries = sizes["lora_params"] * dim if proj == "rademacher" else 0
     extract_rows = (n_pool + n_targets) * ckpts
     def dtype(section):  # deepspeed.dtype as run_warmup / run_train will resolve it
@@ -183,8 +184,10 @@ def format_plan(plan: dict[str, Any]) -> str:
                  f"{e['measured']['cpu']} ({e['measured']['what']}; {e['measured']['source']}): "
                  f"~{_duration(e['measured']['seconds'])} on {plan['cpu_cores']} CPU cores"] if e.get("measured") else []),
               f"         memory per extraction actor ~{_human(e['actor_memory_bytes'], 'B')}; pool store by d x dtype"
-              f" ({s['score']['checkpoints']} checkpoint(s)): " + ", ".join(
-                  f"{z['dim']}/{z['dtype'][5:]}-bit {_human(z['bytes'], 'B')}" for z in e["sizing"]),
+              f" ({s['score']['checkpoints']} checkpoint(s)):",
+              *(f"           d={d}: " + ", ".join(f"{z['dtype']} {_human(z['bytes'], 'B')}" for z in e["sizing"]
+                                              if z["dim"] == d)
+                for d in dict.fromkeys(z["dim"] for z in e["sizing"])),
               f"         precision {e['precision']['requested']} -> {e['precision']['resolved']}"
               f" ({e['precision']['why']})",
               f"score    {sc['pool_rows']} rows x {sc['checkpoints']} checkpoints; {_human(sc['flops'], 'FLOP')}, {cpu(sc)}",

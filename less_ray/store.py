@@ -39,6 +39,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from . import storage
+from .core.quantize import CODED_DTYPES, check_dtype, decode, encode, stored_numpy_dtype, stored_width
 
 FORMAT = "less_ray.datastore/2"
 PARQUET_FORMAT = "less_ray.datastore/1"  # the retired layout: Parquet shards, part-NNNNN.parquet
@@ -81,9 +82,11 @@ def shard_name(index: int) -> str:
 
 def _arrow_schema(dim: int, dtype: str, with_task: bool):
     import pyarrow as pa
-    value = {"float16": pa.float16(), "float32": pa.float32()}[dtype]
-    fields = [("id", pa.string()), ("source", pa.string()), ("features", pa.list_(value, dim)), ("norm", pa.float32()),
-              ("n_tokens", pa.int32()), ("loss", pa.float32())]
+    value = {"float16": pa.float16(), "float32": pa.float32(), "int8": pa.int8()}.get(dtype, pa.uint8())
+    fields = [("id", pa.string()), ("source", pa.string()), ("features", pa.list_(value, stored_width(dtype, dim)))]
+    if dtype in CODED_DTYPES:
+        fields.append(("scale", pa.float32()))  # decoded row = scale * code (core/quantize.py)
+    fields += [("norm", pa.float32()), ("n_tokens", pa.int32()), ("loss", pa.float32())]
     if with_task:
         fields += [("task", pa.string()), ("subtask", pa.string())]
     return pa.schema(fields)
@@ -91,18 +94,25 @@ def _arrow_schema(dim: int, dtype: str, with_task: bool):
 
 def features_table(ids: list[str], sources: list[str], features: np.ndarray, norms, n_tokens, losses,
                    dtype: str = "float16", tasks: list[str | None] | None = None, subtasks: list[str | None] | None = None):
-    """An Arrow table in the store's column layout (features as fixed_size_list)."""
+    """An Arrow table in the store's column layout (features as fixed_size_list; coded dtypes
+    with their per-row `scale`)."""
     import pyarrow as pa
+    check_dtype(dtype, "store dtype")
     features = np.asarray(features)
     n, dim = features.shape
     if not np.isfinite(features).all() or not np.isfinite(np.asarray(norms, dtype=np.float64)).all():
         bad = [ids[i] for i in np.flatnonzero(~np.isfinite(features).all(axis=1))][:5]
         raise ValueError(f"non-finite features for ids {bad}: refusing to store NaN/inf rows")
     schema = _arrow_schema(dim, dtype, tasks is not None)
-    flat = pa.array(features.astype(dtype).reshape(-1), type=schema.field("features").type.value_type)
-    cols = [pa.array(ids, pa.string()), pa.array(sources, pa.string()), pa.FixedSizeListArray.from_arrays(flat, dim),
-            pa.array(np.asarray(norms, np.float32)), pa.array(np.asarray(n_tokens, np.int32)),
-            pa.array(np.asarray(losses, np.float32))]
+    values, scale = encode(features, dtype)
+    ftype = schema.field("features").type
+    flat = pa.array(values.reshape(-1), type=ftype.value_type)
+    cols = [pa.array(ids, pa.string()), pa.array(sources, pa.string()),
+            pa.FixedSizeListArray.from_arrays(flat, ftype.list_size)]
+    if scale is not None:
+        cols.append(pa.array(scale, pa.float32()))
+    cols += [pa.array(np.asarray(norms, np.float32)), pa.array(np.asarray(n_tokens, np.int32)),
+             pa.array(np.asarray(losses, np.float32))]
     if tasks is not None:
         cols += [pa.array(tasks, pa.string()), pa.array(subtasks, pa.string())]
     return pa.Table.from_arrays(cols, schema=schema)
@@ -389,19 +399,63 @@ def read_shard(path: str | Path, columns: list[str] | tuple[str, ...] | None = N
     return (schema if columns is None else pa.schema([schema.field(c) for c in columns])).empty_table()
 
 
-def features_view(col, path: str | Path = "", dim: int | None = None) -> np.ndarray:
-    """A fixed_size_list<float16|float32> column as an [n, dim] numpy array sharing its memory
-    (read-only: the bytes belong to the record batch). A null row or value is refused."""
+def features_view(col, path: str | Path = "", dim: int | None = None, dtype: str = "float16") -> np.ndarray:
+    """A features column as an [n, stored width] numpy array sharing its memory (read-only: the
+    bytes belong to the record batch): fixed_size_list<float16|float32>[dim] for a float store,
+    the exact code layout of a coded one (int8[dim], int4 uint8[dim/2], sign uint8[dim/8]). A
+    null row or value is refused."""
     import pyarrow as pa
     t = col.type
-    if (not pa.types.is_fixed_size_list(t) or not (pa.types.is_float16(t.value_type) or pa.types.is_float32(t.value_type))
-            or (dim is not None and t.list_size != dim)):
-        raise StoreIntegrityError(f"{path}: features column is {t}, not fixed_size_list<float16|float32>"
-                                  f"[{dim if dim is not None else 'd'}]; {REPAIR}")
+    if dtype in CODED_DTYPES:
+        ok = (pa.types.is_fixed_size_list(t) and t.value_type == pa.from_numpy_dtype(stored_numpy_dtype(dtype))
+              and (dim is None or t.list_size == stored_width(dtype, dim)))
+        want = f"fixed_size_list<{stored_numpy_dtype(dtype)}>[{stored_width(dtype, dim) if dim else 'w'}] ({dtype})"
+    else:
+        ok = (pa.types.is_fixed_size_list(t) and (pa.types.is_float16(t.value_type) or pa.types.is_float32(t.value_type))
+              and (dim is None or t.list_size == dim))
+        want = f"fixed_size_list<float16|float32>[{dim if dim is not None else 'd'}]"
+    if not ok:
+        raise StoreIntegrityError(f"{path}: features column is {t}, not {want}; {REPAIR}")
     values = col.flatten()
     if col.null_count or values.null_count:
         raise StoreIntegrityError(f"{path}: features hold nulls; {REPAIR}")
     return values.to_numpy(zero_copy_only=True).reshape(-1, t.list_size)
+
+
+@dataclass(frozen=True)
+class FeatureRows:
+    """Feature rows as stored, without a copy: `values` [n, stored width] in the store's dtype and,
+    for a coded dtype, the per-row `scale`. Sliced like an array; `widen()` decodes to float32."""
+    values: np.ndarray
+    scale: np.ndarray | None
+    dtype: str
+    dim: int
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, rows: slice) -> "FeatureRows":
+        return FeatureRows(self.values[rows], None if self.scale is None else self.scale[rows], self.dtype, self.dim)
+
+    def widen(self) -> np.ndarray:
+        return decode(self.values, self.scale, self.dtype, self.dim)
+
+
+def feature_columns(dtype: str) -> list[str]:
+    """The shard columns that hold a store's features."""
+    return ["features", "scale"] if dtype in CODED_DTYPES else ["features"]
+
+
+def feature_rows(batch, dtype: str, dim: int, path: str | Path = "") -> FeatureRows:
+    """The features (and scale) of a record batch read with `feature_columns(dtype)`."""
+    values = features_view(batch.column("features"), path, dim, dtype)
+    scale = None
+    if dtype in CODED_DTYPES:
+        col = batch.column("scale")
+        if col.null_count:
+            raise StoreIntegrityError(f"{path}: scale holds nulls; {REPAIR}")
+        scale = col.to_numpy(zero_copy_only=False)
+    return FeatureRows(values, scale, dtype, dim)
 
 
 def iter_blocks(store: str | Path, columns: tuple[str, ...] = ("id", "features"),
@@ -412,6 +466,8 @@ def iter_blocks(store: str | Path, columns: tuple[str, ...] = ("id", "features")
     checked before it is read, and features rows (when read) for being finite / of unit norm."""
     man = read_manifest(store)
     want = list(columns) + (["id"] if verify and "features" in columns and "id" not in columns else [])
+    if "features" in columns and man.dtype in CODED_DTYPES:
+        want.append("scale")
     for entry in man.shards:
         with local_shard(store, entry) as (path, local):  # a remote shard crosses the network once
             yield from _shard_blocks(store, entry, path, local, man, want, columns, batch_rows, verify)
@@ -437,17 +493,17 @@ def _shard_blocks(store, entry, path, local, man, want, columns, batch_rows, ver
             batch = whole.slice(lo, batch_rows)
             if not batch.num_rows:
                 continue
-            block = {name: _column_to_numpy(batch.column(name), man.projection.dim, path) for name in want}
+            block = {name: _column_to_numpy(batch.column(name)) for name in want if name not in ("features", "scale")}
+            if "features" in want:
+                block["features"] = feature_rows(batch, man.dtype, man.projection.dim, path).widen()
             if verify and "features" in block:
                 check_features(path, block["features"], man.normalized, block["id"], row)
             row += batch.num_rows
             yield {name: block[name] for name in columns}
 
 
-def _column_to_numpy(col, dim: int, path: str | Path = ""):
+def _column_to_numpy(col):
     import pyarrow as pa
-    if pa.types.is_fixed_size_list(col.type):
-        return features_view(col, path, dim).astype(np.float32, copy=False)
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         return np.asarray(col.to_pylist(), dtype=object)
     return col.to_numpy(zero_copy_only=False)

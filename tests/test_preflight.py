@@ -186,6 +186,9 @@ def test_plan_sizes_a_run_for_n_candidates(tmp_path, tiny_model_dir, demo_files,
     assert plan["stages"]["select"]["k_per_task"] == n // 20
     sizes = {(z["dim"], z["dtype"]): z["bytes"] for z in e["sizing"]}
     assert sizes[(1024, "float16")] == n * 4 * 1024 * 2 and sizes[(8192, "float32")] == n * 4 * 8192 * 4
+    # coded dtypes: the codes plus one float32 scale per row
+    assert sizes[(8192, "int8")] == n * 4 * (8192 + 4) and sizes[(8192, "sign")] == n * 4 * (1024 + 4)
+    assert sizes[(1024, "int4")] == n * 4 * (512 + 4)
     assert 0.5 * 2 ** 30 < e["actor_memory_bytes"] < 64 * 2 ** 30
     m = measured_rate(tiny_model_dir, cpu_model())
     if m is None:  # another kind of host: the FLOP estimate only
@@ -194,7 +197,8 @@ def test_plan_sizes_a_run_for_n_candidates(tmp_path, tiny_model_dir, demo_files,
         assert e["measured"]["seconds"] == round(m["s_per_example"] * (n + 10) * 4 / plan["cpu_cores"], 1)
     assert main(["plan", "--config", str(cfg), "--candidates", str(n)]) == 0
     text = capsys.readouterr().out
-    assert f"sized for {n} candidates" in text and "pool store by d x dtype (4 checkpoint(s)): 1024/16-bit" in text
+    assert f"sized for {n} candidates" in text and "pool store by d x dtype (4 checkpoint(s)):" in text
+    assert "d=8192: float16 " in text and ", sign " in text
 
 
 def test_example_configs_load_with_paths_made_absolute(tmp_path, monkeypatch):

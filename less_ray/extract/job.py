@@ -26,6 +26,7 @@ from .. import storage
 from ..config import config_hash, save_config, path_field
 from ..core.formatting import ChatFormat
 from ..core.precision import PRECISIONS  # auto, fp32, bf16, less
+from ..core.quantize import check_dtype
 from ..resources import auto_shard_rows, count_rows, estimate_extract_memory
 from ..ray_runtime import RayStage
 from ..run_lock import locked
@@ -58,7 +59,9 @@ class ExtractConfig(RayStage):
     # accumulation), the adam transform and the projection in fp32; less: bf16 and the (adam)
     # gradient rounded to fp16 before the projection, as LESS's collect_grad_reps.py does
     precision: str = "auto"
-    dtype: str = "float16"  # stored feature dtype: float16 | float32
+    # stored feature dtype: float16 | float32 | int8 | int4 | sign (1 bit per value); the coded ones
+    # with a per-row scale (core/quantize.py; bytes and selection agreement in docs/results.md)
+    dtype: str = "float16"
     normalize: bool = True
     chat_format: ChatFormat = "less"  # less (LESS's tokens) | tulu_stripped | template
     max_seq_length: int = 2048
@@ -111,8 +114,7 @@ def resolve(cfg: ExtractConfig) -> ExtractConfig:
     if cfg.precision == "auto":
         cfg.precision, why = resolved_precision(cfg)
         log.info("extract: precision auto -> %s (%s)", cfg.precision, why)
-    if cfg.dtype not in ("float16", "float32"):
-        raise ValueError(f"extract: dtype must be float16 or float32, not {cfg.dtype!r}")
+    check_dtype(cfg.dtype, "extract: dtype")
     return cfg
 
 
@@ -263,7 +265,7 @@ def shard_keys(cfg: ExtractConfig, dims: list[int], parts: list[dict[str, Any]])
     return {d: {**common, "dim": d} for d in dims}
 
 
-def claim_store(store, key: dict[str, Any], append: bool = False) -> None:
+def claim_store(store, key: dict[str, Any], append: bool = False, stage: str = "extract") -> None:
     """Make `store` hold only shards computed from `key`. A store made from anything else (another
     checkpoint, seed, data file, formatting, ... or a store that predates the key) loses its
     manifest first, then its shards, so a killed rerun can never pass old features off as new.
@@ -282,7 +284,7 @@ def claim_store(store, key: dict[str, Any], append: bool = False) -> None:
             raise ValueError(f"extract --append: {store} was made from other inputs ({why}); append with the store's "
                              f"own settings (its extract.config.yaml), or extract the whole pool into a new folder")
     elif store.exists() and any(store.iterdir()):
-        log.warning("extract: %s was made from other inputs (%s): recomputing it", store, why)
+        log.warning("%s: %s was made from other inputs (%s): recomputing it", stage, store, why)
         (store / "manifest.json").unlink(missing_ok=True)
         storage.rmtree(store / "shards")
         for f in store.iterdir():

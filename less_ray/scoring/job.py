@@ -40,8 +40,8 @@ from ..ray_runtime import RayStage
 from ..run_lock import locked
 from ..shards import map_shards
 from .folder import ScoreFolderWriter
-from ..store import (NORM_TOL, StoreIntegrityError, bad_feature_rows, feature_error, features_view, read_manifest,
-                     local_shard, read_shard, read_store, shard_batches, shard_path,
+from ..store import (NORM_TOL, FeatureRows, StoreIntegrityError, bad_feature_rows, feature_columns, feature_error,
+                     feature_rows, local_shard, read_manifest, read_shard, read_store, shard_batches, shard_path,
                      verify_shard_checksum)
 from .stores import CheckpointStores, StoreMismatch, match_stores
 
@@ -112,6 +112,7 @@ class ShardScorer:
         self.files = [[shard_path(s, e) for e in m.shards] for s, m in zip(pool_stores, manifests)]
         self.normalized = [m.normalized for m in manifests]
         self.dims = [m.projection.dim for m in manifests]
+        self.dtypes = [m.dtype for m in manifests]
         self.verify = verify
         if verify:
             from concurrent.futures import ThreadPoolExecutor
@@ -126,37 +127,33 @@ class ShardScorer:
         self.matrices = [torch.tensor(np.pad(m, ((0, pad), (0, 0))), dtype=torch.float32, device=self.device)
                          for m in matrices]
 
-    def _accumulate(self, out, features: np.ndarray, c: int, norms=None) -> None:
-        """out += features @ M_cᵀ (and, given `norms`, each row's L2 norm into it). Float16 rows
-        are widened to float32 a few hundred at a time, so the converted copy stays in cache
-        instead of a second [rows, d] array in memory; the norm is taken from that copy."""
-        import warnings
-
+    def _accumulate(self, out, rows: FeatureRows, c: int, norms=None) -> None:
+        """out += features @ M_cᵀ (and, given `norms`, each row's L2 norm into it). Stored rows are
+        widened (float16) or decoded (coded dtypes) to float32 a few hundred at a time, so the
+        converted copy stays in cache instead of a second [rows, d] array in memory; the norm is
+        taken from that copy."""
         import torch
-        with warnings.catch_warnings():  # a read-only view of a record batch: read here, never written
-            warnings.simplefilter("ignore", UserWarning)
-            x = torch.from_numpy(features)
         m_t = self.matrices[c].T
         if self.device.type != "cpu":
-            xf = x.to(self.device).float()
+            xf = _widened(rows, self.device)
             out += (xf @ m_t).cpu()
             if norms is not None:
                 norms.copy_(torch.linalg.vector_norm(xf, dim=1).cpu())
             return
-        for lo in range(0, len(x), _WIDEN_ROWS):
-            xf = x[lo:lo + _WIDEN_ROWS].float()
+        for lo in range(0, len(rows), _WIDEN_ROWS):
+            xf = _widened(rows[lo:lo + _WIDEN_ROWS], self.device)
             out[lo:lo + _WIDEN_ROWS].addmm_(xf, m_t)
             if norms is not None:
                 torch.linalg.vector_norm(xf, dim=1, out=norms[lo:lo + _WIDEN_ROWS])
 
     def _feature_blocks(self, c: int, shard: int, local):
-        """[rows, d] feature blocks of one store's shard, views of its record batches as pyarrow
-        reads them (no copy, no decoding), at most `block_rows` rows each."""
-        path, dim = self.files[c][shard], self.dims[c]
-        for batch in shard_batches(local, ["features"], path):
-            feats = features_view(batch.column(0), path, dim)
-            for lo in range(0, len(feats), self.block_rows):
-                yield feats[lo:lo + self.block_rows]
+        """Feature rows of one store's shard as pyarrow reads them (views of its record batches,
+        no copy, no decoding yet), at most `block_rows` rows each."""
+        path, dim, dtype = self.files[c][shard], self.dims[c], self.dtypes[c]
+        for batch in shard_batches(local, feature_columns(dtype), path):
+            rows = feature_rows(batch, dtype, dim, path)
+            for lo in range(0, len(rows), self.block_rows):
+                yield rows[lo:lo + self.block_rows]
 
     def _verify_checksums(self, shard: int, local: list) -> None:
         for c, store in enumerate(self.pool_stores):
@@ -265,11 +262,24 @@ class ShardScorer:
 _WIDEN_ROWS = 256  # float16 rows widened per matmul: 1 MiB of float32, cache-sized
 
 
+def _widened(rows: FeatureRows, device):
+    """float32 torch rows on `device`: float stores converted by torch (a read-only view of the
+    record batch, read here, never written), coded ones decoded (core/quantize.py)."""
+    import warnings
+
+    import torch
+    if rows.scale is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(rows.values).to(device).float()
+    return torch.from_numpy(rows.widen()).to(device)
+
+
 def _aligned(readers, shard: int):
     """Blocks of every store's reader cut at common row offsets (views, no copy), so stores whose
     shards were written in other record batch sizes still line up row for row."""
     its = [iter(r) for r in readers]
-    cur = [np.empty((0, 0), np.float16) for _ in its]
+    cur = [() for _ in its]  # () : this reader's next block is still to be read
     while True:
         for i, it in enumerate(its):
             while cur[i] is not None and not len(cur[i]):
