@@ -4,7 +4,7 @@
 planted task), built by experiments/real_data.py's own `build_data` with its defaults (the same
 records). #19's four-checkpoint store is gone, so this makes one checkpoint again: a one-epoch
 warmup on #19's warmup draw (5%, seed 3), then one extraction pass in float32 at two dims
-(sjlt d=8192 and d=65536). Every compact store is `less-ray store convert` of that float32 store,
+(sjlt d=8192 and d=65536). Every other store is `less-ray recode` of that float32 store,
 which writes what extract would have written with that dtype (tests/test_compact_store.py checks
 the bytes are equal). Each is scored as usual; per target, against the float16 store's scores:
 top-5% overlap and Spearman, plus bytes per candidate and score time.
@@ -88,7 +88,7 @@ def compare(out: Path, opts) -> dict:
     from scipy.stats import spearmanr
 
     from less_ray.scoring import ScoreConfig, TaskSpec, run_score
-    from less_ray.store_convert import ConvertConfig, run_convert
+    from less_ray.recode import RecodeConfig, run_recode
     src = out / "store" / "float32"
     n_pool = json.loads((src / "pool" / f"dim{DIMS[0]}" / "manifest.json").read_text())["count"]
     rows = []
@@ -100,7 +100,7 @@ def compare(out: Path, opts) -> dict:
                 s = src / name / f"dim{d}"
                 if dtype != "float32":
                     dst = out / "store" / dtype / name / f"dim{d}"
-                    run_convert(ConvertConfig(store=str(s), out=str(dst), dtype=dtype))
+                    run_recode(RecodeConfig(store=str(s), out=str(dst), dtype=dtype))
                     s = dst
                 stores[name] = s
             sc = out / "scores" / dtype / f"dim{d}"

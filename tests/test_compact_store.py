@@ -1,5 +1,5 @@
 """Compact stores (#27): int8 / int4 / 1-bit sign codes with a per-row scale, against references
-written here without the codec's lookup tables; stores of them scored as dense numpy says; and
+written here value by value; stores of them scored as dense numpy says; and
 `recode` of a float32 store equal, byte for byte, to extracting in that dtype."""
 import json
 
@@ -31,7 +31,7 @@ def reference_codes(x: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def reference_decode(values: np.ndarray, scale: np.ndarray, dtype: str, dim: int) -> np.ndarray:
-    """Unpack bit by bit / nibble by nibble (the codec uses lookup tables instead)."""
+    """Unpack bit by bit / nibble by nibble (the codec does it a row block at a time)."""
     n = len(values)
     q = np.zeros((n, dim))
     for i in range(n):

@@ -66,10 +66,6 @@ def encode(x: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray | None]:
     return u[:, 0::2] | (u[:, 1::2] << 4), scale
 
 
-_SIGNS = np.where(np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1), 1.0, -1.0).astype(np.float32)
-_NIBBLES = np.stack([(np.arange(256) & 15) - 8, (np.arange(256) >> 4) - 8], axis=1).astype(np.float32)
-
-
 def decode(values: np.ndarray, scale: np.ndarray | None, dtype: str, dim: int) -> np.ndarray:
     """[n, dim] float32 rows from what `encode` returned."""
     if dtype in FLOAT_DTYPES:
@@ -77,6 +73,13 @@ def decode(values: np.ndarray, scale: np.ndarray | None, dtype: str, dim: int) -
     n = len(values)
     if dtype == "int8":
         q = np.asarray(values, dtype=np.float32)
-    else:  # a table lookup per byte: 8 signs or 2 nibbles at once
-        q = (_SIGNS if dtype == "sign" else _NIBBLES)[values].reshape(n, -1)[:, :dim]
+    elif dtype == "int4":  # low nibble first; offset 8
+        q = np.empty((n, values.shape[1], 2), np.float32)
+        q[:, :, 0] = values & 15
+        q[:, :, 1] = values >> 4
+        q = q.reshape(n, -1)[:, :dim] - 8.0
+    else:  # sign: bit 1 -> +1, bit 0 -> -1
+        q = np.unpackbits(values, axis=1, count=dim).astype(np.float32)
+        q *= 2.0
+        q -= 1.0
     return q * np.asarray(scale, dtype=np.float32)[:, None]
