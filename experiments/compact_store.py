@@ -38,6 +38,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup-epochs", type=int, default=1)
     p.add_argument("--num-cpus", type=int, default=2)
     p.add_argument("--results", default=None, help="compare: also write the table here (JSON)")
+    p.add_argument("--render", default=None, metavar="JSON", help="print the docs table of a --results file")
     return p.parse_args(argv)
 
 
@@ -82,20 +83,30 @@ def store_bytes(store: Path) -> int:
     return sum(p.stat().st_size for p in (store / "shards").glob("part-*.arrow"))
 
 
+def agreement(a, b, k: int) -> tuple[float, float]:
+    """(top-k overlap share, Spearman) of two score vectors over the same ids."""
+    import numpy as np
+    from scipy.stats import spearmanr
+    top = lambda v: set(np.argsort(-v, kind="stable")[:k].tolist())  # noqa: E731
+    return len(top(a) & top(b)) / k, float(spearmanr(a, b).statistic)
+
+
 def compare(out: Path, opts) -> dict:
+    """Every (dim, dtype) store scored; agreement per target with the same dim's float16 store (the
+    issue's reference: LESS's stored dtype) and with d=65536 float32 (the closest to exact here)."""
     import numpy as np
     import pyarrow.parquet as pq
-    from scipy.stats import spearmanr
 
-    from less_ray.scoring import ScoreConfig, TaskSpec, run_score
     from less_ray.recode import RecodeConfig, run_recode
+    from less_ray.scoring.job import ScoreConfig, TaskSpec, run_score
     src = out / "store" / "float32"
     n_pool = json.loads((src / "pool" / f"dim{DIMS[0]}" / "manifest.json").read_text())["count"]
-    rows = []
+    k = max(1, round(0.05 * n_pool))
+    scores, rows = {}, []
     for d in DIMS:
-        scores, seconds = {}, {}
         for dtype in DTYPES:
             stores = {}
+            t0 = time.time()
             for name in ("pool", *TASKS):
                 s = src / name / f"dim{d}"
                 if dtype != "float32":
@@ -103,50 +114,59 @@ def compare(out: Path, opts) -> dict:
                     run_recode(RecodeConfig(store=str(s), out=str(dst), dtype=dtype))
                     s = dst
                 stores[name] = s
+            recode_s = time.time() - t0
             sc = out / "scores" / dtype / f"dim{d}"
             t0 = time.time()
             run_score(ScoreConfig(pool_stores=[str(stores["pool"])], out=str(sc), num_cpus=opts.num_cpus,
                                   max_actors=1, tasks=[TaskSpec(t, [str(stores[t])]) for t in TASKS]))
-            seconds[dtype] = time.time() - t0
-            scores[dtype] = {}
+            score_s = time.time() - t0
             for t in TASKS:
-                tab = pq.read_table(sc / t / "scores.parquet", columns=["id", "score"]).sort_by("id")
-                scores[dtype][t] = tab.column("score").to_numpy()
+                tab = pq.read_table(sc / t / "scores.parquet", columns=["id", "source", "score"]).sort_by("id")
+                scores[d, dtype, t] = tab.column("score").to_numpy()
+                planted = np.array([x.split("/")[0] == real_data.PLANTED for x in tab.column("source").to_pylist()])
             pool_bytes = store_bytes(stores["pool"])
-            row = {"dim": d, "dtype": dtype, "bytes_per_candidate": pool_bytes / n_pool,
-                   "store_mb": pool_bytes / 1e6, "score_s": round(seconds[dtype], 1)}
-            ref = scores.get("float16")
-            k = max(1, round(0.05 * n_pool))
-            for t in TASKS:
-                if ref is None:
-                    continue
-                a, b = ref[t], scores[dtype][t]
-                top_a, top_b = set(np.argsort(-a, kind="stable")[:k]), set(np.argsort(-b, kind="stable")[:k])
-                row[f"{t}_top5_overlap"] = len(top_a & top_b) / k
-                row[f"{t}_spearman"] = float(spearmanr(a, b).statistic)
-            rows.append(row)
-            log.info("%s", json.dumps(row))
-    # float32 was scored before float16 existed as the reference: fill its columns now
+            top = np.argsort(-scores[d, dtype, real_data.PLANTED], kind="stable")[:k]
+            rows.append({"dim": d, "dtype": dtype, "bytes_per_candidate": round(pool_bytes / n_pool, 1),
+                         "pool_store_mb": round(pool_bytes / 1e6, 2), "recode_s": round(recode_s, 1),
+                         "score_s": round(score_s, 1),
+                         # the planted task's own pool examples among its top 5% (5% of the pool is planted)
+                         "planted_share_top5": round(float(planted[top].mean()), 4)})
+            log.info("%s", json.dumps(rows[-1]))
+    ref_exact = (max(DIMS), "float32")
     for row in rows:
-        if row["dtype"] == "float32":
-            d = row["dim"]
-            for t in TASKS:
-                a = pq.read_table(out / "scores" / "float16" / f"dim{d}" / t / "scores.parquet",
-                                  columns=["id", "score"]).sort_by("id").column("score").to_numpy()
-                b = pq.read_table(out / "scores" / "float32" / f"dim{d}" / t / "scores.parquet",
-                                  columns=["id", "score"]).sort_by("id").column("score").to_numpy()
-                k = max(1, round(0.05 * n_pool))
-                row[f"{t}_top5_overlap"] = len(set(np.argsort(-a, kind="stable")[:k])
-                                               & set(np.argsort(-b, kind="stable")[:k])) / k
-                row[f"{t}_spearman"] = float(spearmanr(a, b).statistic)
-    result = {"pool": n_pool, "tasks": list(TASKS), "top_k": max(1, round(0.05 * n_pool)), "rows": rows}
+        for t in TASKS:
+            got = scores[row["dim"], row["dtype"], t]
+            row[f"{t}_top5_vs_f16"], row[f"{t}_spearman_vs_f16"] = agreement(scores[row["dim"], "float16", t], got, k)
+            row[f"{t}_top5_vs_d{ref_exact[0]}_f32"], row[f"{t}_spearman_vs_d{ref_exact[0]}_f32"] = agreement(
+                scores[(*ref_exact, t)], got, k)
+    result = {"pool": n_pool, "tasks": list(TASKS), "top_k": k, "dims": list(DIMS), "dtypes": list(DTYPES),
+              "extract_seconds": json.loads((out / "extract_seconds.json").read_text()), "rows": rows}
     if opts.results:
         Path(opts.results).write_text(json.dumps(result, indent=1))
     return result
 
 
+def render(result: dict) -> str:
+    """The docs/results.md table: one row per (dim, dtype)."""
+    tasks, ref = result["tasks"], f"d{max(result['dims'])}_f32"
+    head = ["d", "dtype", "bytes / candidate", f"score s ({result['pool']:,} pool rows)", "planted share in top 5%",
+            *[f"{t}: top-5% overlap / Spearman vs same-d float16" for t in tasks],
+            f"mean top-5% overlap vs d={max(result['dims'])} float32"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in result["rows"]:
+        vs = [f"{r[f'{t}_top5_vs_f16']:.3f} / {r[f'{t}_spearman_vs_f16']:.4f}" for t in tasks]
+        mean_exact = sum(r[f"{t}_top5_vs_{ref}"] for t in tasks) / len(tasks)
+        lines.append("| " + " | ".join([str(r["dim"]), r["dtype"], f"{r['bytes_per_candidate']:,.0f}",
+                                         f"{r['score_s']:.1f}", f"{r['planted_share_top5']:.3f}", *vs,
+                                         f"{mean_exact:.3f}"]) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     opts = parse_args(argv)
+    if opts.render:
+        print(render(json.loads(Path(opts.render).read_text())))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     out = Path(opts.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -222,3 +222,14 @@ def test_append_on_s3_adds_only_new_shards_and_equals_a_fresh_store_on_disk(runs
     assert man.count == 80 and [x["path"] for x in man.input["appended"]] == [str(tmp_path / "b.jsonl")]
     a, b = read_store(grown, ("id", "features")), read_store(runs["disk"]["pool"], ("id", "features"))
     assert list(a["id"]) == list(b["id"]) and np.array_equal(a["features"], b["features"])
+
+
+def test_recode_on_s3_writes_the_bytes_it_writes_on_disk(runs, tmp_path):
+    """A store on s3 recoded into s3 (int8 codes) equals the same recode of the disk store."""
+    from less_ray.recode import RecodeConfig, run_recode
+    from less_ray.store import read_manifest, read_store
+    s3 = run_recode(RecodeConfig(store=runs["s3"]["pool"], out=f"{runs['s3']['base']}/pool_int8", dtype="int8"))
+    disk = run_recode(RecodeConfig(store=runs["disk"]["pool"], out=str(tmp_path / "pool_int8"), dtype="int8"))
+    assert str(s3).startswith("s3://")
+    assert [e["sha256"] for e in read_manifest(s3).shards] == [e["sha256"] for e in read_manifest(disk).shards]
+    np.testing.assert_array_equal(read_store(s3)["features"], read_store(disk)["features"])

@@ -169,6 +169,37 @@ def test_mismatched_stores_are_refused(world, tmp_path, change, message):
         run_score(cfg)
 
 
+def _restamp(store, edit) -> None:
+    """Edit a store's manifest and give it a valid checksum again (a store written that way)."""
+    from less_ray.store import manifest_digest
+    path = store / "manifest.json"
+    man = json.loads(path.read_text())
+    man.pop("manifest_sha256")
+    edit(man)
+    man["manifest_sha256"] = manifest_digest(man)
+    path.write_text(json.dumps(man))
+
+
+@pytest.mark.parametrize("field, key, a, b", [
+    ("chat format", ("input", "chat_format"), "less", "tulu_stripped"),
+    ("max_seq_length", ("input", "max_seq_length"), 512, 2048),
+    ("precision", ("extra", "precision"), "bf16", "fp32"),
+])
+def test_a_pool_and_targets_computed_otherwise_are_refused_naming_the_field(tmp_path, field, key, a, b):
+    """Features of other tokens (chat format, truncation) or numerics (precision) are not comparable."""
+    rng = np.random.default_rng(1)
+    pool = write_store(tmp_path / "pool", [f"p{i}" for i in range(8)], _unit(rng, 8, D), kind="adam", checkpoint="c0")
+    tgt = write_store(tmp_path / "t", ["t0", "t1"], _unit(rng, 2, D), kind="sgd", checkpoint="c0",
+                      subtasks=["s", "s"], task="t")
+    section, name = key
+    _restamp(pool, lambda m: m[section].update({name: a}))
+    _restamp(tgt, lambda m: m[section].update({name: a}))
+    assert match_stores([str(pool)], {"t": [str(tgt)]})  # equal: admitted
+    _restamp(tgt, lambda m: m[section].update({name: b}))
+    with pytest.raises(StoreMismatch, match=f"stores disagree on {field}: {pool} has {a!r}, {tgt} has {b!r}"):
+        match_stores([str(pool)], {"t": [str(tgt)]})
+
+
 def test_store_kinds_and_repeated_checkpoints_are_refused(world, tmp_path):
     pools, targets = world["pool_stores"], world["target_stores"]
     task = next(iter(TASKS))

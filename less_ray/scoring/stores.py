@@ -40,6 +40,12 @@ def _check_pair(a: StoreManifest, b: StoreManifest, pa: str, pb: str) -> None:
     _same("projection seed", a, b, pa, pb, lambda m: m.projection.seed)
     _same("projection dim", a, b, pa, pb, lambda m: m.projection.dim)
     _same("normalisation", a, b, pa, pb, lambda m: m.normalized)
+    # what the features were computed with, where both stores record it (a synthetic store may not)
+    for name, value in (("chat format", lambda m: (m.input or {}).get("chat_format")),
+                        ("max_seq_length", lambda m: (m.input or {}).get("max_seq_length")),
+                        ("precision", lambda m: (m.extra or {}).get("precision"))):
+        if value(a) is not None and value(b) is not None:
+            _same(name, a, b, pa, pb, value)
 
 
 def _admit(path: str, m: StoreManifest, kind: str, role: str, first: StoreManifest, first_path: str,
