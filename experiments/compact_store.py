@@ -6,8 +6,10 @@ records). #19's four-checkpoint store is gone, so this makes one checkpoint agai
 warmup on #19's warmup draw (5%, seed 3), then one extraction pass in float32 at two dims
 (sjlt d=8192 and d=65536). Every other store is `less-ray recode` of that float32 store,
 which writes what extract would have written with that dtype (tests/test_compact_store.py checks
-the bytes are equal). Each is scored as usual; per target, against the float16 store's scores:
-top-5% overlap and Spearman, plus bytes per candidate and score time.
+the bytes are equal). The pool store is recoded; the target stores stay float32 as extracted
+(`--code-targets`: recoded too). Each is scored as usual; per target, against the same d's float16
+scores and against d=65536 float32's: top-5% overlap and Spearman, plus bytes per candidate and
+score time, and the planted task's share of its own top 5%.
 
     PYTHONPATH=. nice -n 19 python experiments/compact_store.py --out /work/compact_run --phases extract
     PYTHONPATH=. python experiments/compact_store.py --out /work/compact_run --phases compare
@@ -37,6 +39,8 @@ def parse_args(argv=None):
     p.add_argument("--phases", nargs="+", default=["extract", "compare"], choices=["extract", "compare"])
     p.add_argument("--warmup-epochs", type=int, default=1)
     p.add_argument("--num-cpus", type=int, default=2)
+    p.add_argument("--code-targets", action="store_true",
+                   help="compare: recode the target stores too (default: only the pool; targets as extracted)")
     p.add_argument("--results", default=None, help="compare: also write the table here (JSON)")
     p.add_argument("--render", default=None, metavar="JSON", help="print the docs table of a --results file")
     return p.parse_args(argv)
@@ -109,13 +113,13 @@ def compare(out: Path, opts) -> dict:
             t0 = time.time()
             for name in ("pool", *TASKS):
                 s = src / name / f"dim{d}"
-                if dtype != "float32":
+                if dtype != "float32" and (name == "pool" or opts.code_targets):
                     dst = out / "store" / dtype / name / f"dim{d}"
                     run_recode(RecodeConfig(store=str(s), out=str(dst), dtype=dtype))
                     s = dst
                 stores[name] = s
             recode_s = time.time() - t0
-            sc = out / "scores" / dtype / f"dim{d}"
+            sc = out / ("scores" if opts.code_targets else "scores_pool_coded") / dtype / f"dim{d}"
             t0 = time.time()
             run_score(ScoreConfig(pool_stores=[str(stores["pool"])], out=str(sc), num_cpus=opts.num_cpus,
                                   max_actors=1, tasks=[TaskSpec(t, [str(stores[t])]) for t in TASKS]))
@@ -139,7 +143,7 @@ def compare(out: Path, opts) -> dict:
             row[f"{t}_top5_vs_f16"], row[f"{t}_spearman_vs_f16"] = agreement(scores[row["dim"], "float16", t], got, k)
             row[f"{t}_top5_vs_d{ref_exact[0]}_f32"], row[f"{t}_spearman_vs_d{ref_exact[0]}_f32"] = agreement(
                 scores[(*ref_exact, t)], got, k)
-    result = {"pool": n_pool, "tasks": list(TASKS), "top_k": k, "dims": list(DIMS), "dtypes": list(DTYPES),
+    result = {"pool": n_pool, "tasks": list(TASKS), "targets_coded": bool(opts.code_targets), "top_k": k, "dims": list(DIMS), "dtypes": list(DTYPES),
               "extract_seconds": json.loads((out / "extract_seconds.json").read_text()), "rows": rows}
     if opts.results:
         Path(opts.results).write_text(json.dumps(result, indent=1))

@@ -28,6 +28,7 @@ from typing import Any, Callable
 from .config import absolute_paths, config_hash, save_config, path_field, section, stage_config
 from .core.formatting import ChatFormat
 from .eval.runner import EvalConfig, run_eval
+from .core.quantize import CODED_DTYPES
 from .extract.job import ExtractConfig, run_extract
 from .ray_runtime import ensure_ray
 from .run_lock import locked
@@ -192,8 +193,13 @@ def scored_dim(cfg: PipelineConfig) -> int:
 
 
 def extract_config(cfg: PipelineConfig, ckpt: str, data: str, out: Path, kind: str) -> ExtractConfig:
-    return stage_config(cfg.extract, data=data, checkpoint=ckpt, out=str(out), kind=kind, base_model=cfg.base_model,
+    ecfg = stage_config(cfg.extract, data=data, checkpoint=ckpt, out=str(out), kind=kind, base_model=cfg.base_model,
                         chat_format=cfg.chat_format, max_seq_length=cfg.max_seq_length, **stage_ray(cfg))
+    if kind == "sgd" and ecfg.dtype in CODED_DTYPES:
+        # extract.dtype compacts the pool; targets are few, and their gradients' heavy tails
+        # (max/rms ~15 at d=65536) cost coded targets most of their agreement (docs/results.md §5)
+        ecfg.dtype = "float16"
+    return ecfg
 
 
 def score_config(cfg: PipelineConfig, pool_stores: list[str], target_stores: dict[str, list[str]],

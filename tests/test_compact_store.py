@@ -205,3 +205,14 @@ def test_recode_of_a_float32_store_is_what_extract_writes_in_that_dtype(ray_loca
     assert _sums(tmp_path / "re_int8_again") == _sums(tmp_path / "sign" / "dim32")
     with pytest.raises(ValueError, match="is float32 already"):
         run_recode(RecodeConfig(store=str(f32), out=str(tmp_path / "x"), dtype="float32"))
+
+
+def test_a_pipeline_with_a_coded_dtype_codes_the_pool_and_keeps_targets_float16(tmp_path):
+    """Coded targets lose most of their agreement (heavy-tailed gradients; docs/results.md §5) and
+    are few: the pipeline's extract.dtype compacts the pool only."""
+    from less_ray.pipeline import ExtractSection, PipelineConfig, extract_config
+    for dtype, want_targets in (("int8", "float16"), ("sign", "float16"), ("float32", "float32")):
+        cfg = PipelineConfig(out=str(tmp_path), base_model="m", pool="p.jsonl", targets={"t": "t.jsonl"},
+                             extract=ExtractSection(dtype=dtype))
+        assert extract_config(cfg, "ck", "p.jsonl", tmp_path / "pool", "adam").dtype == dtype
+        assert extract_config(cfg, "ck", "t.jsonl", tmp_path / "t", "sgd").dtype == want_targets

@@ -60,7 +60,8 @@ class ExtractConfig(RayStage):
     # gradient rounded to fp16 before the projection, as LESS's collect_grad_reps.py does
     precision: str = "auto"
     # stored feature dtype: float16 | float32 | int8 | int4 | sign (1 bit per value); the coded ones
-    # with a per-row scale (core/quantize.py; bytes and selection agreement in docs/results.md)
+    # with a per-row scale (core/quantize.py; bytes and selection agreement in docs/results.md §5).
+    # For pool stores: the pipeline extracts targets in float16 when this is a coded dtype
     dtype: str = "float16"
     normalize: bool = True
     chat_format: ChatFormat = "less"  # less (LESS's tokens) | tulu_stripped | template
