@@ -100,7 +100,9 @@ def plan_pipeline(cfg: Any, candidates: int | None = None) -> dict[str, Any]:
     n_targets = sum(t["targets"] for t in targets.values())
     train_flops = lambda examples, epochs: 6 * sizes["model_params"] * tok["mean_tokens"] * examples * epochs
     from .core.quantize import row_bytes
-    feature_bytes = row_bytes(cfg.extract.dtype, dim)
+    from .pipeline import target_dtype
+    feature_bytes = (n_pool * row_bytes(cfg.extract.dtype, dim)
+                     + n_targets * row_bytes(target_dtype(cfg.extract.dtype), dim)) * ckpts
     proj_entries = sizes["lora_params"] * dim if proj == "rademacher" else 0
     extract_rows = (n_pool + n_targets) * ckpts
     def dtype(section):  # deepspeed.dtype as run_warmup / run_train will resolve it
@@ -117,7 +119,7 @@ def plan_pipeline(cfg: Any, candidates: int | None = None) -> dict[str, Any]:
                                       requested=cfg.extract.precision),
                     "flops": 6 * sizes["model_params"] * tok["mean_tokens"] * extract_rows,
                     "projection_entries": proj_entries * extract_rows,
-                    "feature_bytes": feature_bytes * extract_rows},
+                    "feature_bytes": feature_bytes},
         "score": {"pool_rows": n_pool, "checkpoints": ckpts, "flops": 2 * n_pool * dim * ckpts * max(1, n_targets)},
         "select": {"k_per_task": k, "tasks": len(targets)},
         "train": {"examples_per_task": k, "epochs": cfg.train.optim.epochs, "tasks": len(targets),

@@ -195,11 +195,16 @@ def scored_dim(cfg: PipelineConfig) -> int:
 def extract_config(cfg: PipelineConfig, ckpt: str, data: str, out: Path, kind: str) -> ExtractConfig:
     ecfg = stage_config(cfg.extract, data=data, checkpoint=ckpt, out=str(out), kind=kind, base_model=cfg.base_model,
                         chat_format=cfg.chat_format, max_seq_length=cfg.max_seq_length, **stage_ray(cfg))
-    if kind == "sgd" and ecfg.dtype in CODED_DTYPES:
-        # extract.dtype compacts the pool; targets are few, and their gradients' heavy tails
-        # (max/rms ~15 at d=65536) cost coded targets most of their agreement (docs/results.md §5)
-        ecfg.dtype = "float16"
+    if kind == "sgd":
+        ecfg.dtype = target_dtype(ecfg.dtype)
     return ecfg
+
+
+def target_dtype(dtype: str) -> str:
+    """The target stores' dtype under extract.dtype `dtype`: a coded dtype compacts the pool only;
+    targets are few, and their gradients' heavy tails (max/rms ~15 at d=65536) cost coded targets
+    most of their agreement (docs/results.md §5), so they stay float16."""
+    return "float16" if dtype in CODED_DTYPES else dtype
 
 
 def score_config(cfg: PipelineConfig, pool_stores: list[str], target_stores: dict[str, list[str]],

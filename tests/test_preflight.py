@@ -190,6 +190,10 @@ def test_plan_sizes_a_run_for_n_candidates(tmp_path, tiny_model_dir, demo_files,
     assert sizes[(8192, "int8")] == n * 4 * (8192 + 4) and sizes[(8192, "sign")] == n * 4 * (1024 + 4)
     assert sizes[(1024, "int4")] == n * 4 * (512 + 4)
     assert 0.5 * 2 ** 30 < e["actor_memory_bytes"] < 64 * 2 ** 30
+    # a coded extract.dtype codes the pool; the 10 targets stay float16 (pipeline.target_dtype)
+    assert main(["plan", "--config", str(cfg), "--json", "--candidates", str(n), "--set", "extract.dtype=int8"]) == 0
+    coded = json.loads(capsys.readouterr().out)["stages"]["extract"]
+    assert coded["feature_bytes"] == n * 4 * (8192 + 4) + 10 * 4 * 8192 * 2
     m = measured_rate(tiny_model_dir, cpu_model())
     if m is None:  # another kind of host: the FLOP estimate only
         assert "measured" not in e
