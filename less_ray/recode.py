@@ -13,14 +13,14 @@ folder made from another source is cleared first), and is held by the one-writer
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass
+
 from . import storage
 from .config import path_field, save_config
 from .core.quantize import check_dtype
 from .run_lock import locked
-from .store import (MANIFEST, feature_columns, feature_rows, features_table, local_shard, read_manifest, read_shard,
+from .store import (feature_rows, features_table, local_shard, manifest_digest, read_manifest, read_shard,
                     verified_shard, verify_shard_checksum, write_manifest, write_shard)
 
 log = logging.getLogger("less_ray")
@@ -33,10 +33,6 @@ class RecodeConfig:
     dtype: str = "int8"  # float16 | float32 | int8 | int4 | sign
 
 
-def _manifest_sha(store) -> str:
-    return json.loads((storage.location(store) / MANIFEST).read_text())["manifest_sha256"]
-
-
 @locked("recode")
 def run_recode(cfg: RecodeConfig):
     from .extract.job import claim_store
@@ -47,7 +43,8 @@ def run_recode(cfg: RecodeConfig):
     if src.dtype == cfg.dtype:
         raise ValueError(f"recode: {cfg.store} is {cfg.dtype} already")
     out = storage.location(cfg.out)
-    source = {"store": str(cfg.store), "manifest_sha256": _manifest_sha(cfg.store), "dtype": src.dtype}
+    # the checksum read_manifest verified: the digest of the manifest it returned
+    source = {"store": str(cfg.store), "manifest_sha256": manifest_digest(dataclasses.asdict(src)), "dtype": src.dtype}
     claim_store(out, {"recoded_from": source, "dtype": cfg.dtype}, stage="recode")
     entries = []
     for entry in src.shards:
@@ -72,8 +69,7 @@ def _recoded(store, entry, man, dtype: str):
     with local_shard(store, entry) as (path, local):
         verify_shard_checksum(store, entry, local)
         table = read_shard(local)
-        feats = [feature_rows(b.select(feature_columns(man.dtype)), man.dtype, man.projection.dim, path).widen()
-                 for b in table.to_batches()]
+        feats = [feature_rows(b, man.dtype, man.projection.dim, path).widen() for b in table.to_batches()]
     feats = np.concatenate(feats) if feats else np.zeros((0, man.projection.dim), np.float32)
     col = lambda name: table.column(name).to_pylist()  # noqa: E731
     with_task = "task" in table.schema.names

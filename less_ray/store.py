@@ -82,7 +82,7 @@ def shard_name(index: int) -> str:
 
 def _arrow_schema(dim: int, dtype: str, with_task: bool):
     import pyarrow as pa
-    value = {"float16": pa.float16(), "float32": pa.float32(), "int8": pa.int8()}.get(dtype, pa.uint8())
+    value = pa.from_numpy_dtype(stored_numpy_dtype(dtype))
     fields = [("id", pa.string()), ("source", pa.string()), ("features", pa.list_(value, stored_width(dtype, dim)))]
     if dtype in CODED_DTYPES:
         fields.append(("scale", pa.float32()))  # decoded row = scale * code (core/quantize.py)
