@@ -24,7 +24,7 @@ def file_sha256(path: Path) -> str:
     st = path.stat()
     key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
     if key not in _FILE_CACHE:
-        from .store import sha256_file
+        from .artifact import sha256_file
         _FILE_CACHE[key] = sha256_file(path)
     return _FILE_CACHE[key]
 

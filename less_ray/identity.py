@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .store import sha256_file
+from .artifact import sha256_file
 
 # keys that name where a folder came from, or the tool that wrote it, not what it computes
 VOLATILE_KEYS = frozenset({"_name_or_path", "name_or_path", "base_model_name_or_path", "transformers_version",

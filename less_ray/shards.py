@@ -20,7 +20,7 @@ import numpy as np
 
 from . import storage
 from .ray_runtime import RayStage
-from .store import sha256_file
+from .artifact import sha256_file
 
 SHARDED_INPUT = "_input.parquet"
 log = logging.getLogger("less_ray")

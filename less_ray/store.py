@@ -39,6 +39,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from . import storage
+from .artifact import sha256_file
 from .core.quantize import CODED_DTYPES, check_dtype, decode, encode, stored_numpy_dtype, stored_width
 
 FORMAT = "less_ray.datastore/2"
@@ -58,22 +59,6 @@ REPAIR = ("rerun the stage that wrote this store with the same config (`less-ray
 
 class StoreIntegrityError(ValueError):
     """A store's bytes do not match what its manifest vouches for, or hold impossible values."""
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with storage.location(path).open("rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def sha256_files(paths: list[str | Path]) -> str:
-    """One content hash over several files (name and bytes), order-independent of the list."""
-    h = hashlib.sha256()
-    for p in sorted((storage.location(x) for x in paths), key=str):
-        h.update(p.name.encode() + b"\0" + sha256_file(p).encode())
-    return h.hexdigest()
 
 
 def shard_name(index: int) -> str:

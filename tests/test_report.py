@@ -17,7 +17,7 @@ from less_ray.data.schema import make_record
 from less_ray.scoring.report import ReportConfig, run_report
 from less_ray.scoring.select import SelectConfig, run_select
 from less_ray.selectors.random_full import seeded_uniform
-from less_ray.store import sha256_file
+from less_ray.artifact import sha256_file
 from less_ray.testing.synthetic_store import write_store
 
 N_POOL, FAMILY, TASK = 200, "arithmetic", "demo_arithmetic"

@@ -127,7 +127,8 @@ def test_compressed_pool_shards_score_the_same(ray_local, world, tmp_path):
     cfg = _cfg(world, tmp_path / "out")
     zstd = tmp_path / "pool_c1"
     shutil.copytree(cfg.pool_stores[1], zstd)
-    from less_ray.store import read_manifest, sha256_file, write_manifest
+    from less_ray.artifact import sha256_file
+    from less_ray.store import read_manifest, write_manifest
     man = read_manifest(zstd)
     for f, entry in zip(shard_files(str(zstd)), man.shards):
         table = pa.ipc.open_file(f).read_all()

@@ -29,10 +29,11 @@ from ..core.precision import PRECISIONS  # auto, fp32, bf16, less
 from ..core.quantize import check_dtype
 from ..resources import auto_shard_rows, count_rows, estimate_extract_memory
 from ..ray_runtime import RayStage
+from ..artifact import sha256_file
 from ..run_lock import locked
 from ..shards import SHARDED_INPUT, map_shards, read_shard, shard_input
 from ..train.checkpoint import read_checkpoint_state
-from ..store import (Projection, StoreManifest, features_table, library_versions, remove_temp_files, sha256_file,
+from ..store import (Projection, StoreManifest, features_table, library_versions, remove_temp_files,
                      verified_shard, write_manifest, write_shard)
 
 log = logging.getLogger("less_ray")

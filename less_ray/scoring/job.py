@@ -300,7 +300,7 @@ def vanished_subtasks(store: str, stored: set[str]) -> dict[str, int]:
     from collections import Counter
 
     from ..data.io import iter_records
-    from ..store import sha256_file
+    from ..artifact import sha256_file
     man = read_manifest(store)
     if not (man.skipped or {}).get("count"):
         return {}

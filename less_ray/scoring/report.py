@@ -108,7 +108,7 @@ def run_folder(scores: Path) -> Path | None:
 
 
 def _sha256(path: str | None) -> str | None:
-    from ..store import sha256_file
+    from ..artifact import sha256_file
     try:
         return sha256_file(path) if path else None
     except OSError:

@@ -28,7 +28,7 @@ import numpy as np
 
 from .. import storage
 from ..config import config_to_dict, save_config, path_field
-from ..store import sha256_file
+from ..artifact import sha256_file
 from ..core.influence import TopK
 from ..data.io import iter_records
 

@@ -137,7 +137,7 @@ class Stats(NamedTuple):
 def compute_stats(cfg: LossStatsConfig, passes: list[str]) -> Stats:
     """Make sure `passes` exist in the stats folder (computing only missing parts)."""
     from ..identity import checkpoint_content_hash as checkpoint_hash
-    from ..store import sha256_file
+    from ..artifact import sha256_file
     if any(p != "base" for p in passes) and not cfg.checkpoint:
         raise ValueError(f"loss selectors: passes {passes} need a warmup checkpoint")
     base = _resolve_base(cfg)
