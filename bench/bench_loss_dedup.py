@@ -110,8 +110,8 @@ def loss_lines(args, sample, work: Path, common: dict) -> None:
 def diverse_lines(n: int, work: Path, seed: int) -> None:
     from less_ray.data.io import write_jsonl
     from less_ray.data.schema import Record
-    from less_ray.scoring.folder import ScoreFolderWriter
-    from less_ray.scoring.select import SelectConfig, run_select
+    from less_ray.selection.folder import ScoreFolderWriter
+    from less_ray.selection.select import SelectConfig, run_select
     from less_ray.selectors.diverse_topk import DiverseSelectConfig, run_diverse_select
     from less_ray.testing.synthetic_store import write_store
     rng = np.random.default_rng(seed)

@@ -109,7 +109,7 @@ def prepare(work: Path, n: int) -> dict[str, Path]:
 def stage(name: str, work: Path, n: int) -> None:
     from less_ray.extract.job import ExtractConfig, run_extract
     from less_ray.scoring.job import ScoreConfig, TaskSpec, run_score
-    from less_ray.scoring.select import SelectConfig, run_select
+    from less_ray.selection.select import SelectConfig, run_select
     f = prepare(work, n)
     run = work / f"n{n}"
     common = dict(checkpoint=str(f["ckpt"]), dims=[DIM], max_actors=2, actor_num_cpus=1)

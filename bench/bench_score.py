@@ -36,7 +36,7 @@ import numpy as np
 from less_ray.data.io import write_jsonl
 from less_ray.data.schema import make_record
 from less_ray.scoring.job import ScoreConfig, TaskSpec, run_score
-from less_ray.scoring.select import SelectConfig, run_select
+from less_ray.selection.select import SelectConfig, run_select
 from less_ray.testing.synthetic_store import write_store
 
 TASKS = {"bbh_like": 27 * 3 + 18, "mmlu_like": 100, "tydiqa_like": 9 * 11}  # ~100 targets each

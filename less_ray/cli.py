@@ -241,7 +241,7 @@ def _cmd_scoring(args) -> int:
         print(f"dedup: {result['records']} records -> {result['kept']} kept, {result['duplicates']} near-duplicates "
               f"dropped ({result['duplicates_file']})", file=sys.stderr)
     elif args.stage == "select":
-        from .scoring.select import SelectConfig, run_select
+        from .selection.select import SelectConfig, run_select
         result = run_select(_load(SelectConfig, args, {
             "scores": args.scores, "pool": args.pool, "top_p": args.top_p, "top_n": args.top_n}))
     else:
@@ -289,7 +289,7 @@ def _cmd_plan(args) -> int:
 STAGE_CONFIGS = {  # stage -> (module, config class) for `--set` and `less-ray config`
     "warmup": ("less_ray.train.config", "WarmupConfig"), "train": ("less_ray.train.config", "TrainConfig"),
     "extract": ("less_ray.extract.job", "ExtractConfig"), "score": ("less_ray.scoring.job", "ScoreConfig"),
-    "select": ("less_ray.scoring.select", "SelectConfig"), "report": ("less_ray.scoring.report", "ReportConfig"),
+    "select": ("less_ray.selection.select", "SelectConfig"), "report": ("less_ray.scoring.report", "ReportConfig"),
     "eval": ("less_ray.eval.runner", "EvalConfig"), "dedup": ("less_ray.selectors.minhash", "DedupConfig"),
     "pipeline": ("less_ray.pipeline", "PipelineConfig"), "plan": ("less_ray.pipeline", "PipelineConfig"),
     "demo": ("less_ray.demo", "DemoConfig"), "convert": ("less_ray.data.convert", "ConvertConfig"),

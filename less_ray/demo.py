@@ -95,7 +95,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from .config import absolute_paths
     from .data.demo import write_demo_data
     from .pipeline import run_pipeline
-    from .scoring.select import read_selection_manifest
+    from .selection.select import read_selection_manifest
     t0 = time.time()
     absolute_paths(cfg)
     out = Path(cfg.out)

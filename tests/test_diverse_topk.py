@@ -8,9 +8,9 @@ import pytest
 from less_ray.config import save_config
 from less_ray.data.io import write_jsonl
 from less_ray.data.schema import Record
-from less_ray.scoring.folder import ScoreFolderWriter
+from less_ray.selection.folder import ScoreFolderWriter
 from less_ray.scoring.job import ScoreConfig
-from less_ray.scoring.select import SelectConfig, run_select
+from less_ray.selection.select import SelectConfig, run_select
 from less_ray.selectors.diverse_topk import DiverseSelectConfig, run_diverse_select
 from less_ray.testing.synthetic_store import write_store
 

@@ -322,7 +322,7 @@ def test_parquet_nulls_are_plain_messages():
 
 # --- the selection count --------------------------------------------------------------------------
 def test_count_rule():
-    from less_ray.scoring.select import selection_count
+    from less_ray.selection.select import selection_count
     # ours: floor(p·N + 1e-9) over every record of the pool file, for every selector
     assert selection_count(0.05, None, 1200, 1160) == 60  # LESS's scored rows (1160) do not shrink it
     assert selection_count(0.05, None, 1200) == 60  # random/RDS score all 1200: the same k
@@ -343,7 +343,7 @@ def test_count_rule():
 
 
 def _score_folder(out, pool_path, ids, scores):
-    from less_ray.scoring.folder import ScoreFolderWriter
+    from less_ray.selection.folder import ScoreFolderWriter
     w = ScoreFolderWriter(out, ["t"], pool=str(pool_path))
     w.write("t", ids, ["s"] * len(ids), scores)
     w.close({"selector": "test"})
@@ -354,7 +354,7 @@ def test_one_denominator_for_every_selector(tmp_path, rule, k):
     """A LESS score folder lacks its 4 skipped examples, a random one scores all 100: both select
     k of the pool file's N = 100 records, and selection.json records the rule."""
     from less_ray.data.io import write_jsonl
-    from less_ray.scoring.select import SelectConfig, run_select
+    from less_ray.selection.select import SelectConfig, run_select
     pool = [make_record("s", [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}],
                         id=f"r{i:03d}") for i in range(100)]
     write_jsonl(pool, tmp_path / "pool.jsonl")
@@ -376,7 +376,7 @@ def test_select_writes_the_manifest_that_train_report_and_demo_read(tmp_path):
     selection from it (never re-deriving k or the file name) and refuse a file changed since."""
     from less_ray.data.io import write_jsonl
     from less_ray.scoring.report import selection_spec
-    from less_ray.scoring.select import SelectConfig, read_selection_manifest, run_select
+    from less_ray.selection.select import SelectConfig, read_selection_manifest, run_select
     pool = [make_record("s", [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}],
                         id=f"r{i:03d}") for i in range(50)]
     write_jsonl(pool, tmp_path / "pool.jsonl")

@@ -184,7 +184,7 @@ def test_append_extracts_only_the_new_records_and_scores_as_a_fresh_store(ray_lo
     (the old shard files are not touched); features, scores and the selection equal those of a store
     extracted from scratch; ids already in the store, or other settings, are refused."""
     from less_ray.scoring.job import ScoreConfig, TaskSpec, run_score
-    from less_ray.scoring.select import SelectConfig, run_select
+    from less_ray.selection.select import SelectConfig, run_select
     pool, _ = records
     write_jsonl(pool[:40], tmp_path / "a.jsonl")
     write_jsonl(pool[40:], tmp_path / "b.jsonl")

@@ -74,7 +74,7 @@ def runs(s3_server, ray_local, tiny_model_dir, tmp_path_factory):
     from less_ray.data.demo import write_demo_data
     from less_ray.extract.job import ExtractConfig, run_extract
     from less_ray.scoring.job import ScoreConfig, TaskSpec, run_score
-    from less_ray.scoring.select import SelectConfig, run_select
+    from less_ray.selection.select import SelectConfig, run_select
     from less_ray.testing.fake_checkpoint import make_lora_checkpoint
     root = tmp_path_factory.mktemp("object_store")
     info = write_demo_data(root / "data", n_pool=80, target_family="arithmetic", n_targets=6, seed=0)
@@ -121,7 +121,7 @@ def test_extract_score_select_on_s3_equal_the_run_on_disk(runs):
     ka, kb = s3["select"]["arith"], disk["select"]["arith"]
     assert ka["file"].startswith("s3://") and ka["selected"] == kb["selected"] == 8
     assert _read(ka["file"]) == _read(kb["file"])  # the same records, scores and order
-    from less_ray.scoring.select import read_selection_manifest
+    from less_ray.selection.select import read_selection_manifest
     man = read_selection_manifest(f"{s3['base']}/scores/arith")  # verifies the selection's sha256 on s3
     assert man["path"] == ka["file"] and man["k"] == 8
     summary = json.loads(_read(f"{s3['base']}/scores/score_summary.json"))

@@ -15,7 +15,7 @@ from less_ray.config import save_config
 from less_ray.data.io import read_records, write_jsonl
 from less_ray.data.schema import make_record
 from less_ray.scoring.report import ReportConfig, run_report
-from less_ray.scoring.select import SelectConfig, run_select
+from less_ray.selection.select import SelectConfig, run_select
 from less_ray.selectors.random_full import seeded_uniform
 from less_ray.artifact import sha256_file
 from less_ray.testing.synthetic_store import write_store
@@ -238,7 +238,7 @@ def test_report_renders_for_embedding_selectors(world, tmp_path, name):
 def test_hashes_near_duplicates_and_missing_selection(tmp_path):
     """Planted exact duplicates are counted in the selection; a pool edited after scoring is flagged;
     without a selection file the top k by score is described, by the size rule."""
-    from less_ray.scoring.folder import ScoreFolderWriter
+    from less_ray.selection.folder import ScoreFolderWriter
     recs = [make_record(f"s{i % 3}", [{"role": "user", "content": f"question number {i} about the topic of {i * 7}"
                                        " with several more words"},
                                       {"role": "assistant", "content": f"the answer is {i * 13} because of {i}"}],

@@ -8,7 +8,7 @@ import pytest
 from less_ray.data.io import write_jsonl
 from less_ray.data.schema import make_record
 from less_ray.scoring.job import ScoreConfig, TaskSpec, run_score
-from less_ray.scoring.select import SelectConfig, run_select
+from less_ray.selection.select import SelectConfig, run_select
 from less_ray.scoring.stores import StoreMismatch, match_stores
 from less_ray.testing.synthetic_store import write_store
 

@@ -39,7 +39,7 @@ from ..core.influence import TaskQuery, normalize_weights, reduce_max, stack_que
 from ..ray_runtime import RayStage
 from ..run_lock import locked
 from ..shards import map_shards
-from .folder import ScoreFolderWriter
+from ..selection.folder import ScoreFolderWriter
 from ..store import (NORM_TOL, FeatureRows, StoreIntegrityError, bad_feature_rows, feature_columns, feature_error,
                      feature_rows, local_shard, read_manifest, read_shard, read_store, shard_batches, shard_path,
                      verify_shard_checksum)

@@ -37,7 +37,7 @@ import numpy as np
 
 from ..config import path_field, save_config
 from ..core.influence import TopK
-from .select import pool_file, pool_records, pool_size
+from ..selection.select import pool_file, pool_records, pool_size
 
 RANDOM_SELECTOR = "random"
 
@@ -128,7 +128,7 @@ def selection_spec(task_dir: Path, n: int, top_p: float | None, n_pool=None) -> 
     """What selection to describe: p (or n), k, the selection file if `select` wrote it, and the
     size rule `select` recorded (if it records one). `n`: rows scored; `n_pool()`: the pool's N
     (a callable: counted only when no selection records k), as `select` counts k over N."""
-    from .select import SelectConfig, selection_name
+    from ..selection.select import SelectConfig, selection_name
     recorded = _yaml(task_dir / "select.config.yaml")
     top_n = None
     if top_p is None:
@@ -143,7 +143,7 @@ def selection_spec(task_dir: Path, n: int, top_p: float | None, n_pool=None) -> 
                 "rule": manifest.get("rule"), "N": n, "N_is": "examples scored for this task"}
     # no selection of this size: describe what select would pick (its rule, over the pool's N,
     # at most the rows scored)
-    from .select import selection_count
+    from ..selection.select import selection_count
     pool_n = n_pool() if n_pool is not None else None
     k_rule = selection_count(top_p, top_n, n if pool_n is None else pool_n, n,
                              recorded.get("count_rule") or "floor")

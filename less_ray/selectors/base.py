@@ -95,7 +95,7 @@ def load_selector_config(name: str, path: str | None = None, overrides: dict[str
 
 def run_selector(name: str, cfg: Any) -> dict[str, Any]:
     """Score the pool into `cfg.out`, save the resolved config, select the top `cfg.top_p`."""
-    from ..scoring.select import SelectConfig, run_select
+    from ..selection.select import SelectConfig, run_select
     from ..storage import require_local
     require_local(getattr(cfg, "out", None), f"selector {name}: out")
     sel = get_selector(name)
@@ -178,7 +178,7 @@ def score_pool(cfg: SelectorConfig, selector: str, tasks: list[str], scorer_cls:
     """Score every pool example with `scorer_cls` on a Ray Data actor pool -> the score folder."""
     import pyarrow.parquet as pq
 
-    from ..scoring.folder import ScoreFolderWriter
+    from ..selection.folder import ScoreFolderWriter
     out = Path(cfg.out).resolve()  # actors may run elsewhere (another cwd or node)
     sharded, n_rows, n_shards, digest = shard_records(cfg.pool, out / "_staged", cfg.shard_rows)
     parts = out / "_parts"

@@ -35,8 +35,9 @@ import numpy as np
 
 from ..config import save_config, path_field
 from ..core.influence import TopK
-from ..scoring.select import (SelectConfig, _score_blocks, pool_file, pool_size, selection_count, selection_name,
-                              write_selection)
+from ..selection.folder import score_blocks
+from ..selection.select import (SelectConfig, pool_file, pool_size, selection_count, selection_name,
+                                write_selection)
 
 log = logging.getLogger("less_ray")
 
@@ -73,7 +74,7 @@ def ranked_window(scores_path: Path, size: int, after: tuple[float, str] | None,
     """The next `size` ids and scores in (score desc, id asc) order, after rank (score, id) `after`:
     a top-`size` pass over the rows that rank below it (memory: `size` + one block)."""
     top = TopK(size)
-    for blk in _score_blocks(scores_path, block_rows):
+    for blk in score_blocks(scores_path, block_rows):
         ids, scores = blk["id"], blk["score"]
         if after is not None:
             below = (scores < after[0]) | ((scores == after[0]) & (ids > after[1]))

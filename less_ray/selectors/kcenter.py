@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..scoring.folder import ScoreFolderWriter
+from ..selection.folder import ScoreFolderWriter
 from ..store import read_store
 from .base import ALL_TASK, register
 from .embeddings import EmbedConfig, check_same_encoder, embed_pool_and_targets
@@ -112,7 +112,7 @@ def budget_for(cfg: KCenterAllConfig, n: int) -> int:
         return cfg.budget
     if cfg.top_p is None:
         raise ValueError("k-center: give 'budget' or 'top_p'")
-    from ..scoring.select import selection_count
+    from ..selection.select import selection_count
     return selection_count(cfg.top_p, None, n, rule=getattr(cfg, "count_rule", "floor"))  # select's k
 
 

@@ -206,7 +206,7 @@ def iter_stats(stats: Path, n_shards: int, passes: list[str]):
 
 def _write_folder(cfg: LossStatsConfig, selector: str, st: Stats, passes: list[str],
                   score_fn, extra: dict[str, Any]) -> dict[str, Any]:
-    from ..scoring.folder import ScoreFolderWriter
+    from ..selection.folder import ScoreFolderWriter
     out = Path(cfg.out)
     writer = ScoreFolderWriter(out, [ALL_TASK], pool=cfg.pool)
     skipped = []
@@ -279,7 +279,7 @@ def run_learnability(cfg: LossStatsConfig) -> dict[str, Any]:
 
 
 def _grand_from_store(cfg: LossStatsConfig) -> dict[str, Any]:
-    from ..scoring.folder import ScoreFolderWriter
+    from ..selection.folder import ScoreFolderWriter
     from ..store import iter_blocks, read_manifest
     man = read_manifest(cfg.grand_store)
     source = {"sgd": "store: sgd gradient norm", "adam": "store: norm of the Adam feature (not the gradient)"}[man.kind]

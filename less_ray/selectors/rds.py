@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..core.influence import TaskQuery, partial_subtask_scores, reduce_max, stack_queries
-from ..scoring.folder import ScoreFolderWriter
+from ..selection.folder import ScoreFolderWriter
 from ..store import iter_blocks, read_store
 from .base import register
 from .embeddings import EmbedConfig, check_same_encoder, embed_pool_and_targets

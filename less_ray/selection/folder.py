@@ -4,7 +4,8 @@
     <out>/<task>/scores.parquet     id string, source string, score float32, best_subtask string
     <out>/manifests/pool.json       {"input": {"path": <pool records file>}} (lets select find the pool)
 
-LESS's `less-ray score` writes it; so does every other selector (random, RDS, k-center, EL2N, ...).
+LESS's `less-ray score` writes it; so does every other selector (random, RDS, k-center, EL2N, ...);
+`score_blocks` reads a task's scores back, block by block.
 A task-agnostic selector writes one task (named after the selector, or `all`). Rows come in
 blocks (one Parquet row group each, with statistics the report uses); a finite score is required
 for every row: a selector that cannot score a row must say so, not write NaN.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -83,3 +84,13 @@ class ScoreFolderWriter:
             storage.write_atomic(self.out / "manifests" / "pool.json", json.dumps({"input": {"path": str(self.pool)}}))
         storage.write_atomic(self.out / "score_summary.json", json.dumps(out, indent=2, default=str))
         return out
+
+
+def score_blocks(path: str | Path, block_rows: int) -> Iterator[dict[str, np.ndarray]]:
+    """A task's `scores.parquet` (a local file), `block_rows` rows at a time, in file order:
+    {"id": str array, "source": object array, "score": float64 array} per block."""
+    import pyarrow.parquet as pq
+    for b in pq.ParquetFile(path).iter_batches(batch_size=block_rows):
+        yield {"id": np.asarray(b.column("id").to_pylist(), dtype=str),
+               "source": np.asarray(b.column("source").to_pylist(), dtype=object),
+               "score": b.column("score").to_numpy().astype(np.float64)}

@@ -31,6 +31,7 @@ from ..config import config_to_dict, save_config, path_field
 from ..artifact import sha256_file
 from ..core.influence import TopK
 from ..data.io import iter_records
+from .folder import score_blocks
 
 
 @dataclass
@@ -106,17 +107,9 @@ def selection_name(cfg: SelectConfig) -> str:
     return f"top_n{cfg.top_n}.jsonl" if cfg.top_n is not None else f"top_p{cfg.top_p:g}.jsonl"
 
 
-def _score_blocks(path: Path, block_rows: int) -> Iterator[dict[str, np.ndarray]]:
-    import pyarrow.parquet as pq
-    for b in pq.ParquetFile(path).iter_batches(batch_size=block_rows):
-        yield {"id": np.asarray(b.column("id").to_pylist(), dtype=str),
-               "source": np.asarray(b.column("source").to_pylist(), dtype=object),
-               "score": b.column("score").to_numpy().astype(np.float64)}
-
-
 def top_k(path: Path, k: int, block_rows: int) -> tuple[np.ndarray, np.ndarray]:
     top = TopK(k)
-    for blk in _score_blocks(path, block_rows):
+    for blk in score_blocks(path, block_rows):
         top.push(blk["score"], blk["id"])
     scores, ids, _ = top.result()
     return ids, scores
@@ -130,7 +123,7 @@ def write_sorted_csv(path: Path, out: Path, block_rows: int) -> int:
     shutil.rmtree(runs_dir, ignore_errors=True)
     runs_dir.mkdir(parents=True)
     runs = []
-    for i, blk in enumerate(_score_blocks(path, block_rows)):
+    for i, blk in enumerate(score_blocks(path, block_rows)):
         order = np.lexsort((blk["id"], -blk["score"]))
         run = runs_dir / f"{i:05d}.parquet"
         pq.write_table(pa.table({"source": blk["source"][order].tolist(), "id": blk["id"][order].tolist(),
