@@ -11,7 +11,8 @@ import pytest
 from less_ray.data.demo import generate_pool
 from less_ray.data.io import read_records, write_jsonl
 from less_ray.data.schema import Record
-from less_ray.selectors.minhash import DedupConfig, conversation_text, run_dedup, shingles
+from less_ray.selection.minhash import conversation_text, shingles
+from less_ray.selectors.minhash import DedupConfig, run_dedup
 
 WORDS = ("the quick brown fox jumps over a lazy dog while seven curious owls watch from an old oak tree "
          "near the quiet river bank where children often play games in the warm summer evening light and "

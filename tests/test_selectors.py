@@ -12,7 +12,7 @@ import pytest
 from less_ray.selectors import get_selector, load_selector_config, run_selector
 from less_ray.selectors.kcenter import (KCenterConfig, greedy_scores, k_center_greedy, order_scores,
                                         target_cluster_choice, targeted_scores)
-from less_ray.selectors.random_full import seeded_uniform
+from less_ray.selection.seeded import seeded_uniform
 from less_ray.selectors.rds import score_stores
 from less_ray.testing.synthetic_store import write_store
 

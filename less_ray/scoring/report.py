@@ -184,7 +184,7 @@ def task_statistics(scores_path: Path, k: int, n_examples: int, bins: int, block
     counts, top and bottom examples, and (with `random_seed`) the seeded random k of the scored ids."""
     import pyarrow.parquet as pq
 
-    from ..selectors.random_full import seeded_uniform
+    from ..selection.seeded import seeded_uniform
     pf = pq.ParquetFile(scores_path)
     lo, hi = _score_range(pf, block_rows)
     edges = np.linspace(lo, hi if hi > lo else lo + 1e-6, bins + 1)
@@ -260,7 +260,7 @@ def near_duplicates(items: list[tuple[str, Any]], cfg: ReportConfig, of: int | N
     """Keep-first MinHash near-duplicates (the `dedup` stage's, in process) among `items` (id,
     messages; those without text are left out) in their order: how many duplicate an earlier one,
     and the pairs. `of`: the size of the set `items` begins (default: all of it)."""
-    from ..selectors.minhash import NearDuplicateIndex, conversation_text, signatures
+    from ..selection.minhash import NearDuplicateIndex, conversation_text, signatures
     items = [(i, m) for i, m in items if m]
     sig = signatures([conversation_text(m) for _, m in items], cfg.dedup_ngram, cfg.dedup_num_perm, seed=1)
     index = NearDuplicateIndex(cfg.dedup_threshold, cfg.dedup_num_perm, seed=1)

@@ -1,27 +1,20 @@
 """`random` (seeded) and `full` (the whole pool, for reference training): task-agnostic baselines.
 
-random: score = a uniform [0, 1) number from a keyed hash of (seed, id). It depends on the
-example's id and the seed only, not on pool order, sharding or the number of actors, so the
-top p% is a uniform random subset that is the same on every run with that seed, and a smaller p
-selects a subset of a larger one.
+random: score = `selection.seeded.seeded_uniform` of (seed, id), a uniform [0, 1) number that
+depends on the example's id and the seed only, not on pool order, sharding or the number of
+actors, so the top p% is a uniform random subset that is the same on every run with that seed,
+and a smaller p selects a subset of a larger one (the report draws its baseline the same way).
 full: every example scores 0 and `top_p` defaults to 1 (all of it; ties by id).
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ..selection.seeded import RANDOM_SELECTOR, seeded_uniform
 from .base import ALL_TASK, PoolScorer, SelectorConfig, register, score_pool
-
-
-def seeded_uniform(ids: list[str], seed: int) -> np.ndarray:
-    """A uniform [0, 1) number per id: the top 53 bits of blake2b(id, key=seed)."""
-    key = str(seed).encode()
-    return np.fromiter((int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8, key=key).digest(), "little") >> 11
-                        for i in ids), dtype=np.float64, count=len(ids)) / float(1 << 53)
 
 
 class RandomScorer(PoolScorer):
@@ -49,9 +42,9 @@ class FullConfig(SelectorConfig):
     top_p: float | None = 1.0
 
 
-@register("random", RandomConfig, "a seeded uniform random p% of the pool")
+@register(RANDOM_SELECTOR, RandomConfig, "a seeded uniform random p% of the pool")
 def run_random(cfg: RandomConfig) -> dict[str, Any]:
-    return score_pool(cfg, "random", [ALL_TASK], RandomScorer, {"seed": cfg.seed}, {"seed": cfg.seed})
+    return score_pool(cfg, RANDOM_SELECTOR, [ALL_TASK], RandomScorer, {"seed": cfg.seed}, {"seed": cfg.seed})
 
 
 @register("full", FullConfig, "the whole pool (reference training)")
