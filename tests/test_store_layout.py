@@ -1,6 +1,6 @@
 """The store's shard layout: Arrow IPC files that pyarrow and pandas read with no parser of ours.
 Round trips are bit-exact, damaged bytes and impossible rows are refused naming the file, the
-README's reading recipe runs, and a store of the retired Parquet layout is refused with the fix."""
+reading recipe of docs/datastore.md runs, and a store of the retired Parquet layout is refused with the fix."""
 import json
 import re
 from pathlib import Path
@@ -12,7 +12,7 @@ import pytest
 from less_ray import store as S
 from less_ray.testing.synthetic_store import write_store
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+DATASTORE_DOC = Path(__file__).resolve().parents[1] / "docs" / "datastore.md"
 
 
 def _unit(rng, n, d):
@@ -91,22 +91,21 @@ def test_non_finite_and_non_unit_rows_are_refused_on_read(tmp_path):
     assert len(S.read_store(tmp_path, ("id",))["id"]) == 20  # rows are checked where features are read
 
 
-def _readme_recipe() -> str:
-    text = README.read_text()
-    section = text[text.index("## The datastore"):]
-    section = section[:section.index("\n## ", 1)]
+def _docs_recipe() -> str:
+    text = DATASTORE_DOC.read_text()
+    section = text[text.index("# The datastore"):]
     (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
     return code
 
 
-def test_the_readme_recipe_reads_a_store(tmp_path):
+def test_the_docs_recipe_reads_a_store(tmp_path):
     x = _unit(np.random.default_rng(4), 25, 8)
     ids = [f"r{i:02d}" for i in range(25)]
     write_store(tmp_path / "st", ids, x, kind="sgd", checkpoint="c", dtype="float16", shard_rows=10,
                 subtasks=["a"] * 25, task="t")
     (tmp_path / "st" / "shards" / "part-00000.skipped.json").write_text("[]")  # as extract leaves beside shards
     scope = {"store": str(tmp_path / "st")}
-    exec(_readme_recipe(), scope)
+    exec(_docs_recipe(), scope)
     table, df = scope["table"], scope["df"]
     assert table.column("id").to_pylist() == ids and list(df["id"]) == ids
     assert table.schema.field("features").type == pa.list_(pa.float16(), 8)
