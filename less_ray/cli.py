@@ -245,7 +245,7 @@ def _cmd_scoring(args) -> int:
         result = run_select(_load(SelectConfig, args, {
             "scores": args.scores, "pool": args.pool, "top_p": args.top_p, "top_n": args.top_n}))
     else:
-        from .scoring.report import ReportConfig, run_report
+        from .selection.report import ReportConfig, run_report
         result = {"report": str(run_report(_load(ReportConfig, args, {
             "scores": args.scores, "out": args.out, "top_p": args.top_p, "eval": args.eval,
             "tables": args.tables})))}
@@ -289,7 +289,7 @@ def _cmd_plan(args) -> int:
 STAGE_CONFIGS = {  # stage -> (module, config class) for `--set` and `less-ray config`
     "warmup": ("less_ray.train.config", "WarmupConfig"), "train": ("less_ray.train.config", "TrainConfig"),
     "extract": ("less_ray.extract.job", "ExtractConfig"), "score": ("less_ray.scoring.job", "ScoreConfig"),
-    "select": ("less_ray.selection.select", "SelectConfig"), "report": ("less_ray.scoring.report", "ReportConfig"),
+    "select": ("less_ray.selection.select", "SelectConfig"), "report": ("less_ray.selection.report", "ReportConfig"),
     "eval": ("less_ray.eval.runner", "EvalConfig"), "dedup": ("less_ray.selectors.minhash", "DedupConfig"),
     "pipeline": ("less_ray.pipeline", "PipelineConfig"), "plan": ("less_ray.pipeline", "PipelineConfig"),
     "demo": ("less_ray.demo", "DemoConfig"), "convert": ("less_ray.data.convert", "ConvertConfig"),
@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     configure(verbose or None)
     from .config import ConfigError
     from .data.schema import DataFileError
-    from .resources import ActorFailure
+    from .shards import ActorFailure
     try:
         if args.stage == "data":
             return _cmd_data(args)

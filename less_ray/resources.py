@@ -1,4 +1,5 @@
-"""What a stage's actors need from Ray, and what to tell the user when Ray takes it away.
+"""What a stage's actors need from Ray: the extraction actor's memory model and shard sizing (what to
+tell the user when Ray takes memory away lives with the shard executor, shards.explain_actor_failure).
 
 An extraction actor holds the model, the adapter with its moments, a batch's activations and
 the per-example gradients waiting for projection. Declaring that to Ray (`memory=`) makes Ray
@@ -52,8 +53,9 @@ def extract_memory_bytes(cfg: Any, shape: dict[str, int], lora_params: int) -> i
                             + shape["vocab"] * LOGIT_BYTES_PER_VOCAB)
     held = cfg.batch_size
     if getattr(cfg, "projection", "") == "rademacher":  # gradients wait for a shared projection pass
-        from .extract.job import projection_batch
-        held = projection_batch(cfg, lora_params)
+        from .core.projectors import projection_batch
+        held = projection_batch(cfg.projection, cfg.batch_size, cfg.projection_batch, cfg.projection_buffer_gb,
+                                lora_params)
     return int(PROCESS_BASE + shape["params"] * weight_bytes + lora_params * 4 * 4 + activations
                + held * lora_params * 4)
 
@@ -88,44 +90,3 @@ def count_rows(path: str) -> int:
         gzipped = fh.read(2) == b"\x1f\x8b"
     with (gzip.open if gzipped else open)(path, "rb") as fh:
         return sum(1 for line in fh if line.strip())
-
-
-class ActorFailure(RuntimeError):
-    """A stage's actor died for a reason the user can act on; the message says how."""
-
-
-def _memory_killed(err: BaseException) -> bool:
-    import ray.exceptions as rex
-    seen, e = set(), err
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, rex.OutOfMemoryError):
-            return True
-        text = str(e)
-        if "OutOfMemoryError" in text or "running low on memory" in text or "memory monitor" in text.lower():
-            return True
-        e = e.__cause__ or e.__context__
-    return False
-
-
-def explain_actor_failure(err: BaseException, stage: str, memory_bytes: int | None, knobs: str) -> BaseException:
-    """The error to raise instead of `err`: for an actor killed for memory, one that names the
-    memory Ray had for it and the settings that lower it; otherwise `err` itself."""
-    if not _memory_killed(err):
-        return err
-    declared = (f"each actor declared {memory_bytes / GiB:.1f} GiB to Ray ({stage}.actor_memory_gb overrides that"
-                f" estimate)" if memory_bytes else f"the actors declared no memory ({stage}.actor_memory_gb)")
-    limit = _node_memory_text()
-    return ActorFailure(
-        f"{stage}: an actor was killed for memory by Ray's memory monitor{limit}, after its restarts "
-        f"({stage}.actor_max_restarts); {declared}. Lower {knobs}, or raise {stage}.actor_memory_gb so fewer actors"
-        f" share a node. Ray's own record: /tmp/ray/session_latest/logs/raylet.out")
-
-
-def _node_memory_text() -> str:
-    try:
-        import psutil
-        total = psutil.virtual_memory().total
-        return f" (this node: {total / GiB:.1f} GiB; it kills at 95% use by default)"
-    except Exception:  # psutil missing: the message stays useful without the number
-        return ""

@@ -3,7 +3,7 @@
 A stage's work is a list of shard indices; `map_shards` maps them over an autoscaling Ray Data
 actor pool (the stage's `ActorPool` settings: actors, CPUs, GPUs, memory, restarts), one shard
 per call, and returns one result row per shard, checked complete. An actor killed for memory
-ends the stage with the settings to change (resources.explain_actor_failure).
+ends the stage with the settings to change (explain_actor_failure, below).
 
 Record inputs are sharded once as Parquet with one row group per shard (`shard_input`), so a shard
 is a fixed set of examples whatever actor runs it, and `ShardActor` reads its rows.
@@ -21,6 +21,7 @@ import numpy as np
 from . import storage
 from .ray_runtime import RayStage
 from .artifact import sha256_file
+from .resources import GiB
 
 SHARDED_INPUT = "_input.parquet"
 log = logging.getLogger("less_ray")
@@ -137,7 +138,6 @@ def map_shards(cfg: RayStage, actor_cls: type, ctor_kwargs: dict[str, Any], shar
     actor killed for memory ends it with."""
     import ray
 
-    from .resources import explain_actor_failure
     if not shards:
         return []
     cfg.join_ray()
@@ -159,3 +159,44 @@ def map_shards(cfg: RayStage, actor_cls: type, ctor_kwargs: dict[str, Any], shar
     if got != sorted(shards):
         raise RuntimeError(f"{stage}: shards missing from the result: {sorted(set(shards) - set(got))[:10]}")
     return done
+
+
+class ActorFailure(RuntimeError):
+    """A stage's actor died for a reason the user can act on; the message says how."""
+
+
+def _memory_killed(err: BaseException) -> bool:
+    import ray.exceptions as rex
+    seen, e = set(), err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, rex.OutOfMemoryError):
+            return True
+        text = str(e)
+        if "OutOfMemoryError" in text or "running low on memory" in text or "memory monitor" in text.lower():
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def explain_actor_failure(err: BaseException, stage: str, memory_bytes: int | None, knobs: str) -> BaseException:
+    """The error to raise instead of `err`: for an actor killed for memory, one that names the
+    memory Ray had for it and the settings that lower it; otherwise `err` itself."""
+    if not _memory_killed(err):
+        return err
+    declared = (f"each actor declared {memory_bytes / GiB:.1f} GiB to Ray ({stage}.actor_memory_gb overrides that"
+                f" estimate)" if memory_bytes else f"the actors declared no memory ({stage}.actor_memory_gb)")
+    limit = _node_memory_text()
+    return ActorFailure(
+        f"{stage}: an actor was killed for memory by Ray's memory monitor{limit}, after its restarts "
+        f"({stage}.actor_max_restarts); {declared}. Lower {knobs}, or raise {stage}.actor_memory_gb so fewer actors"
+        f" share a node. Ray's own record: /tmp/ray/session_latest/logs/raylet.out")
+
+
+def _node_memory_text() -> str:
+    try:
+        import psutil
+        total = psutil.virtual_memory().total
+        return f" (this node: {total / GiB:.1f} GiB; it kills at 95% use by default)"
+    except Exception:  # psutil missing: the message stays useful without the number
+        return ""

@@ -9,8 +9,8 @@ from less_ray.data.demo import generate_pool
 from less_ray.data.io import write_jsonl
 from less_ray.extract.job import ExtractConfig, run_extract
 from less_ray.ray_runtime import ActorPool
-from less_ray.resources import (GiB, ActorFailure, auto_shard_rows, count_rows, extract_memory_bytes,
-                                model_shape)
+from less_ray.resources import GiB, auto_shard_rows, count_rows, extract_memory_bytes, model_shape
+from less_ray.shards import ActorFailure
 from less_ray.testing.fake_checkpoint import make_lora_checkpoint
 
 
@@ -117,7 +117,7 @@ def test_actor_killed_for_memory_ends_the_run_with_the_setting_to_change(ray_tha
 def test_other_actor_failures_pass_through_unchanged():
     import ray.exceptions as rex
 
-    from less_ray.resources import explain_actor_failure
+    from less_ray.shards import explain_actor_failure
     err = rex.ActorDiedError()
     assert explain_actor_failure(err, "extract", GiB, "x") is err
     wrapped = RuntimeError("stage failed")

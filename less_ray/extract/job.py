@@ -30,6 +30,7 @@ from ..core.quantize import check_dtype
 from ..resources import auto_shard_rows, count_rows, estimate_extract_memory
 from ..ray_runtime import RayStage
 from ..artifact import sha256_file
+from ..core.projectors import PROJECTIONS, make_projector, projection_batch, projection_type
 from ..run_lock import locked
 from ..shards import SHARDED_INPUT, map_shards, read_shard, shard_input
 from ..train.checkpoint import read_checkpoint_state
@@ -37,7 +38,6 @@ from ..store import (Projection, StoreManifest, features_table, library_versions
                      verified_shard, write_manifest, write_shard)
 
 log = logging.getLogger("less_ray")
-PROJECTIONS = ("sjlt", "rademacher", "identity")
 
 
 @dataclass
@@ -136,32 +136,6 @@ def resolved_precision(cfg: ExtractConfig) -> tuple[str, str]:
     return resolve_auto("cpu", cfg.actor_num_cpus)
 
 
-def projection_batch(cfg: ExtractConfig, num_params: int) -> int:
-    """Examples per projection pass: the configured number, or what the buffer budget holds."""
-    if cfg.projection == "sjlt":  # nothing to share across batches: each is projected as it goes
-        return cfg.batch_size
-    if cfg.projection_batch:
-        return max(cfg.projection_batch, cfg.batch_size)
-    fits = int(cfg.projection_buffer_gb * 2 ** 30 // (4 * num_params))
-    return max(cfg.batch_size, fits // cfg.batch_size * cfg.batch_size)
-
-
-def projection_type(cfg: ExtractConfig) -> str:
-    """The manifest's projection type: sjlt records its s ("sjlt-s1"), so stores of different s
-    never score together."""
-    return f"sjlt-s{cfg.sjlt_s}" if cfg.projection == "sjlt" else cfg.projection
-
-
-def make_projector(cfg: ExtractConfig, num_params: int):
-    from ..core.projection import IdentityProjector, RademacherProjector
-    from ..core.sparse_projection import SparseJLProjector
-    if cfg.projection == "identity":
-        return IdentityProjector(num_params)
-    if cfg.projection == "sjlt":
-        return SparseJLProjector(num_params, cfg.dims, seed=cfg.seed, s=cfg.sjlt_s)
-    return RademacherProjector(num_params, cfg.dims, seed=cfg.seed)
-
-
 def store_dir(out: str | Path, dim: int):
     return storage.location(out) / f"dim{dim}"
 
@@ -187,10 +161,11 @@ class ShardExtractor:
                                              feature_cast=torch.float16 if cfg.precision == "less" else None)
         self.moments = load_moments(cfg.checkpoint, self.model).to(self.device) if cfg.kind == "adam" else None
         n = self.computer.num_params
-        self.projector = make_projector(cfg, n)
+        self.projector = make_projector(cfg.projection, n, cfg.dims, cfg.seed, cfg.sjlt_s)
         self.dims = self.projector.dims
         self.fmt = FormatConfig(cfg.chat_format, cfg.max_seq_length)
-        self.projection_batch = projection_batch(cfg, n)
+        self.projection_batch = projection_batch(cfg.projection, cfg.batch_size, cfg.projection_batch,
+                                                 cfg.projection_buffer_gb, n)
 
     def extract_shard(self, shard: int) -> dict[str, Any]:
         from ..core.formatting import SkippedExample, collate, token_budget_batches, tokenize_messages
@@ -259,7 +234,7 @@ def shard_keys(cfg: ExtractConfig, dims: list[int], parts: list[dict[str, Any]])
     common = {"input_sha256": parts[0]["sha256"], **appended, "shard_rows": cfg.shard_rows,
               "checkpoint": checkpoint_hash(cfg.checkpoint),
               "base_model": model_content_hash(model) if model.is_dir() else str(cfg.base_model),
-              "kind": cfg.kind, "projection": projection_type(cfg), "seed": cfg.seed,
+              "kind": cfg.kind, "projection": projection_type(cfg.projection, cfg.sjlt_s), "seed": cfg.seed,
               "precision": cfg.precision, "dtype": cfg.dtype, "normalize": cfg.normalize,
               "chat_format": cfg.chat_format, "max_seq_length": cfg.max_seq_length,
               "betas": list(cfg.betas) if cfg.kind == "adam" else None,
@@ -375,7 +350,7 @@ def finalize(cfg: ExtractConfig, parts: list[dict[str, Any]], keys: dict[int, di
             storage.write_atomic(sd / "skipped.jsonl", "".join(json.dumps(s) + "\n" for s in skipped))
         man = StoreManifest(
             kind=cfg.kind, checkpoint=str(cfg.checkpoint), checkpoint_hash=key["checkpoint"], model=str(cfg.base_model),
-            projection=Projection(projection_type(cfg), cfg.seed, d), normalized=cfg.normalize, dtype=cfg.dtype,
+            projection=Projection(projection_type(cfg.projection, cfg.sjlt_s), cfg.seed, d), normalized=cfg.normalize, dtype=cfg.dtype,
             count=sum(e["rows"] for e in entries), shards=entries, checkpoint_epoch=state.get("epoch"),
             avg_lr=state.get("avg_lr"),
             input={"path": parts[0]["path"], "sha256": parts[0]["sha256"], "chat_format": cfg.chat_format,
