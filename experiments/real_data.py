@@ -1157,7 +1157,7 @@ def write_results(args, out, paths, losses, gens, timings, facts, tok, est) -> N
 
 def write_report(out: Path) -> Path:
     """The LESS run's report page (`less-ray report`) with the experiment's tables on it."""
-    from less_ray.scoring.report import ReportConfig, run_report
+    from less_ray.selection.report import ReportConfig, run_report
     return run_report(ReportConfig(scores=str(out / "less" / "scores"), out=str(out / "report.html"),
                                    tables=[str(out / "results.tables.json")]))
 

@@ -33,7 +33,7 @@ from .extract.job import ExtractConfig, run_extract
 from .ray_runtime import ensure_ray
 from .run_lock import locked
 from .scoring.job import ScoreConfig, TaskSpec, run_score
-from .scoring.report import ReportConfig, run_report
+from .selection.report import ReportConfig, run_report
 from .selection.select import SELECTION_MANIFEST, SelectConfig, read_selection_manifest, run_select, selection_name
 from .train.config import RaySettings, TrainConfig, WarmupConfig
 

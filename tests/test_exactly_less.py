@@ -375,7 +375,7 @@ def test_select_writes_the_manifest_that_train_report_and_demo_read(tmp_path):
     """select's `selection.json` names the file, k, the rule and the config; readers take the
     selection from it (never re-deriving k or the file name) and refuse a file changed since."""
     from less_ray.data.io import write_jsonl
-    from less_ray.scoring.report import selection_spec
+    from less_ray.selection.report.collect import selection_spec
     from less_ray.selection.select import SelectConfig, read_selection_manifest, run_select
     pool = [make_record("s", [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}],
                         id=f"r{i:03d}") for i in range(50)]

@@ -80,7 +80,7 @@ def _check(setup, name, summary, expected: dict[str, float]):
     sel = [json.loads(x) for x in (out / "all" / "top_p0.2.jsonl").read_text().splitlines()]
     assert [r["id"] for r in sel] == want_ids
     assert summary["select"]["all"]["selected"] == k
-    from less_ray.scoring.report import ReportConfig, run_report  # the report renders for every selector
+    from less_ray.selection.report import ReportConfig, run_report  # the report renders for every selector
     page = run_report(ReportConfig(scores=str(out), top_p=0.2)).read_text()
     assert summary["selector"] in page and "top_p0.2.jsonl" in page
     return got

@@ -214,7 +214,7 @@ def test_summary_and_tables_of_a_fabricated_run(rd, tmp_path):
     # report page takes (checked by the report's own reader)
     rd.write_results(args, out, paths, losses, {}, timings, facts, {}, {"x": 1})
     assert "Real data, issue #19" in rd.render_docs_section(out / "results.json")
-    from less_ray.scoring.report import result_tables
+    from less_ray.selection.report.collect import result_tables
     title, note, tables = result_tables(out / "results.tables.json")
     assert "SmolLM2" in note and [t["caption"] for t in tables if t["caption"].startswith("Held-out")]
     assert (out / "results.md").read_text().count("### ") == len(tables)

@@ -14,7 +14,7 @@ import pytest
 from less_ray.config import save_config
 from less_ray.data.io import read_records, write_jsonl
 from less_ray.data.schema import make_record
-from less_ray.scoring.report import ReportConfig, run_report
+from less_ray.selection.report import ReportConfig, run_report
 from less_ray.selection.select import SelectConfig, run_select
 from less_ray.selection.seeded import seeded_uniform
 from less_ray.artifact import sha256_file

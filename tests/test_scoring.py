@@ -238,7 +238,7 @@ def test_wrong_dim_checkpoint_and_duplicates_are_refused(ray_local, world, tmp_p
 
 def test_report_is_one_self_contained_page(ray_local, world, tmp_path):
     import re
-    from less_ray.scoring.report import ReportConfig, run_report
+    from less_ray.selection.report import ReportConfig, run_report
     run_score(_cfg(world, tmp_path))
     page = run_report(ReportConfig(scores=str(tmp_path), top_p=0.05, examples=3)).read_text()
     assert page.count("<h2>Task: ") == len(TASKS) and "src=\"http" not in page

@@ -77,7 +77,7 @@ def test_full_selects_the_whole_pool(demo):
 
 def _report_renders(folder, selector, top_p=0.05):
     """The report renders for this selector's score folder and describes its selection."""
-    from less_ray.scoring.report import ReportConfig, run_report
+    from less_ray.selection.report import ReportConfig, run_report
     page = run_report(ReportConfig(scores=str(folder), top_p=top_p, dedup_max=200)).read_text()
     assert selector in page and f"top_p{top_p:g}.jsonl" in page and "Traceback" not in page
 
