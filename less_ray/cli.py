@@ -5,8 +5,10 @@ import argparse
 import json
 import sys
 
+from .stages import CONFIGURED, REGISTRY, get_stage
+
 def _add_convert(sub) -> None:
-    p = sub.add_parser("convert", help="adapters, target builders or files -> one schema JSONL/Parquet file")
+    p = sub.add_parser("convert", help=_help("convert"))
     p.add_argument("--config", help="YAML file mapping onto ConvertConfig")
     p.add_argument("--out", help="output file (.jsonl or .parquet)")
     p.add_argument("--candidates", nargs="+", help="candidate sets from ../shared/data (or 'all')")
@@ -50,6 +52,10 @@ def _add_demo_data(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+def _help(stage: str) -> str:
+    return get_stage(stage).summary
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="less-ray", description=__doc__,
                                      epilog="-v / --verbose (anywhere on the line): show Ray's, the workers' and the "
@@ -70,22 +76,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir")
     p.add_argument("--seed", type=int, default=0)
 
-    demo = stages.add_parser("demo", help="the whole pipeline on built-in data and a tiny model")
+    demo = stages.add_parser("demo", help=_help("demo"))
     demo.add_argument("--config", help="YAML file mapping onto DemoConfig")
     demo.add_argument("--out", help="run folder (default ./less_ray_demo)")
     demo.add_argument("--num-cpus", type=int, help="CPUs of the embedded Ray (default: all)")
 
-    p = stages.add_parser("score", help="influence of every pool example on each target task (Ray Data)")
+    p = stages.add_parser("score", help=_help("score"))
     p.add_argument("--config", required=True, help="YAML mapping onto ScoreConfig")
     p.add_argument("--out")
     p.add_argument("--address", help="Ray cluster address (default $RAY_ADDRESS, else embedded Ray)")
-    p = stages.add_parser("recode", help="a datastore's features in another stored dtype (int8, int4, sign: "
-                                         "1 bit per value, float16, float32)")
+    p = stages.add_parser("recode", help=_help("recode"))
     p.add_argument("--config", help="YAML mapping onto RecodeConfig")
     p.add_argument("--store", help="the finished datastore (a dim<d> folder or URI)")
     p.add_argument("--dtype", help="int8 | int4 | sign | float16 | float32")
     p.add_argument("--out")
-    p = stages.add_parser("select", help="top p%% (or top n) per task: top_p*.jsonl, sorted.csv")
+    p = stages.add_parser("select", help=_help("select"))
     p.add_argument("--config", help="YAML mapping onto SelectConfig")
     p.add_argument("--scores", help="the score stage's output folder")
     p.add_argument("--pool", help="pool records file (default: the pool store's input)")
@@ -94,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--diverse", type=float, metavar="COS",
                    help="diversity-aware top-k: skip a candidate whose feature cosine to a selected one exceeds COS")
     p.add_argument("--diverse-config", help="YAML mapping onto DiverseSelectConfig (feature stores, window, out)")
-    p = stages.add_parser("dedup", help="MinHash LSH near-duplicate filter of a pool (keep first): filtered pool + duplicates")
+    p = stages.add_parser("dedup", help=_help("dedup"))
     p.add_argument("--config", help="YAML mapping onto DedupConfig")
     p.add_argument("--pool", help="pool records (schema JSONL/Parquet)")
     p.add_argument("--out", help="the filtered pool (.jsonl or .parquet)")
@@ -103,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-perm", type=int)
     p.add_argument("--address", help="Ray cluster address (default $RAY_ADDRESS, else embedded Ray)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the embedded Ray")
-    p = stages.add_parser("report", help="one self-contained HTML page about the selection")
+    p = stages.add_parser("report", help=_help("report"))
     p.add_argument("--config", help="YAML mapping onto ReportConfig")
     p.add_argument("--scores", help="the score stage's output folder")
     p.add_argument("--out")
@@ -123,17 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address (default $RAY_ADDRESS, else embedded Ray)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the embedded Ray")
 
-    p = stages.add_parser("eval", help="evaluate a model or adapter on BBH / MMLU / TydiQA / demo:<family>")
+    p = stages.add_parser("eval", help=_help("eval"))
     p.add_argument("--config", help="YAML mapping onto EvalConfig")
     p.add_argument("--model", help="HF model folder or LoRA adapter folder")
     p.add_argument("--tasks", nargs="+")
     p.add_argument("--out", help="results JSON")
 
-    p = stages.add_parser("pipeline", help="warmup -> extract -> score -> select -> train -> eval -> report")
+    p = stages.add_parser("pipeline", help=_help("pipeline"))
     p.add_argument("--config", required=True, help="YAML mapping onto PipelineConfig")
     p.add_argument("--out", help="run folder")
     p.add_argument("--address", help="Ray cluster address (default $RAY_ADDRESS, else embedded Ray)")
-    p = stages.add_parser("plan", help="check a pipeline config and print the work per stage, before anything runs")
+    p = stages.add_parser("plan", help=_help("plan"))
     p.add_argument("--config", required=True, help="YAML mapping onto PipelineConfig")
     p.add_argument("--out", help="run folder")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
@@ -141,14 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stages.add_parser("config", help="every option of a stage, from its config dataclass; with --config/--set: "
                                          "the resolved config")
-    p.add_argument("name", help="warmup, extract, score, select, train, eval, report, dedup, pipeline, demo, "
-                                "convert, recode, or selector:NAME")
+    p.add_argument("name", help=", ".join(CONFIGURED) + ", or selector:NAME")
     p.add_argument("--config", help="YAML file to resolve")
 
-    for name, what in (("warmup", "LESS step 1: LoRA warmup on a seeded p%% of the pool (Ray Train + DeepSpeed)"),
-                       ("train", "train the target model on a selection (Ray Train + DeepSpeed)"),
-                       ("extract", "LESS step 2: gradient features of one checkpoint -> datastore (Ray Data)")):
-        p = stages.add_parser(name, help=what)
+    for name in ("warmup", "train", "extract"):
+        p = stages.add_parser(name, help=_help(name))
         p.add_argument("--config", required=True, help="YAML mapping onto the stage's config dataclass")
         p.add_argument("--out")
         p.add_argument("--address", help="Ray cluster address (default $RAY_ADDRESS, else embedded Ray)")
@@ -201,54 +203,35 @@ def _cmd_model(args) -> int:
 
 
 def _cmd_training_or_extract(args) -> int:
-    from .preflight import check_stage_config
     if args.stage == "extract":
-        from .extract.job import ExtractConfig, run_extract
-        cfg = _load(ExtractConfig, args, {"out": args.out, "address": args.address, "data": args.append,
-                                          "append": True if args.append else None})
-        check_stage_config(cfg, "extract")
-        stores = run_extract(cfg)
+        stores = _run("extract", args, {"out": args.out, "address": args.address, "data": args.append,
+                                        "append": True if args.append else None})
         print(json.dumps({str(d): str(p) for d, p in stores.items()}, indent=2))
         return 0
-    from .train.config import TrainConfig, WarmupConfig
-    from .train.runner import run_train, run_warmup
-    cls, fn = (WarmupConfig, run_warmup) if args.stage == "warmup" else (TrainConfig, run_train)
-    cfg = _load(cls, args, {"out": args.out})
-    if args.address:
-        cfg.ray.address = args.address
-    check_stage_config(cfg, args.stage)
-    print(fn(cfg))
+    print(_run(args.stage, args, {"out": args.out}, ray_address=args.address))
     return 0
 
 
 def _cmd_scoring(args) -> int:
     if args.stage == "score":
-        from .preflight import check_stage_config
-        from .scoring.job import ScoreConfig, run_score
-        cfg = _load(ScoreConfig, args, {"out": args.out, "address": args.address})
-        check_stage_config(cfg, "score")
-        result = run_score(cfg)
+        result = _run("score", args, {"out": args.out, "address": args.address})
     elif args.stage == "select" and (args.diverse is not None or args.diverse_config):
         from .selectors.diverse_topk import DiverseSelectConfig, run_diverse_select
         result = run_diverse_select(_load(DiverseSelectConfig, args, {
             "scores": args.scores, "pool": args.pool, "top_p": args.top_p, "top_n": args.top_n,
             "threshold": args.diverse}))
     elif args.stage == "dedup":
-        from .selectors.minhash import DedupConfig, run_dedup
-        result = run_dedup(_load(DedupConfig, args, {
+        result = _run("dedup", args, {
             "pool": args.pool, "out": args.out, "threshold": args.threshold, "ngram": args.ngram,
-            "num_perm": args.num_perm, "address": args.address, "num_cpus": args.num_cpus}))
+            "num_perm": args.num_perm, "address": args.address, "num_cpus": args.num_cpus})
         print(f"dedup: {result['records']} records -> {result['kept']} kept, {result['duplicates']} near-duplicates "
               f"dropped ({result['duplicates_file']})", file=sys.stderr)
     elif args.stage == "select":
-        from .selection.select import SelectConfig, run_select
-        result = run_select(_load(SelectConfig, args, {
-            "scores": args.scores, "pool": args.pool, "top_p": args.top_p, "top_n": args.top_n}))
+        result = _run("select", args, {"scores": args.scores, "pool": args.pool, "top_p": args.top_p,
+                                       "top_n": args.top_n})
     else:
-        from .selection.report import ReportConfig, run_report
-        result = {"report": str(run_report(_load(ReportConfig, args, {
-            "scores": args.scores, "out": args.out, "top_p": args.top_p, "eval": args.eval,
-            "tables": args.tables})))}
+        result = {"report": str(_run("report", args, {"scores": args.scores, "out": args.out, "top_p": args.top_p,
+                                                      "eval": args.eval, "tables": args.tables}))}
     print(json.dumps(result, indent=2, default=str))
     return 0
 
@@ -286,27 +269,33 @@ def _cmd_plan(args) -> int:
     return 0
 
 
-STAGE_CONFIGS = {  # stage -> (module, config class) for `--set` and `less-ray config`
-    "warmup": ("less_ray.train.config", "WarmupConfig"), "train": ("less_ray.train.config", "TrainConfig"),
-    "extract": ("less_ray.extract.job", "ExtractConfig"), "score": ("less_ray.scoring.job", "ScoreConfig"),
-    "select": ("less_ray.selection.select", "SelectConfig"), "report": ("less_ray.selection.report", "ReportConfig"),
-    "eval": ("less_ray.eval.runner", "EvalConfig"), "dedup": ("less_ray.selectors.minhash", "DedupConfig"),
-    "pipeline": ("less_ray.pipeline", "PipelineConfig"), "plan": ("less_ray.pipeline", "PipelineConfig"),
-    "demo": ("less_ray.demo", "DemoConfig"), "convert": ("less_ray.data.convert", "ConvertConfig"),
-    "recode": ("less_ray.recode", "RecodeConfig"),
-}
+STAGE_CONFIGS = {s.name: s.config for s in REGISTRY if s.config}  # stage -> "module:Class", for --set and `less-ray config`
 
 
 def stage_config_class(stage: str) -> type:
     """The config dataclass of `stage` (`selector:NAME` for a selector's)."""
-    import importlib
     if stage.startswith("selector:"):
         from .selectors import get_selector
         return get_selector(stage.split(":", 1)[1]).config_cls
     if stage not in STAGE_CONFIGS:
-        raise ValueError(f"no stage {stage!r}; stages: {', '.join(STAGE_CONFIGS)}, selector:<name>")
-    module, name = STAGE_CONFIGS[stage]
-    return getattr(importlib.import_module(module), name)
+        raise ValueError(f"no stage {stage!r} with a config; stages: {', '.join(STAGE_CONFIGS)}, selector:<name>")
+    return get_stage(stage).config_class()
+
+
+CHECKED = ("warmup", "train", "extract", "score", "eval")  # stages with a preflight of their own
+
+
+def _run(stage: str, args, overrides: dict, ray_address: str | None = None):
+    """Load the registered stage's config (defaults, --config, flags, --set), check it, run it.
+    `ray_address`: --address of a stage whose Ray settings are a `ray:` section."""
+    st = get_stage(stage)
+    cfg = _load(st.config_class(), args, overrides)
+    if ray_address:
+        cfg.ray.address = ray_address
+    if stage in CHECKED:
+        from .preflight import check_stage_config
+        check_stage_config(cfg, stage)
+    return st.run_function()(cfg)
 
 
 def _sets(args) -> dict:
@@ -381,32 +370,23 @@ def main(argv: list[str] | None = None) -> int:
         if args.stage == "config":
             return _cmd_config(args)
         if args.stage == "pipeline":
-            from .pipeline import PipelineConfig, run_pipeline
-            cfg = _load(PipelineConfig, args, {"out": args.out})
-            if args.address:
-                cfg.ray.address = args.address
-            print(json.dumps(run_pipeline(cfg), indent=2, default=str))
+            result = _run("pipeline", args, {"out": args.out}, ray_address=args.address)
+            print(json.dumps(result, indent=2, default=str))
             return 0
         if args.stage == "eval":
-            from .eval.runner import EvalConfig, run_eval
-            from .preflight import check_stage_config
-            ecfg = _load(EvalConfig, args, {"model": args.model, "tasks": args.tasks, "out": args.out})
-            check_stage_config(ecfg, "eval")
-            res = run_eval(ecfg)
+            res = _run("eval", args, {"model": args.model, "tasks": args.tasks, "out": args.out})
             print(json.dumps({t: {k: v[k] for k in ("metric", "score", "n")} for t, v in res["tasks"].items()}, indent=2))
             return 0
         if args.stage == "selector":
             return _cmd_selector(args)
         if args.stage == "recode":
-            from .recode import RecodeConfig, run_recode
-            out = run_recode(_load(RecodeConfig, args, {"store": args.store, "dtype": args.dtype, "out": args.out}))
+            out = _run("recode", args, {"store": args.store, "dtype": args.dtype, "out": args.out})
             print(json.dumps({"store": str(out)}))
             return 0
         if args.stage in ("score", "select", "report", "dedup"):
             return _cmd_scoring(args)
         if args.stage == "demo":
-            from .demo import DemoConfig, run_demo
-            run_demo(_load(DemoConfig, args, {"out": args.out, "num_cpus": args.num_cpus}))
+            _run("demo", args, {"out": args.out, "num_cpus": args.num_cpus})
             return 0
         return _cmd_training_or_extract(args)
     except (ConfigError, DataFileError, FileNotFoundError, ValueError, ActorFailure) as e:

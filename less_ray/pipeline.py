@@ -34,11 +34,11 @@ from .ray_runtime import ensure_ray
 from .run_lock import locked
 from .scoring.job import ScoreConfig, TaskSpec, run_score
 from .selection.report import ReportConfig, run_report
+from .stages import PIPELINE_STAGES
 from .selection.select import SELECTION_MANIFEST, SelectConfig, read_selection_manifest, run_select, selection_name
 from .train.config import RaySettings, TrainConfig, WarmupConfig
 
 log = logging.getLogger("less_ray")
-STAGES = ("warmup", "extract", "score", "select", "selectors", "train", "eval", "report")
 
 
 # Each section is its stage's own config, less the fields the pipeline fills in (config.section):
@@ -86,7 +86,7 @@ class PipelineConfig:
     seed: int = 0
     chat_format: ChatFormat = "less"  # less: the tokens LESS's code makes | tulu_stripped | template
     max_seq_length: int = 2048
-    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    stages: list[str] = field(default_factory=lambda: list(PIPELINE_STAGES))
     warmup: WarmupSection = field(default_factory=WarmupSection)
     extract: ExtractSection = field(default_factory=ExtractSection)
     score: ScoreSection = field(default_factory=ScoreSection)

@@ -135,7 +135,7 @@ def known_eval_task(name: str) -> bool:
 
 def preflight_pipeline(cfg: Any) -> Findings:
     """Everything a pipeline config can be checked for before Ray starts (paths already absolute)."""
-    from .pipeline import STAGES
+    from .stages import PIPELINE_STAGES
     f = Findings()
     for key in ("out", "base_model", "pool"):
         if not getattr(cfg, key):
@@ -143,10 +143,10 @@ def preflight_pipeline(cfg: Any) -> Findings:
     if not cfg.targets:
         f.errors.append("targets: required key is missing (task name: file of target examples)")
     for i, s in enumerate(cfg.stages):
-        if s not in STAGES:
-            near = difflib.get_close_matches(s, STAGES, n=1)
+        if s not in PIPELINE_STAGES:
+            near = difflib.get_close_matches(s, PIPELINE_STAGES, n=1)
             f.errors.append(f"stages[{i}]: unknown stage {s!r}" + (f" (did you mean {near[0]!r}?)" if near else
-                                                                     f"; stages are {', '.join(STAGES)}"))
+                                                                     f"; stages are {', '.join(PIPELINE_STAGES)}"))
     if len(cfg.extract.dims or [8192]) != 1:
         f.errors.append(f"extract.dims: the pipeline scores one projection dim, got {cfg.extract.dims}; run "
                         "`less-ray extract` for more, or the pipeline once per dim into the same run folder")
