@@ -199,7 +199,7 @@ def preflight_pipeline(cfg: Any) -> Findings:
 
 
 def pipeline_selection_count(cfg, n_pool: int) -> int:
-    """k of the run's selection: the select stage's own rule (scoring.select.selection_count)."""
+    """k of the run's selection: the select stage's own rule (selection.select.selection_count)."""
     from .selection.select import selection_count
     return selection_count(cfg.select.top_p, cfg.select.top_n, n_pool, rule=cfg.select.count_rule)
 

@@ -17,10 +17,11 @@ import logging
 from dataclasses import dataclass
 
 from . import storage
+from .artifact import claim
 from .config import path_field, save_config
 from .core.quantize import check_dtype
 from .run_lock import locked
-from .store import (feature_rows, features_table, local_shard, manifest_digest, read_manifest, read_shard,
+from .store import (SHARD_KEY, feature_rows, features_table, local_shard, manifest_digest, read_manifest, read_shard,
                     verified_shard, verify_shard_checksum, write_manifest, write_shard)
 
 log = logging.getLogger("less_ray")
@@ -35,7 +36,6 @@ class RecodeConfig:
 
 @locked("recode")
 def run_recode(cfg: RecodeConfig):
-    from .extract.job import claim_store
     check_dtype(cfg.dtype, "recode: dtype")
     if not cfg.store or not cfg.out:
         raise ValueError("recode: store and out are required")
@@ -45,7 +45,7 @@ def run_recode(cfg: RecodeConfig):
     out = storage.location(cfg.out)
     # the checksum read_manifest verified: the digest of the manifest it returned
     source = {"store": str(cfg.store), "manifest_sha256": manifest_digest(dataclasses.asdict(src)), "dtype": src.dtype}
-    claim_store(out, {"recoded_from": source, "dtype": cfg.dtype}, stage="recode")
+    claim(out, {"recoded_from": source, "dtype": cfg.dtype}, SHARD_KEY, stage="recode")
     entries = []
     for entry in src.shards:
         done = verified_shard(out, entry["index"])

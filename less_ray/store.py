@@ -47,6 +47,7 @@ PARQUET_FORMAT = "less_ray.datastore/1"  # the retired layout: Parquet shards, p
 MANIFEST = "manifest.json"
 SHARDS = "shards"
 SUFFIX = ".arrow"
+SHARD_KEY = "_shard_key.json"  # what a store's shards were computed from (artifact.claim's key file)
 # features bytes per record batch of a shard: what a reader holds in memory per shard it reads
 BATCH_BYTES = 16 << 20
 MANIFEST_SUM = "manifest_sha256"  # sha256 of the manifest's canonical JSON without this key

@@ -29,12 +29,12 @@ from ..core.precision import PRECISIONS  # auto, fp32, bf16, less
 from ..core.quantize import check_dtype
 from ..resources import auto_shard_rows, count_rows, estimate_extract_memory
 from ..ray_runtime import RayStage
-from ..artifact import sha256_file
+from ..artifact import claim, key_changes, sha256_file
 from ..core.projectors import PROJECTIONS, make_projector, projection_batch, projection_type
 from ..run_lock import locked
 from ..shards import SHARDED_INPUT, map_shards, read_shard, shard_input
 from ..train.checkpoint import read_checkpoint_state
-from ..store import (Projection, StoreManifest, features_table, library_versions, remove_temp_files,
+from ..store import (SHARD_KEY, Projection, StoreManifest, features_table, library_versions, remove_temp_files,
                      verified_shard, write_manifest, write_shard)
 
 log = logging.getLogger("less_ray")
@@ -217,7 +217,6 @@ class ShardExtractor:
         return {k: np.array([d[k] for d in done]) for k in ("shard", "rows", "skipped")}
 
 
-SHARD_KEY = "_shard_key.json"  # in each dim store: what its shards were computed from
 
 
 PARTS = "_parts.json"  # the input files of the store, in shard order: the first, then each appended one
@@ -243,35 +242,19 @@ def shard_keys(cfg: ExtractConfig, dims: list[int], parts: list[dict[str, Any]])
 
 
 def claim_store(store, key: dict[str, Any], append: bool = False, stage: str = "extract") -> None:
-    """Make `store` hold only shards computed from `key`. A store made from anything else (another
-    checkpoint, seed, data file, formatting, ... or a store that predates the key) loses its
-    manifest first, then its shards, so a killed rerun can never pass old features off as new.
-    `append`: the store must hold the same inputs less the appended ones, and is kept."""
-    path = store / SHARD_KEY
-    before = json.loads(path.read_text()) if path.exists() else None
-    if before == key:
-        return
-    why = "its shards record no inputs" if before is None else ", ".join(
-        f"{k} {_short(before.get(k))} -> {_short(key.get(k))}"
-        for k in sorted(set(before) | set(key)) if before.get(k) != key.get(k))
-    if append:
+    """Make `store` hold only shards computed from `key` (artifact.claim). `append`: the store must
+    hold the same inputs less the appended ones, and is kept."""
+    def keep(before: dict[str, Any] | None) -> bool:
+        if not append:
+            return False
         same = before is not None and {k: v for k, v in before.items() if k != "appended"} == \
             {k: v for k, v in key.items() if k != "appended"}
         if not same or key["appended"][:len(before.get("appended", []))] != before.get("appended", []):
-            raise ValueError(f"extract --append: {store} was made from other inputs ({why}); append with the store's "
-                             f"own settings (its extract.config.yaml), or extract the whole pool into a new folder")
-    elif store.exists() and any(store.iterdir()):
-        log.warning("%s: %s was made from other inputs (%s): recomputing it", stage, store, why)
-        (store / "manifest.json").unlink(missing_ok=True)
-        storage.rmtree(store / "shards")
-        for f in store.iterdir():
-            if f.is_file():
-                f.unlink()
-    storage.write_atomic(path, json.dumps(key, indent=1, sort_keys=True))
-
-
-def _short(v: Any) -> str:
-    return f"{v[:12]}..." if isinstance(v, str) and len(v) > 16 else str(v)
+            raise ValueError(f"extract --append: {store} was made from other inputs ({key_changes(before, key)}); "
+                             f"append with the store's own settings (its extract.config.yaml), or extract the whole "
+                             f"pool into a new folder")
+        return True
+    claim(store, key, SHARD_KEY, stage=stage, keep=keep)
 
 
 def pending_shards(cfg: ExtractConfig, keys: dict[int, dict[str, Any]], parts: list[dict[str, Any]]) -> list[int]:

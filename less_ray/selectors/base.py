@@ -1,7 +1,7 @@
 """Selectors besides LESS: one config shape, one registry, one entry point, one Ray Data job shape.
 
 A selector is a config dataclass (`SelectorConfig`'s common fields plus its own) and a
-`run(cfg) -> summary` that writes a score folder under `cfg.out` (`less_ray.scoring.folder`).
+`run(cfg) -> summary` that writes a score folder under `cfg.out` (`less_ray.selection.folder`).
 `run_selector(name, cfg)` runs it, saves the resolved config beside it and, when `cfg.top_p` is
 set, runs `select` on the folder, so `top_p{p}.jsonl`, `sorted.csv`, `report` and `train` work
 unchanged. Task-agnostic selectors write one task, `ALL_TASK`; targeted ones one task per entry

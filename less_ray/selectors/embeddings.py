@@ -22,7 +22,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ..artifact import claim
 from ..shards import read_shard
 from ..store import (Projection, StoreManifest, features_table, library_versions, read_manifest, remove_temp_files,
                      shard_schema, verified_shard, write_manifest, write_shard)
@@ -163,12 +163,8 @@ def _prepare(cfg: EmbedConfig, ident: dict[str, Any], data: str, store: Path) ->
     Returns (sharded file, shards, input sha256, already complete)."""
     sharded, n_rows, n_shards, digest = shard_records(data, store, cfg.shard_rows)
     key = {"input_sha256": digest, "shard_rows": cfg.shard_rows, **ident}
-    key_file = store / "_encoder.json"
-    if key_file.exists() and json.loads(key_file.read_text()) != key:
-        log.info("embeddings %s: built for another input or encoder; rebuilding", store)
-        shutil.rmtree(store / "shards", ignore_errors=True)
-        (store / "manifest.json").unlink(missing_ok=True)
-    key_file.write_text(json.dumps(key))
+    # the staged input beside them is this input's (shard_records just wrote it)
+    claim(store, key, "_encoder.json", wipe=("manifest.json", "shards"), stage="embeddings")
     remove_temp_files(store)
     return sharded, n_shards, digest, (store / "manifest.json").exists()
 

@@ -15,7 +15,7 @@ a score, so `select`'s top-k (score desc) is the greedy's first k picks for any 
   last pick's (the farthest-point property), kept strictly below it;
 - (kcenter) a pool example outside the chosen clusters scores -(1 + its distance to the nearest
   chosen centroid): below every candidate, nearest first, should the budget exceed them.
-`budget` defaults to select's k (scoring.select.selection_count of top_p and the pool's N).
+`budget` defaults to select's k (selection.select.selection_count of top_p and the pool's N).
 
 Memory: the pool's N x d embedding matrix in one process (float32: 1.5 GB per million examples at
 d = 384), plus K-Means' N labels; the greedy costs budget x candidates x d.

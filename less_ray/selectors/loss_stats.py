@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..artifact import claim, key_digest
 from ..config import config_hash, path_field
 from ..core.formatting import ChatFormat
 from .base import ALL_TASK, SelectorConfig, ShardActor, map_shards, register, shard_records
@@ -123,11 +123,6 @@ class StatsActor(ShardActor):
                 "seconds": time.perf_counter() - t0}
 
 
-def _key_hash(key: dict[str, Any]) -> str:
-    import hashlib
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-
-
 class Stats(NamedTuple):
     folder: Path
     shards: int
@@ -144,14 +139,9 @@ def compute_stats(cfg: LossStatsConfig, passes: list[str]) -> Stats:
     key = {"pool_sha256": sha256_file(cfg.pool), "base_model": base, "checkpoint": cfg.checkpoint,
            "checkpoint_hash": checkpoint_hash(cfg.checkpoint) if cfg.checkpoint else None,
            "chat_format": cfg.chat_format, "max_seq_length": cfg.max_seq_length, "shard_rows": cfg.shard_rows}
-    stats = Path(cfg.stats or Path(cfg.out).resolve().parent / "_loss_stats" / _key_hash(key)).resolve()
+    stats = Path(cfg.stats or Path(cfg.out).resolve().parent / "_loss_stats" / key_digest(key)[:12]).resolve()
     sharded, n_rows, n_shards, _ = shard_records(cfg.pool, stats / "_staged", cfg.shard_rows)
-    key_file = stats / "stats.json"
-    if key_file.exists() and json.loads(key_file.read_text()) != key:
-        log.info("loss stats: %s holds statistics of another pool/model/checkpoint; recomputing", stats)
-        for p in PASS_COLUMNS:
-            shutil.rmtree(stats / p, ignore_errors=True)
-    key_file.write_text(json.dumps(key, indent=2))
+    claim(stats, key, "stats.json", wipe=tuple(PASS_COLUMNS), stage="loss stats")
     if "grad" in passes:  # the grad pass holds the ckpt pass's columns too
         passes = [p for p in passes if p != "ckpt"]
     todo: dict[int, list[str]] = {}
