@@ -1,5 +1,5 @@
 """FLOPs of our gradient pass per token on SmolLM2-135M, LoRA r=128 q/k/v/o (torch flop_registry count: matmuls and attention,
-the per-example LoRA products included), for the achieved-rate line in README "Speed" (not a test)."""
+the per-example LoRA products included), for the achieved-rate line in docs/speed.md (not a test)."""
 import sys, torch
 sys.path.insert(0, __import__("os").path.dirname(__file__)); sys.path.insert(0, __import__("os").path.dirname(__file__) + "/..")
 torch.set_num_threads(1)

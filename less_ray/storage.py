@@ -62,7 +62,7 @@ def require_local(p: Any, what: str) -> None:
     if p and is_remote(p):
         raise ValueError(f"{what}: {p} is on object storage; this stage writes a local (or shared-mount) "
                          "folder. Object storage holds datastores (extract), score folders (score) and "
-                         "selections (select): README, 'On object storage'")
+                         "selections (select): docs/datastore.md, 'On object storage'")
 
 
 def name_of(p: Any) -> str:

@@ -58,6 +58,10 @@ REPAIR = ("rerun the stage that wrote this store with the same config (`less-ray
           "stores): it rewrites every shard that does not verify and then the manifest")
 
 
+class StoreMismatch(ValueError):
+    """Two stores whose features cannot be scored together; the message names the field."""
+
+
 class StoreIntegrityError(ValueError):
     """A store's bytes do not match what its manifest vouches for, or hold impossible values."""
 
@@ -174,6 +178,44 @@ class StoreManifest:
     # content hash of the base model folder (less_ray.identity): filled in by write_manifest when
     # `model` is a local folder; None for a hub id or a synthetic store
     model_hash: str | None = None
+
+    # the numerics the features were computed with, typed (stored in `input` and `extra`, where
+    # every store written so far keeps them; None where a store does not record one)
+    @property
+    def chat_format(self) -> str | None:
+        return (self.input or {}).get("chat_format")
+
+    @property
+    def max_seq_length(self) -> int | None:
+        return (self.input or {}).get("max_seq_length")
+
+    @property
+    def precision(self) -> str | None:
+        return (self.extra or {}).get("precision")
+
+    @property
+    def model_identity(self) -> str:
+        """The base model by content hash (a copied folder matches, another model at the same path
+        does not); by name only where a store has no hash (a hub id, a synthetic store)."""
+        return f"content sha256 {self.model_hash}" if self.model_hash else f"name {self.model}"
+
+    def compatible(self, other: "StoreManifest", here: str = "this store", there: str = "the other") -> None:
+        """Raise StoreMismatch, naming the field, unless features of `other` can be scored against
+        these: same base model, projection (type, seed, dim), normalisation, and (where both record
+        them) chat format, max_seq_length and precision."""
+        if self.model_identity != other.model_identity:
+            raise StoreMismatch(f"stores disagree on base model: {here} has {self.model} ({self.model_identity}), "
+                                f"{there} has {other.model} ({other.model_identity})")
+        for name, a, b in (("projection type", self.projection.type, other.projection.type),
+                           ("projection seed", self.projection.seed, other.projection.seed),
+                           ("projection dim", self.projection.dim, other.projection.dim),
+                           ("normalisation", self.normalized, other.normalized),
+                           ("chat format", self.chat_format, other.chat_format),
+                           ("max_seq_length", self.max_seq_length, other.max_seq_length),
+                           ("precision", self.precision, other.precision)):
+            optional = name in ("chat format", "max_seq_length", "precision")
+            if a != b and not (optional and (a is None or b is None)):
+                raise StoreMismatch(f"stores disagree on {name}: {here} has {a!r}, {there} has {b!r}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False)

@@ -64,3 +64,29 @@ def test_manifest_round_trip_and_streaming(tmp_path):
     assert json.loads((tmp_path / "manifest.json").read_text())["format"] == S.FORMAT
     with pytest.raises(FileNotFoundError, match="not a finished datastore"):
         S.read_manifest(tmp_path / "nowhere")
+
+
+def test_compatible_names_every_field_that_differs():
+    import dataclasses
+
+    from less_ray.store import Projection, StoreManifest, StoreMismatch
+    base = StoreManifest(kind="adam", checkpoint="c", checkpoint_hash="h", model="m", projection=Projection("sjlt-s1", 0, 64),
+                         normalized=True, dtype="float16", count=1, shards=[], model_hash="abc",
+                         input={"chat_format": "less", "max_seq_length": 2048}, extra={"precision": "fp32"})
+    base.compatible(dataclasses.replace(base, dtype="int8", kind="sgd", checkpoint_hash="other"))  # not numerics
+    variants = {
+        "base model": dict(model_hash="def"),
+        "projection type": dict(projection=Projection("rademacher", 0, 64)),
+        "projection seed": dict(projection=Projection("sjlt-s1", 1, 64)),
+        "projection dim": dict(projection=Projection("sjlt-s1", 0, 128)),
+        "normalisation": dict(normalized=False),
+        "chat format": dict(input={"chat_format": "tulu_stripped", "max_seq_length": 2048}),
+        "max_seq_length": dict(input={"chat_format": "less", "max_seq_length": 512}),
+        "precision": dict(extra={"precision": "bf16"}),
+    }
+    for name, change in variants.items():
+        with pytest.raises(StoreMismatch, match=f"stores disagree on {name}: a has"):
+            base.compatible(dataclasses.replace(base, **change), "a", "b")
+    # a store that does not record a numeric (a synthetic one) is not refused for it
+    base.compatible(dataclasses.replace(base, input={}, extra={}))
+    assert (base.chat_format, base.max_seq_length, base.precision) == ("less", 2048, "fp32")

@@ -51,7 +51,7 @@ class ExtractConfig(RayStage):
     # sjlt: sparse JL (sjlt_s hashed nonzeros per gradient coordinate, core/sparse_projection.py);
     # rademacher: LESS's dense +-1/sqrt(d) matrix; identity: audits (the full gradient)
     projection: str = "rademacher"  # LESS's kind; sjlt: ~50x cheaper, selects less like the exact ranking
-    sjlt_s: int = 1  # the fastest (3 % of extraction; s=2 5 %, s=4 9 %, README "Speed"); s=4 agrees best with exact
+    sjlt_s: int = 1  # the fastest (3 % of extraction; s=2 5 %, s=4 9 %, docs/speed.md); s=4 agrees best with exact
     seed: int = 0  # projection seed
     # auto: bf16 where the actors' device is fast at it (CUDA; a CPU whose measured bf16 matmul
     # beats fp32 by BF16_MIN_SPEEDUP, core/precision.py), else fp32; resolved before the run and

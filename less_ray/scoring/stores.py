@@ -4,11 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..store import StoreManifest, read_manifest
-
-
-class StoreMismatch(ValueError):
-    pass
+from ..store import StoreManifest, StoreMismatch, read_manifest
 
 
 @dataclass
@@ -20,40 +16,12 @@ class CheckpointStores:
     avg_lr: float | None
 
 
-def _same(field: str, a: StoreManifest, b: StoreManifest, pa: str, pb: str, value) -> None:
-    va, vb = value(a), value(b)
-    if va != vb:
-        raise StoreMismatch(f"stores disagree on {field}: {pa} has {va!r}, {pb} has {vb!r}")
-
-
-def _model_identity(m: StoreManifest) -> str:
-    """The base model by content hash (a copied folder matches, another model at the same path
-    does not); by name only where a store has no hash (a hub id, a synthetic store)."""
-    return f"content sha256 {m.model_hash}" if m.model_hash else f"name {m.model}"
-
-
-def _check_pair(a: StoreManifest, b: StoreManifest, pa: str, pb: str) -> None:
-    ia, ib = _model_identity(a), _model_identity(b)
-    if ia != ib:
-        raise StoreMismatch(f"stores disagree on base model: {pa} has {a.model} ({ia}), {pb} has {b.model} ({ib})")
-    _same("projection type", a, b, pa, pb, lambda m: m.projection.type)
-    _same("projection seed", a, b, pa, pb, lambda m: m.projection.seed)
-    _same("projection dim", a, b, pa, pb, lambda m: m.projection.dim)
-    _same("normalisation", a, b, pa, pb, lambda m: m.normalized)
-    # what the features were computed with, where both stores record it (a synthetic store may not)
-    for name, value in (("chat format", lambda m: (m.input or {}).get("chat_format")),
-                        ("max_seq_length", lambda m: (m.input or {}).get("max_seq_length")),
-                        ("precision", lambda m: (m.extra or {}).get("precision"))):
-        if value(a) is not None and value(b) is not None:
-            _same(name, a, b, pa, pb, value)
-
-
 def _admit(path: str, m: StoreManifest, kind: str, role: str, first: StoreManifest, first_path: str,
            seen: dict[str, str]) -> None:
     """One more store of `role` (kind `kind`) beside `first`; `seen`: checkpoint hash -> store of this role."""
     if m.kind != kind:
         raise StoreMismatch(f"{path}: {role} has kind {m.kind!r}; LESS uses {kind} features there")
-    _check_pair(first, m, first_path, path)
+    first.compatible(m, first_path, path)
     if m.checkpoint_hash in seen:
         raise StoreMismatch(f"{path} and {seen[m.checkpoint_hash]} ({role}) come from the same checkpoint")
     seen[m.checkpoint_hash] = path
