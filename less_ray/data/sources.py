@@ -12,7 +12,7 @@ listing every such row. So `rows` equals the SOURCE.md count and `records + skip
 Each adapter turns one native row into messages with a `<name>_messages(row)` function, and
 `NATIVE_FORMATS` registers the same functions so that a *user's* file in that data set's native
 format (`--input-format gsm8k`, or `gsm8k:my_file.jsonl`) is formatted exactly as the pool's copy
-is: the readers in `io.py` and the adapters here share one code path per format.
+is: the readers in `io.py` (registry: `formats.py`) and the adapters here share one code path per format.
 """
 from __future__ import annotations
 
@@ -144,7 +144,7 @@ def _field(row: Any, key: str, kind: type = str, optional: bool = False) -> Any:
 
 # ---------------------------------------------------------------------------------------------
 # One `<name>_messages(row)` per native format: the adapters below and the user-file readers in
-# io.py (through NATIVE_FORMATS) both call these, so a format is written down once.
+# io.py (through NATIVE_FORMATS, registered in formats.py) both call these, so a format is written down once.
 
 def flan_v2_cot_messages(fields: list[str]) -> list[dict[str, str]]:
     """One Flan CoT TSV row: question, answer, rationale -> "rationale So the answer is X."."""
