@@ -809,10 +809,10 @@ def cot_folds(args, out: Path, paths: dict[str, str], model_dir: Path, timings: 
     """The cot_folds phase (see the module docstring): selections, trainings, held-out-shot losses."""
     from less_ray.core.influence import TopK
     from less_ray.data.io import read_records, write_jsonl
-    from less_ray.resources import count_rows
+    from less_ray.data.count import count_records
     root = out / "cot_folds"
     folds = [0, 1, 2]
-    k = int(math.floor(args.top_p * count_rows(paths["pool"]) + 1e-9))
+    k = int(math.floor(args.top_p * count_records(paths["pool"]) + 1e-9))
     sels = {f: root / f"fold{f}" / f"top_p{args.top_p:g}.jsonl" for f in folds}
     if not all(p.exists() for p in sels.values()):
         ids, scores = cot_fold_scores(args, out, folds)

@@ -78,15 +78,3 @@ def auto_shard_rows(n_rows: int, max_actors: int, cap: int = 2048) -> int:
     """Rows per shard so that a pool spreads over every allowed actor (at most `cap`, the unit
     of resumption; at least 1)."""
     return max(1, min(cap, math.ceil(n_rows / max(1, max_actors))))
-
-
-def count_rows(path: str) -> int:
-    """Records in a data file, cheaply: Parquet's metadata, or a JSONL file's non-blank lines."""
-    if str(path).endswith(".parquet"):
-        import pyarrow.parquet as pq
-        return pq.ParquetFile(path).metadata.num_rows
-    import gzip
-    with open(path, "rb") as fh:
-        gzipped = fh.read(2) == b"\x1f\x8b"
-    with (gzip.open if gzipped else open)(path, "rb") as fh:
-        return sum(1 for line in fh if line.strip())

@@ -9,7 +9,8 @@ from less_ray.data.demo import generate_pool
 from less_ray.data.io import write_jsonl
 from less_ray.extract.job import ExtractConfig, run_extract
 from less_ray.ray_runtime import ActorPool
-from less_ray.resources import GiB, auto_shard_rows, count_rows, extract_memory_bytes, model_shape
+from less_ray.data.count import count_records
+from less_ray.resources import GiB, auto_shard_rows, extract_memory_bytes, model_shape
 from less_ray.shards import ActorFailure
 from less_ray.testing.fake_checkpoint import make_lora_checkpoint
 
@@ -49,7 +50,7 @@ def test_shards_spread_over_every_actor(tmp_path):
     assert auto_shard_rows(400, 2) == 200 and auto_shard_rows(5, 8) == 1 and auto_shard_rows(10 ** 6, 4) == 2048
     path = tmp_path / "p.jsonl"
     write_jsonl(generate_pool(37), path)
-    assert count_rows(str(path)) == 37
+    assert count_records(str(path)) == 37
 
 
 MARGIN = 3 * GiB  # above the node's use when the test starts: only the hog crosses it (Ray workers starting: ~0.2 GiB each)

@@ -27,7 +27,8 @@ from ..config import config_hash, save_config, path_field
 from ..core.formatting import ChatFormat
 from ..core.precision import PRECISIONS  # auto, fp32, bf16, less
 from ..core.quantize import check_dtype
-from ..resources import auto_shard_rows, count_rows, estimate_extract_memory
+from ..data.count import count_records
+from ..resources import auto_shard_rows, estimate_extract_memory
 from ..ray_runtime import RayStage
 from ..artifact import claim, key_changes, sha256_file
 from ..core.projectors import PROJECTIONS, make_projector, projection_batch, projection_type
@@ -359,7 +360,7 @@ def run_extract(cfg: ExtractConfig) -> dict[int, Path]:
     cfg = resolve(cfg)
     out = storage.location(cfg.out)
     if cfg.shard_rows is None:
-        cfg.shard_rows = auto_shard_rows(count_rows(cfg.data), cfg.max_actors)
+        cfg.shard_rows = auto_shard_rows(count_records(cfg.data), cfg.max_actors)
     dims = [_identity_dim(cfg)] if cfg.projection == "identity" else cfg.dims
     parts = input_parts(cfg, out, dims)
     keys = shard_keys(cfg, dims, parts)

@@ -74,33 +74,10 @@ def count_record(top_p: float | None, top_n: int | None, n_pool: int, n_scored: 
             "N_is": "every record of the pool file", "scored": n_scored, "k": k}
 
 
-_POOL_SIZES: dict[tuple[str, int, int], int] = {}
-
-
 def pool_size(pool: str | list[str]) -> int:
-    """N: the records of the pool (one file, or a grown store's files)."""
-    if not isinstance(pool, str):
-        return sum(pool_size(p) for p in pool)
-    return _file_size(pool)
-
-
-def _file_size(pool: str) -> int:
-    """N: the number of records in the pool file (Parquet: its metadata; else one read, remembered
-    while the file's size and mtime stay the same)."""
-    from ..data.io import detect_format, split_format_spec
-    path = Path(split_format_spec(pool)[0])
-    try:
-        parquet = detect_format(pool) == "parquet"
-    except ValueError:
-        parquet = False
-    if parquet:
-        import pyarrow.parquet as pq
-        return pq.ParquetFile(path).metadata.num_rows
-    st = path.stat()
-    key = (str(pool), st.st_size, st.st_mtime_ns)
-    if key not in _POOL_SIZES:
-        _POOL_SIZES[key] = sum(1 for _ in iter_records(pool, check_duplicates=False))
-    return _POOL_SIZES[key]
+    """N: the records of the pool (one file, or a grown store's files), by the one row counter."""
+    from ..data.count import count_records
+    return count_records(pool) if isinstance(pool, str) else sum(count_records(p) for p in pool)
 
 
 def selection_name(cfg: SelectConfig) -> str:
