@@ -29,7 +29,8 @@ from .config import absolute_paths, config_hash, save_config, path_field, sectio
 from .core.formatting import ChatFormat
 from .eval.runner import EvalConfig, run_eval
 from .core.quantize import CODED_DTYPES
-from .extract.job import ExtractConfig, run_extract
+from .core.projectors import DEFAULT_DIMS
+from .extract.job import ExtractConfig, run_extract, store_dir
 from .ray_runtime import ensure_ray
 from .run_lock import locked
 from .scoring.job import ScoreConfig, TaskSpec, run_score
@@ -189,7 +190,7 @@ def stage_ray(cfg: PipelineConfig) -> dict[str, Any]:
 
 
 def scored_dim(cfg: PipelineConfig) -> int:
-    return (cfg.extract.dims or [8192])[0]
+    return (cfg.extract.dims or DEFAULT_DIMS)[0]
 
 
 def extract_config(cfg: PipelineConfig, ckpt: str, data: str, out: Path, kind: str) -> ExtractConfig:
@@ -369,9 +370,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
             ecfg = extract_config(cfg, c["path"], data, base / name, kind)
             # one ledger entry and folder per dim: a run with another dim into the same run folder
             # adds its stores beside the others and leaves them alone
-            store = base / name / f"dim{scored_dim(cfg)}"
+            store = store_dir(base / name, scored_dim(cfg))
             if "extract" in want:
-                run.stage(f"extract/epoch_{c['epoch']}/{name}/dim{scored_dim(cfg)}", ecfg, store / "manifest.json",
+                run.stage(f"extract/epoch_{c['epoch']}/{name}/{store.name}", ecfg, store / "manifest.json",
                           lambda ecfg=ecfg: {str(d): str(p) for d, p in run_extract(ecfg).items()},
                           folder=store, describe=_store_counts)
             (pool_stores if name == "pool" else target_stores[name]).append(str(store))

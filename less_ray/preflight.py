@@ -147,7 +147,8 @@ def preflight_pipeline(cfg: Any) -> Findings:
             near = difflib.get_close_matches(s, PIPELINE_STAGES, n=1)
             f.errors.append(f"stages[{i}]: unknown stage {s!r}" + (f" (did you mean {near[0]!r}?)" if near else
                                                                      f"; stages are {', '.join(PIPELINE_STAGES)}"))
-    if len(cfg.extract.dims or [8192]) != 1:
+    from .core.projectors import DEFAULT_DIMS
+    if len(cfg.extract.dims or DEFAULT_DIMS) != 1:
         f.errors.append(f"extract.dims: the pipeline scores one projection dim, got {cfg.extract.dims}; run "
                         "`less-ray extract` for more, or the pipeline once per dim into the same run folder")
     f.errors += check_config_paths(cfg, skip=("train.base_model",) if not cfg.train.base_model else ())

@@ -3,6 +3,7 @@ kept in core so the extract stage and the memory model (resources) both read it 
 from __future__ import annotations
 
 PROJECTIONS = ("sjlt", "rademacher", "identity")
+DEFAULT_DIMS = (8192,)  # LESS's d
 
 
 def make_projector(kind: str, num_params: int, dims: list[int], seed: int, sjlt_s: int):

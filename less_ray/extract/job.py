@@ -31,7 +31,7 @@ from ..data.count import count_records
 from ..resources import auto_shard_rows, estimate_extract_memory
 from ..ray_runtime import RayStage
 from ..artifact import claim, key_changes, sha256_file
-from ..core.projectors import PROJECTIONS, make_projector, projection_batch, projection_type
+from ..core.projectors import DEFAULT_DIMS, PROJECTIONS, make_projector, projection_batch, projection_type
 from ..run_lock import locked
 from ..shards import SHARDED_INPUT, map_shards, read_shard, shard_input
 from ..train.checkpoint import read_checkpoint_state
@@ -101,7 +101,7 @@ def resolve(cfg: ExtractConfig) -> ExtractConfig:
     state = read_checkpoint_state(cfg.checkpoint)
     adam = state.get("adam", {})
     cfg.base_model = cfg.base_model or state.get("base_model")
-    cfg.dims = cfg.dims or [8192]
+    cfg.dims = cfg.dims or list(DEFAULT_DIMS)
     cfg.betas = tuple(cfg.betas or adam.get("betas", (0.9, 0.999)))
     cfg.eps = cfg.eps if cfg.eps is not None else adam.get("eps", 1e-8)
     if not cfg.base_model:
