@@ -103,7 +103,7 @@ def ray_nodes() -> list[dict[str, float]]:
     return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
 
 
-def read_shard(sharded: str | Path, shard: int) -> list[dict[str, Any]]:
+def read_input_shard(sharded: str | Path, shard: int) -> list[dict[str, Any]]:
     import pyarrow.parquet as pq
     if storage.is_remote(sharded):  # ranged reads: only this row group crosses the network
         with storage.location(sharded).open("rb") as fh:
@@ -119,7 +119,7 @@ class ShardActor:
         self.sharded = sharded
 
     def rows(self, shard: int) -> list[dict[str, Any]]:
-        return read_shard(self.sharded, shard)
+        return read_input_shard(self.sharded, shard)
 
     def process(self, shard: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
         raise NotImplementedError

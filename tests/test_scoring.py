@@ -107,7 +107,7 @@ def test_a_rerun_killed_half_way_leaves_no_finished_looking_folder(ray_local, wo
 
     def killed(*a, **k):
         raise KeyboardInterrupt("killed while writing")
-    monkeypatch.setattr(job, "check_unique_ids", killed)  # after the actors, before any output
+    monkeypatch.setattr(job, "check_unique_pool_ids", killed)  # after the actors, before any output
     with pytest.raises(KeyboardInterrupt):
         run_score(_cfg(world, tmp_path))
     assert not (tmp_path / "score_summary.json").exists()

@@ -33,7 +33,7 @@ from ..ray_runtime import RayStage
 from ..artifact import claim, key_changes, sha256_file
 from ..core.projectors import DEFAULT_DIMS, PROJECTIONS, make_projector, projection_batch, projection_type
 from ..run_lock import locked
-from ..shards import SHARDED_INPUT, map_shards, read_shard, shard_input
+from ..shards import SHARDED_INPUT, map_shards, read_input_shard, shard_input
 from ..train.checkpoint import read_checkpoint_state
 from ..store import (SHARD_KEY, Projection, StoreManifest, features_table, library_versions, remove_temp_files,
                      verified_shard, write_manifest, write_shard)
@@ -170,7 +170,7 @@ class ShardExtractor:
 
     def extract_shard(self, shard: int) -> dict[str, Any]:
         from ..core.formatting import SkippedExample, collate, token_budget_batches, tokenize_messages
-        rows = read_shard(*shard_file(storage.location(self.cfg.out), self.parts, shard))
+        rows = read_input_shard(*shard_file(storage.location(self.cfg.out), self.parts, shard))
         examples, skipped = [], []
         for r in rows:
             t = tokenize_messages(r["messages"], self.tok, self.fmt, example_id=r["id"])

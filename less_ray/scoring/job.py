@@ -82,7 +82,7 @@ def _read_part(path, columns: list[str]):
         return pq.read_table(local, columns=columns)
 
 
-def check_unique_ids(parts, n_shards: int, pool_store: str) -> int:
+def check_unique_pool_ids(parts, n_shards: int, pool_store: str) -> int:
     """Refuse a pool that holds an id twice. The actors hash each shard's ids (8 bytes per row,
     column `id_hash` of its part) while scoring, so this costs no extra pass over the store;
     the ids are named from the parts only on failure."""
@@ -406,7 +406,7 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
     seconds["score_actors"] = time.time() - t
     t = time.time()
     try:
-        n_pool = check_unique_ids(parts, n_shards, stores[0].pool)
+        n_pool = check_unique_pool_ids(parts, n_shards, stores[0].pool)
     except StoreMismatch:
         storage.rmtree(parts)
         raise

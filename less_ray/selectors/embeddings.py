@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..artifact import claim
-from ..shards import read_shard
+from ..shards import read_input_shard
 from ..store import (Projection, StoreManifest, features_table, library_versions, read_manifest, remove_temp_files,
                      shard_schema, verified_shard, write_manifest, write_shard)
 from .base import SelectorConfig, map_shards, shard_records
@@ -144,7 +144,7 @@ class _EmbedShards:
                                encoder["chat_format"] or "less", batch_size)
 
     def process(self, sharded: str, store: str, shard: int, targets: bool) -> int:
-        rows = read_shard(sharded, shard)
+        rows = read_input_shard(sharded, shard)
         emb, norms, n_tok = self.enc.embed(rows)
         table = features_table([r["id"] for r in rows], [r["source"] for r in rows], emb, norms, n_tok,
                                np.zeros(len(rows), np.float32), "float32",
