@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from .stages import CONFIGURED, REGISTRY, get_stage
+from .stages import CONFIGURED, get_stage
 
 def _add_convert(sub) -> None:
     p = sub.add_parser("convert", help=_help("convert"))
@@ -269,7 +269,6 @@ def _cmd_plan(args) -> int:
     return 0
 
 
-STAGE_CONFIGS = {s.name: s.config for s in REGISTRY if s.config}  # stage -> "module:Class", for --set and `less-ray config`
 
 
 def stage_config_class(stage: str) -> type:
@@ -277,8 +276,8 @@ def stage_config_class(stage: str) -> type:
     if stage.startswith("selector:"):
         from .selectors import get_selector
         return get_selector(stage.split(":", 1)[1]).config_cls
-    if stage not in STAGE_CONFIGS:
-        raise ValueError(f"no stage {stage!r} with a config; stages: {', '.join(STAGE_CONFIGS)}, selector:<name>")
+    if stage not in CONFIGURED:
+        raise ValueError(f"no stage {stage!r} with a config; stages: {', '.join(CONFIGURED)}, selector:<name>")
     return get_stage(stage).config_class()
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from less_ray.cli import STAGE_CONFIGS, main, stage_config_class
+from less_ray.cli import main, stage_config_class
+from less_ray.stages import CONFIGURED
 from less_ray.config import ConfigError, load_config, parse_sets
 from less_ray.pipeline import PipelineConfig, Run
 
@@ -79,7 +80,7 @@ def get(cfg, key):
     return list(cfg) if isinstance(cfg, tuple) else cfg
 
 
-@pytest.mark.parametrize("stage", sorted(STAGE_CONFIGS))
+@pytest.mark.parametrize("stage", sorted(CONFIGURED))
 def test_every_field_of_every_stage_reaches_set(stage):
     cls = stage_config_class(stage)
     pairs = list(settable(cls))

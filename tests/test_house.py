@@ -121,9 +121,9 @@ def test_no_module_over_600_lines():
 def test_every_stage_is_declared_once_and_read_from_the_registry():
     from dataclasses import fields
 
-    from less_ray.cli import STAGE_CONFIGS, build_parser, stage_config_class
+    from less_ray.cli import build_parser, stage_config_class
     from less_ray.pipeline import PipelineConfig
-    from less_ray.stages import PIPELINE_STAGES, REGISTRY, get_stage
+    from less_ray.stages import CONFIGURED, PIPELINE_STAGES, REGISTRY, get_stage
 
     names = [s.name for s in REGISTRY]
     assert len(names) == len(set(names))
@@ -146,8 +146,8 @@ def test_every_stage_is_declared_once_and_read_from_the_registry():
             assert helps[s.name] == s.summary, s.name
     assert set(commands) - {s.cli.split()[0] for s in REGISTRY} == {"model", "config"}  # tools, not stages
     # `less-ray config` knows exactly the stages with a config, each its registered class
-    assert set(STAGE_CONFIGS) == {s.name for s in REGISTRY if s.config}
-    for name in STAGE_CONFIGS:
+    assert set(CONFIGURED) == {s.name for s in REGISTRY if s.config}
+    for name in CONFIGURED:
         assert stage_config_class(name) is get_stage(name).config_class()
     with pytest.raises(ValueError, match="no stage 'nope'"):
         get_stage("nope")
