@@ -13,6 +13,11 @@ SELECTOR_MODULES: dict[str, str] = {
     "kcenter": "kcenter",
     "kcenter_all": "kcenter",
     "el2n": "loss_stats", "grand": "loss_stats", "perplexity": "loss_stats", "learnability": "loss_stats",
+    "alpagasus": "alpagasus",
+    "deita": "deita",
+    "mods": "mods",
+    "instruction_mining": "instruction_mining",
+    "deft_ucs": "deft_ucs",
 }
 
 __all__ = ["ALL_TASK", "PoolScorer", "SELECTOR_MODULES", "Selector", "SelectorConfig", "get_selector",

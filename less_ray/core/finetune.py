@@ -1,0 +1,82 @@
+"""A short in-process LoRA fine-tune and its answer-token loss: pure torch + peft, one device.
+
+The selectors that train a model as part of choosing data (MoDS's initial model trained on its
+seed set; Instruction Mining's subsets, each trained and evaluated to fit its rule) need many small
+runs inside one actor, not a Ray Train job each. The recipe is the stages' own in miniature: LESS's
+tokenisation and label masks (`formatting`), AdamW, linear decay, the mean loss over answer tokens.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FinetuneRecipe:
+    epochs: int = 1
+    lr: float = 2e-4
+    batch_size: int = 4
+    lora_r: int = 8
+    lora_alpha: int = 16
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    seed: int = 0
+
+
+def tokenized(records: Sequence[dict[str, Any]], tokenizer, fmt) -> list:
+    """The records' tokenized examples; those with no answer token left are dropped (counted by the caller)."""
+    from .formatting import SkippedExample, tokenize_messages
+    out = [tokenize_messages(r["messages"], tokenizer, fmt, example_id=r["id"]) for r in records]
+    return [t for t in out if not isinstance(t, SkippedExample)]
+
+
+def lora_finetune(base, tokenizer, examples: list, recipe: FinetuneRecipe):
+    """A fresh LoRA adapter on `base` (a loaded causal LM) trained on `examples`: the peft model.
+    peft injects the adapter into `base`'s modules, so pass a copy (copy.deepcopy) to keep `base`."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from .formatting import collate
+    torch.manual_seed(recipe.seed)
+    model = get_peft_model(base, LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=0.0,
+                                            target_modules=list(recipe.target_modules)))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.0)
+    rng = np.random.default_rng(recipe.seed)
+    steps = recipe.epochs * max(1, -(-len(examples) // recipe.batch_size))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / steps))
+    model.train()
+    for _ in range(recipe.epochs):
+        order = rng.permutation(len(examples))
+        for lo in range(0, len(order), recipe.batch_size):
+            batch = collate([examples[i] for i in order[lo:lo + recipe.batch_size]], tokenizer.pad_token_id)
+            batch = {k: v.to(base.device) for k, v in batch.items()}
+            loss = model(**batch).loss
+            loss.backward()
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+    model.eval()
+    return model
+
+
+def answer_loss(model, tokenizer, examples: list, batch_size: int = 8) -> float:
+    """Mean loss over all answer tokens of `examples` (token-weighted, as an eval loss)."""
+    import torch
+
+    from .formatting import collate
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for lo in range(0, len(examples), batch_size):
+            batch = collate(examples[lo:lo + batch_size], tokenizer.pad_token_id)
+            batch = {k: v.to(model.device) for k, v in batch.items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+            labels = batch["labels"][:, 1:]
+            loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                                                     labels.reshape(-1), ignore_index=-100, reduction="sum")
+            total += float(loss)
+            count += int((labels != -100).sum())
+    if count == 0:
+        raise ValueError("answer_loss: no answer tokens in the evaluation examples")
+    return total / count
