@@ -1,6 +1,7 @@
 """Every selector on the demo pool: the selected share of the target family, LESS included.
 
     python experiments/selectors_demo.py --out /tmp/sel_demo [--md docs/results_selectors.md]
+        [--selectors NAME ...] [--judge DIR] [--option NAME.KEY=VALUE ...]
 
 The demo's data and tiny model (`less-ray demo`'s, same seed and sizes), LESS through the
 product pipeline (warmup -> extract -> score -> select, no train/eval) and the other selectors
@@ -8,6 +9,9 @@ through the same pipeline's `selectors:` option, each into `<run>/selectors/<nam
 time with the model's own embeddings (`rds_model`). Prints and writes a markdown table: per
 selector the number selected and the share of `demo/<family>` among them, beside its pool share.
 Reruns skip what is done (the pipeline's stage ledger, the embedding stores).
+`--judge DIR` gives the judge-based selectors (alpagasus, deita, mods, instruction_mining) their
+`model` (default: the pipeline's base model, the tiny demo Llama); instruction_mining also gets the
+targets as its evaluation set. `--option NAME.KEY=VALUE` sets one selector option.
 """
 from __future__ import annotations
 
@@ -25,7 +29,27 @@ def parse_args(argv=None):
     p.add_argument("--md", default=None, help="also write the table here (markdown)")
     p.add_argument("--selectors", nargs="+", default=None, help="default: every registered selector")
     p.add_argument("--num-cpus", type=int, default=None)
+    p.add_argument("--judge", default=None, help="the judge-based selectors' model folder")
+    p.add_argument("--option", nargs="+", default=[], metavar="NAME.KEY=VALUE", help="one selector option")
     return p.parse_args(argv)
+
+
+JUDGED = ("alpagasus", "deita", "mods", "instruction_mining")
+
+
+def selector_options(args, targets: dict[str, str]) -> dict[str, dict]:
+    import yaml
+    opts: dict[str, dict] = {name: {"max_actors": 1} for name in args.selectors}
+    for name in args.selectors:
+        if name in JUDGED and args.judge:
+            opts[name]["model"] = args.judge
+        if name == "instruction_mining":
+            opts[name]["targets"] = dict(targets)
+    for item in args.option:
+        key, value = item.split("=", 1)
+        name, field = key.split(".", 1)
+        opts[name][field] = yaml.safe_load(value)
+    return opts
 
 
 def shares(selection: Path, family: str) -> tuple[int, float]:
@@ -51,7 +75,7 @@ def main(argv=None) -> int:
     model = build_demo_model(out / "model", seed=cfg.seed, model=cfg.model, n_pool=cfg.n_pool)
     pcfg = demo_pipeline_config(cfg, data, model)
     pcfg.stages = ["warmup", "extract", "score", "select", "selectors"]
-    pcfg.selectors = {name: {"max_actors": 1} for name in args.selectors}
+    pcfg.selectors = selector_options(args, pcfg.targets)
     t0 = time.time()
     run_pipeline(pcfg)
     run = Path(pcfg.out)
@@ -87,7 +111,8 @@ def main(argv=None) -> int:
         n, share = shares(files[0], family)
         secs = rds_model_summary["seconds"] if name == "rds_model" else ledger[f"selector/{name}"]["seconds"]
         what = sel.help + (" [model's last-layer mean hidden state]" if name == "rds_model" else
-                           f" [{s['encoder']}]" if "encoder" in s else "")
+                           f" [judge {Path(args.judge).name if args.judge else 'the tiny demo Llama'}]"
+                           if name in JUDGED else f" [{s['encoder']}]" if "encoder" in s else "")
         rows.append((name, what, n, share, secs))
     lines = [f"Demo pool: {len(pool)} examples, 10 planted families; targets: {cfg.n_targets} "
              f"`demo/{family}` examples (disjoint from the pool); pool share of `demo/{family}`: {pool_share:.1%}. "
@@ -118,8 +143,8 @@ def main(argv=None) -> int:
     if args.md:
         Path(args.md).parent.mkdir(parents=True, exist_ok=True)
         Path(args.md).write_text("# Other selectors on the demo pool\n\n"
-                                 f"Produced by `python experiments/selectors_demo.py --out {args.out} "
-                                 f"--md {args.md}` (log: `docs/logs/selectors_demo.log`).\n\n" + table + "\n")
+                                 f"Produced by `python experiments/selectors_demo.py {' '.join(sys.argv[1:])}` "
+                                 f"(log: `docs/logs/{Path(args.md).stem}.log`).\n\n" + table + "\n")
     return 0
 
 

@@ -132,3 +132,13 @@ def test_grand_from_store_norms(setup, tmp_path):
     assert "JL estimate" in s["grand_source"]
     sel = [json.loads(x)["id"] for x in (tmp_path / "out" / "all" / "top_p0.1.jsonl").read_text().splitlines()]
     assert sel == ids[:3]  # the three largest norms
+
+
+def test_perplexity_on_the_base_model_alone_needs_no_checkpoint(setup, reference):
+    """base_model only (no warmup checkpoint): the base pass runs on the plain model and gives
+    the same losses as the adapter-off pass of a checkpoint."""
+    cfg = LossStatsConfig(pool=setup["pool_path"], out=str(setup["tmp"] / "ppl_base_only"), base_model=setup["base"],
+                          stats=str(setup["tmp"] / "stats_base_only"), max_seq_length=MAX_LEN, shard_rows=12,
+                          batch_size=5, top_p=0.2, max_actors=1, num_cpus=2, perplexity_keep="low")
+    s = run_selector("perplexity", cfg)
+    _check(setup, "ppl_base_only", s, {i: -r["loss_base"] for i, r in reference.items()})

@@ -228,6 +228,14 @@ def test_kmeans_picks_the_targets_cluster():
     assert len(info2["t13"]["chosen_clusters"]) == 2
 
 
+def test_k_center_greedy_never_repeats_a_pick_on_duplicate_rows():
+    """Once only duplicates of the picks remain (every distance 0), the greedy takes one of them."""
+    x = np.repeat(np.eye(3, dtype=np.float32), 3, axis=0)  # 3 distinct rows, 3 copies each
+    picks, dist, final = k_center_greedy(x, 9, start=0)
+    assert sorted(picks.tolist()) == list(range(9))
+    assert dist[3:].max() == 0 and (final == 0).all()
+
+
 def test_kcenter_selectors_end_to_end(demo):
     for name in ("kcenter", "kcenter_all"):
         cfg = load_selector_config(name, None, {"pool": demo["pool"], "targets": {"arith": demo["targets"]},

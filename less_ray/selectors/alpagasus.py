@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from .base import ALL_TASK, PoolScorer, register, score_pool
 from .judge import (ALPAGASUS_SCALE, READINGS, JudgeConfig, LMJudge, alpagasus_prompt, judge_kwargs, parse_rating,
                     record_parts)
 
+log = logging.getLogger("less_ray")
 UNRATED = float(np.finfo(np.float32).min)  # a reply with no rating: last in any ranking, never NaN
 
 
@@ -84,6 +86,10 @@ def run_alpagasus(cfg: AlpagasusConfig) -> dict[str, Any]:
         unrated += [r for r in map(json.loads, f.read_text().splitlines()) if r["rating"] is None]
     (out / "unrated.jsonl").write_text("".join(json.dumps(r) + "\n" for r in unrated))
     rated = scores[scores > UNRATED]
+    if len(unrated) > len(scores) / 2:  # a judge too weak for the format: the selection is by id, say so
+        log.warning("alpagasus: %d of %d replies hold no rating (see %s); the judge %s does not answer in the "
+                    "asked format: name a stronger judge, or --set reading=expected", len(unrated), len(scores),
+                    out / "unrated.jsonl", cfg.model)
     summary.update({"unrated": {"count": len(unrated), "file": "unrated.jsonl", "score": UNRATED},
                     "rated": int(len(rated)), "mean_rating": float(rated.mean()) if len(rated) else None,
                     "at_or_above_threshold": int((rated >= cfg.threshold).sum()), "threshold": cfg.threshold})

@@ -64,7 +64,9 @@ def k_center_greedy(x: np.ndarray, budget: int, start: int) -> tuple[np.ndarray,
         picks[r], dists[r] = nxt, math.sqrt(max(float(min_d2[nxt]), 0.0))
         d2 = (sq - 2 * (xt @ xt[nxt]) + sq[nxt]).clamp_(min=0)
         torch.minimum(min_d2, d2, out=min_d2)
-        min_d2[nxt] = 0  # exactly: a pick is at distance 0 from itself
+        # below every unpicked row (>= 0): once duplicates of the picks are all that is left, the
+        # argmax takes one of them, never a pick again; its final distance is clamped to 0 below
+        min_d2[nxt] = -1
         nxt = int(torch.argmax(min_d2))
     final = min_d2.clamp(min=0).sqrt().double().numpy() if budget else np.full(n, math.inf)
     return picks, dists, final

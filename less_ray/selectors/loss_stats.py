@@ -89,6 +89,7 @@ class StatsActor(ShardActor):
             model.to(self.device).eval()
         self.computer = ExampleStatsComputer(model)
         self.fmt = FormatConfig(chat_format, max_seq_length)
+        self.adapter = bool(checkpoint)
 
     def process(self, shard: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
         import pyarrow as pa
@@ -108,7 +109,8 @@ class StatsActor(ShardActor):
                 if name == "grad":
                     res = self.computer.grad_stats(batch)
                 else:
-                    res = self.computer.forward_stats(batch, adapter=name == "ckpt")
+                    # no checkpoint: the model is the base model itself (no adapter to switch off)
+                    res = self.computer.forward_stats(batch, adapter=name == "ckpt" or not self.adapter)
                 for c in PASS_COLUMNS[name]:
                     cols[c][idx] = res[c.rsplit("_", 1)[0] if c != "grand" else c].detach().float().cpu().numpy()
                 n_tok[idx] = res["n_tokens"].cpu().numpy()
