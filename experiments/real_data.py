@@ -515,26 +515,27 @@ def read_scores(folder: Path, task: str):
 
 
 def planted_table(args, out: Path) -> dict:
-    import numpy as np
-    from sklearn.metrics import roc_auc_score
     folders = {"LESS": (out / "less" / "scores", PLANTED), "RDS (MiniLM)": (out / "less" / "selectors" / "rds", PLANTED),
                "k-center": (out / "less" / "selectors" / "kcenter", PLANTED)}
     for s in args.seeds:
         folders[f"random seed {s}"] = (out / "random" / f"seed{s}", "all")
-    res = {}
-    for name, (folder, task) in folders.items():
-        if not (folder / task / "scores.parquet").exists():
-            continue
-        ids, src, score = read_scores(folder, task)
-        y = np.array([s.split("/")[0] == PLANTED for s in src])
-        sc = np.array(score, dtype=np.float64)
-        order = sorted(range(len(ids)), key=lambda i: (-sc[i], ids[i]))  # select's order: score desc, id asc
-        row = {"pool_share": float(y.mean()), "auc": float(roc_auc_score(y, sc))}
-        for p in (0.01, 0.05, 0.10):
-            k = max(1, int(p * len(ids)))
-            row[f"top{round(p * 100)}%"] = float(y[order[:k]].mean())
-        res[name] = row
-    return res
+    return {name: planted_row(folder, task) for name, (folder, task) in folders.items()
+            if (folder / task / "scores.parquet").exists()}
+
+
+def planted_row(folder: Path, task: str) -> dict:
+    """The planted task's share in a score folder's top 1/5/10% (select's order) and its AUC."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+    ids, src, score = read_scores(folder, task)
+    y = np.array([s.split("/")[0] == PLANTED for s in src])
+    sc = np.array(score, dtype=np.float64)
+    order = sorted(range(len(ids)), key=lambda i: (-sc[i], ids[i]))  # select's order: score desc, id asc
+    row = {"pool_share": float(y.mean()), "auc": float(roc_auc_score(y, sc)), "pool_rows": len(ids)}
+    for p in (0.01, 0.05, 0.10):
+        k = max(1, int(p * len(ids)))
+        row[f"top{round(p * 100)}%"] = float(y[order[:k]].mean())
+    return row
 
 
 def stability(args, out: Path) -> dict:

@@ -59,13 +59,13 @@ def shares(selection: Path, family: str) -> tuple[int, float]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from less_ray.cli import _setup_logging
+    from less_ray.console import configure
     from less_ray.data.demo import write_demo_data
     from less_ray.data.io import read_records
     from less_ray.demo import DemoConfig, build_demo_model, demo_pipeline_config
     from less_ray.pipeline import run_pipeline
     from less_ray.selectors import get_selector, load_selector_config, run_selector, selector_names
-    _setup_logging()
+    configure()
     args.selectors = args.selectors or selector_names()
     logging.getLogger("less_ray").setLevel(logging.INFO)
     cfg = DemoConfig(out=args.out, num_cpus=args.num_cpus)

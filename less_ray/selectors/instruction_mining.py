@@ -14,9 +14,8 @@ Indicators (`indicators`; every one a column of `<out>/indicators.parquet`, raw)
 - perplexity: LOG perplexity, the mean answer-token loss under the base model, computed as
   `loss_stats`' base pass computes it (same tokenisation, `ExampleStatsComputer.forward_stats`),
   in this selector's own per-shard pass with the lengths and MTLD (parts kept in the reusable
-  folder `pool_indicators`, default `<out>/pool_indicators`): `loss_stats.compute_stats`
-  cannot run a base pass without a checkpoint today (its StatsActor asks the plain model for
-  adapter=False, which ExampleStatsComputer refuses). Examples with no answer token left after
+  folder `pool_indicators`, default `<out>/pool_indicators`; one pass over the pool gives the
+  lengths, MTLD and perplexity together). Examples with no answer token left after
   truncation have none: they score the lowest float32, are counted, and join no mean or subset;
 - mtld: bidirectional MTLD of the response (`indicators.mtld`, threshold 0.72);
 - knn: mean Euclidean distance to the `knn_k` (6: the paper's KNN-6) nearest other pool examples

@@ -72,7 +72,7 @@ def parse_rating(text: str) -> float | None:
     return float(m.group(1)) if m else None
 
 
-def _device(use_gpu: bool):
+def device_for(use_gpu: bool):
     import torch
     return torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
 
@@ -82,7 +82,7 @@ class LMJudge:
 
     def __init__(self, model: str, batch_size: int = 8, field_max_tokens: int = 512, use_gpu: bool = False):
         from ..models import load_model_and_tokenizer
-        self.device = _device(use_gpu)
+        self.device = device_for(use_gpu)
         self.lm, self.tok = load_model_and_tokenizer(model)
         self.lm.to(self.device).eval()
         self.batch_size, self.field_max_tokens = batch_size, field_max_tokens
@@ -171,7 +171,7 @@ class RewardModel:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         from ..models import pretrained_kwargs
-        self.device = _device(use_gpu)
+        self.device = device_for(use_gpu)
         kw = pretrained_kwargs(folder, what="reward model")
         self.tok = AutoTokenizer.from_pretrained(folder, **kw)
         self.net = AutoModelForSequenceClassification.from_pretrained(folder, **kw).to(self.device).eval()

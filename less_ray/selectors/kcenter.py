@@ -118,7 +118,7 @@ def budget_for(cfg: KCenterAllConfig, n: int) -> int:
     return selection_count(cfg.top_p, None, n, rule=getattr(cfg, "count_rule", "floor"))  # select's k
 
 
-def _write(cfg: KCenterAllConfig, pool: dict[str, np.ndarray], scores: dict[str, np.ndarray],
+def write_scores(cfg: KCenterAllConfig, pool: dict[str, np.ndarray], scores: dict[str, np.ndarray],
            best: dict[str, list[str] | None], summary: dict[str, Any]) -> dict[str, Any]:
     writer = ScoreFolderWriter(cfg.out, list(scores), pool=cfg.pool)
     ids, sources = pool["id"].tolist(), pool["source"].tolist()
@@ -131,14 +131,14 @@ def _write(cfg: KCenterAllConfig, pool: dict[str, np.ndarray], scores: dict[str,
 
 @register("kcenter_all", KCenterAllConfig, "k-center greedy over the whole pool (task-agnostic diversity)")
 def run_kcenter_all(cfg: KCenterAllConfig) -> dict[str, Any]:
-    pool_store, _ = embed_pool_and_targets(_without_targets(cfg))
+    pool_store, _ = embed_pool_and_targets(without_targets(cfg))
     pool = read_store(pool_store, ("id", "source", "features"))
     scores, info = greedy_scores(pool["features"], budget_for(cfg, len(pool["id"])), cfg.seed)
-    return _write(cfg, pool, {ALL_TASK: scores}, {ALL_TASK: None},
+    return write_scores(cfg, pool, {ALL_TASK: scores}, {ALL_TASK: None},
                   {"selector": "kcenter_all", "encoder": cfg.encoder, "tasks": {ALL_TASK: info}})
 
 
-def _without_targets(cfg: KCenterAllConfig) -> KCenterAllConfig:
+def without_targets(cfg: KCenterAllConfig) -> KCenterAllConfig:
     import dataclasses
     return dataclasses.replace(cfg, targets={})
 
@@ -174,5 +174,5 @@ def run_kcenter(cfg: KCenterConfig) -> dict[str, Any]:
     targets = {t: read_store(s, ("features",))["features"] for t, s in target_stores.items()}
     scores, best, info = targeted_scores(pool["features"], targets, cfg)
     sizes = info.pop("cluster_sizes")
-    return _write(cfg, pool, scores, best, {"selector": "kcenter", "encoder": cfg.encoder,
+    return write_scores(cfg, pool, scores, best, {"selector": "kcenter", "encoder": cfg.encoder,
                                             "n_clusters": cfg.n_clusters, "cluster_sizes": sizes, "tasks": info})

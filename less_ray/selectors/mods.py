@@ -21,9 +21,9 @@ greedy order, then the augmented picks, then every other example by its reward (
 reward itself; the picks score floor(max other reward) + 1 + their rank from the end). Shortfalls
 fill deterministically: a high-quality set smaller than the seed share gives all of it as seed and
 its shortfall passes to the augmented step; a necessity set smaller than what is left gives all of
-it; the rest of the budget ("fill" in the summary) is then the top of the reward order. k-center
-greedy repeats a pick only when duplicates exhaust a set; repeats are dropped and the set's
-remaining members (pool order) complete it. `best_subtask` names each row's role: seed, augmented,
+it; the rest of the budget ("fill" in the summary) is then the top of the reward order. Should a greedy
+pick repeat, the repeat is dropped and the set's remaining members (pool order) complete it.
+`best_subtask` names each row's role: seed, augmented,
 necessity, high_quality or low_quality.
 """
 from __future__ import annotations
@@ -40,8 +40,8 @@ import numpy as np
 
 from ..config import path_field
 from .base import ALL_TASK, ShardActor, map_shards, register, score_pool, shard_records
-from .judge import JudgeConfig, LMJudge, Quality, QualityScorer, _device, quality_kwargs, quality_source, record_parts
-from .kcenter import _without_targets, _write, budget_for, k_center_greedy
+from .judge import JudgeConfig, LMJudge, Quality, QualityScorer, device_for, quality_kwargs, quality_source, record_parts
+from .kcenter import without_targets, write_scores, budget_for, k_center_greedy
 
 ROLES = ("seed", "augmented", "necessity", "high_quality", "low_quality")
 
@@ -188,7 +188,7 @@ def _finetune(sharded: str, shard_rows: int, seed_idx: list[int], base_model: st
     base, tok = load_model_and_tokenizer(base_model)
     examples = tokenized(records, tok, FormatConfig(chat_format, max_seq_length))
     if examples:
-        model = lora_finetune(base.to(_device(use_gpu)), tok, examples, FinetuneRecipe(**recipe))
+        model = lora_finetune(base.to(device_for(use_gpu)), tok, examples, FinetuneRecipe(**recipe))
         model.save_pretrained(adapter_dir)
     return {"adapter": adapter_dir if examples else None, "examples": len(examples),
             "dropped": len(records) - len(examples), "seconds": round(time.time() - t0, 2)}
@@ -199,7 +199,7 @@ class _Replier(LMJudge):
 
     def __init__(self, base_model: str, adapter: str | None, batch_size: int, use_gpu: bool):
         from ..models import load_model_and_tokenizer
-        self.device = _device(use_gpu)
+        self.device = device_for(use_gpu)
         lm, self.tok = load_model_and_tokenizer(base_model)
         if adapter:
             from peft import PeftModel
@@ -271,7 +271,7 @@ def necessity_rewards(cfg: ModsConfig, ids: list[str], seed_idx: np.ndarray, can
 def run_mods(cfg: ModsConfig) -> dict[str, Any]:
     from ..store import read_store
     from .embeddings import embed_pool_and_targets
-    cfg = _without_targets(cfg)  # task-agnostic: --targets is accepted and unused
+    cfg = without_targets(cfg)  # task-agnostic: --targets is accepted and unused
     if not cfg.model:
         raise ValueError("mods needs model=DIR: the causal LM it fine-tunes (and its judge without reward_model)")
     t0 = time.time()
@@ -291,5 +291,5 @@ def run_mods(cfg: ModsConfig) -> dict[str, Any]:
     summary = {"selector": "mods", "quality_source": quality_source(cfg.reward_model, cfg.model),
                "quality_reused": reused, "encoder": cfg.encoder, "sets": info, **steps,
                "tasks": {ALL_TASK: {"budget": info["budget"]}}}
-    return _write(cfg, {"id": np.array(ids, dtype=object), "source": np.array(sources, dtype=object)},
+    return write_scores(cfg, {"id": np.array(ids, dtype=object), "source": np.array(sources, dtype=object)},
                   {ALL_TASK: scores}, {ALL_TASK: roles}, summary)
