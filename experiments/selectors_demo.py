@@ -41,9 +41,10 @@ def selector_options(args, targets: dict[str, str]) -> dict[str, dict]:
     import yaml
     opts: dict[str, dict] = {name: {"max_actors": 1} for name in args.selectors}
     for name in args.selectors:
-        if name in JUDGED and args.judge:
+        kind = name.split("@")[0]  # NAME@LABEL: one more run of NAME (the pipeline's rule)
+        if kind in JUDGED and args.judge:
             opts[name]["model"] = args.judge
-        if name == "instruction_mining":
+        if kind == "instruction_mining":
             opts[name]["targets"] = dict(targets)
     for item in args.option:
         key, value = item.split("=", 1)
@@ -83,7 +84,7 @@ def main(argv=None) -> int:
     rds_model = load_selector_config("rds", None, {
         "pool": pcfg.pool, "targets": pcfg.targets, "out": str(run / "selectors" / "rds_model"),
         "encoder": "model", "model": pcfg.base_model, "embed_max_tokens": pcfg.max_seq_length,
-        "top_p": pcfg.score.top_p, "seed": pcfg.seed, "max_actors": 1, "num_cpus": args.num_cpus})
+        "top_p": pcfg.select.top_p, "seed": pcfg.seed, "max_actors": 1, "num_cpus": args.num_cpus})
     t1 = time.time()
     rds_model_summary = run_selector("rds", rds_model)
 
@@ -93,18 +94,18 @@ def main(argv=None) -> int:
     pool_share = Counter(r.source for r in pool)[f"demo/{family}"] / len(pool)
     rows = []
     less_seconds = sum(v["seconds"] for k, v in ledger.items() if k.split("/")[0] in ("warmup", "extract", "score", "select"))
-    n, share = shares(run / "scores" / task / f"top_p{pcfg.score.top_p:g}.jsonl", family)
+    n, share = shares(run / "scores" / task / f"top_p{pcfg.select.top_p:g}.jsonl", family)
     rows.append(("LESS", "gradients (warmup LoRA, 4 checkpoints)", n, share, less_seconds))
     from less_ray.selectors.diverse_topk import DiverseSelectConfig, run_diverse_select
     t2 = time.time()
-    div = run_diverse_select(DiverseSelectConfig(scores=str(run / "scores"), top_p=pcfg.score.top_p, threshold=0.9,
+    div = run_diverse_select(DiverseSelectConfig(scores=str(run / "scores"), top_p=pcfg.select.top_p, threshold=0.9,
                                                  features="all"))["tasks"][task]
     n, share = shares(Path(div["file"]), family)
     rows.append(("LESS diverse", f"LESS's top-k skipping candidates with feature cosine > 0.9 to a selected one "
                  f"({div['skipped']} skipped)", n, share, time.time() - t2))
     for name in args.selectors + ["rds_model"]:
         folder = run / "selectors" / name
-        sel = get_selector("rds" if name == "rds_model" else name)
+        sel = get_selector("rds" if name == "rds_model" else name.split("@")[0])
         s = json.loads((folder / "score_summary.json").read_text())
         t = task if sel.targeted else "all"
         files = sorted((folder / t).glob("top_*.jsonl"))
@@ -112,11 +113,11 @@ def main(argv=None) -> int:
         secs = rds_model_summary["seconds"] if name == "rds_model" else ledger[f"selector/{name}"]["seconds"]
         what = sel.help + (" [model's last-layer mean hidden state]" if name == "rds_model" else
                            f" [judge {Path(args.judge).name if args.judge else 'the tiny demo Llama'}]"
-                           if name in JUDGED else f" [{s['encoder']}]" if "encoder" in s else "")
+                           if name.split("@")[0] in JUDGED else f" [{s['encoder']}]" if "encoder" in s else "")
         rows.append((name, what, n, share, secs))
     lines = [f"Demo pool: {len(pool)} examples, 10 planted families; targets: {cfg.n_targets} "
              f"`demo/{family}` examples (disjoint from the pool); pool share of `demo/{family}`: {pool_share:.1%}. "
-             f"Top {pcfg.score.top_p:.0%} per selector (`full`: 100%). Seconds: the stage ledger's (LESS: warmup + "
+             f"Top {pcfg.select.top_p:.0%} per selector (`full`: 100%). Seconds: the stage ledger's (LESS: warmup + "
              "extract + score + select; a selector: its score folder + selection), on a shared 2-core machine; "
              "the pipeline runs its selectors in name order and they share work (one MiniLM embedding of the pool "
              "and targets; the loss statistics of the loss selectors): the first that needs it pays for it, "
