@@ -154,3 +154,8 @@ def test_judge_selectors_are_listed(capsys):
     assert main(["selector", "list"]) == 0
     listed = capsys.readouterr().out
     assert "alpagasus" in listed and "deita" in listed
+    for name, knobs in [("alpagasus", ("threshold: 4.5", "reading: generate", "max_new_tokens")),
+                        ("deita", ("threshold: 0.9", "complexity_model", "quality_model"))]:
+        assert main(["config", f"selector:{name}"]) == 0
+        shown = capsys.readouterr().out
+        assert all(k in shown for k in knobs), shown

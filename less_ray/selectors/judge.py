@@ -37,6 +37,7 @@ READINGS = ("expected", "generate")
 @dataclass
 class JudgeConfig(EmbedConfig):
     """The judge-based selectors' common fields. `model` (EmbedConfig's) is the judge: a causal LM folder."""
+    model: str | None = path_field("model", None)  # the judge: a causal LM folder (also the embedder if encoder=model)
     reward_model: str | None = path_field("model", None)  # a sequence-classification reward model folder
     judge_batch_size: int = 8
     field_max_tokens: int = 512  # instruction and response are each cut to this many judge tokens
