@@ -159,3 +159,23 @@ def test_judge_selectors_are_listed(capsys):
         assert main(["config", f"selector:{name}"]) == 0
         shown = capsys.readouterr().out
         assert all(k in shown for k in knobs), shown
+
+
+def test_answer_loss_is_token_weighted_and_independent_of_batching(tiny_model_dir):
+    """The eval loss of the fine-tune helper: the token-weighted mean of HF's per-example losses,
+    the same for any batch or token budget (a budget bounds the logits' memory)."""
+    from less_ray.core.finetune import answer_loss, tokenized
+    from less_ray.core.formatting import FormatConfig
+    judge = LMJudge(str(tiny_model_dir))
+    rows = [{"id": f"e{i}", "messages": [{"role": "user", "content": "q " * (i + 1)},
+                                          {"role": "assistant", "content": "answer " * (3 * i + 1)}]} for i in range(5)]
+    ex = tokenized(rows, judge.tok, FormatConfig("less", 128))
+    total = n = 0
+    for e in ex:  # HF's own mean loss per example, weighted by its answer tokens
+        labels = torch.tensor([e.labels])
+        k = int((labels[:, 1:] != -100).sum())
+        with torch.inference_mode():
+            total += judge.lm(input_ids=torch.tensor([e.input_ids]), labels=labels).loss.item() * k
+        n += k
+    for batch_size, max_tokens in [(8, 4096), (2, 4096), (8, 1)]:
+        assert answer_loss(judge.lm, judge.tok, ex, batch_size, max_tokens) == pytest.approx(total / n, rel=1e-5)

@@ -61,19 +61,22 @@ def lora_finetune(base, tokenizer, examples: list, recipe: FinetuneRecipe):
     return model
 
 
-def answer_loss(model, tokenizer, examples: list, batch_size: int = 8) -> float:
-    """Mean loss over all answer tokens of `examples` (token-weighted, as an eval loss)."""
+def answer_loss(model, tokenizer, examples: list, batch_size: int = 8, max_tokens: int = 4096) -> float:
+    """Mean loss over all answer tokens of `examples` (token-weighted, as an eval loss). Batches
+    hold at most `max_tokens` padded tokens: the logits are tokens x vocabulary floats (4,096 x
+    49,152 x 4 bytes = 0.8 GB for SmolLM2), so a batch of long examples must not grow with the batch size."""
     import torch
 
-    from .formatting import collate
+    from .formatting import collate, token_budget_batches
     total, count = 0.0, 0
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
     with torch.inference_mode():
-        for lo in range(0, len(examples), batch_size):
-            batch = collate(examples[lo:lo + batch_size], tokenizer.pad_token_id)
+        for idx in token_budget_batches([len(examples[i].input_ids) for i in order], batch_size, max_tokens):
+            batch = collate([examples[order[j]] for j in idx], tokenizer.pad_token_id)
             batch = {k: v.to(model.device) for k, v in batch.items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
             labels = batch["labels"][:, 1:]
-            loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
                                                      labels.reshape(-1), ignore_index=-100, reduction="sum")
             total += float(loss)
             count += int((labels != -100).sum())
