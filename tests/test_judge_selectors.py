@@ -17,14 +17,6 @@ CONVERSATION = [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant
                 {"role": "user", "content": "And 3+3?"}, {"role": "assistant", "content": "6, since 3+3=6."}]
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    from less_ray.data.demo import write_demo_data
-    from less_ray.ray_runtime import ensure_ray
-    ensure_ray(None, 2)
-    root = tmp_path_factory.mktemp("judged")
-    info = write_demo_data(root / "data", n_pool=200, target_family="arithmetic", n_targets=6, seed=0)
-    return {"root": root, "pool": info["pool"]["path"], "targets": info["targets"]["path"]}
 
 
 def test_parse_rating_is_alpagasus_parse_score():
@@ -154,8 +146,8 @@ def test_judge_selectors_are_listed(capsys):
     assert main(["selector", "list"]) == 0
     listed = capsys.readouterr().out
     assert "alpagasus" in listed and "deita" in listed
-    for name, knobs in [("alpagasus", ("threshold: 4.5", "reading: generate", "max_new_tokens")),
-                        ("deita", ("threshold: 0.9", "complexity_model", "quality_model"))]:
+    for name, knobs in [("alpagasus", ("threshold: float = 4.5", "reading: str = generate", "max_new_tokens")),
+                        ("deita", ("threshold: float = 0.9", "complexity_model", "quality_model"))]:
         assert main(["config", f"selector:{name}"]) == 0
         shown = capsys.readouterr().out
         assert all(k in shown for k in knobs), shown
