@@ -30,6 +30,19 @@ def need(condition: bool, why: str) -> None:
         pytest.skip(why)
 
 
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The demo pool (200 examples, 10 families) and 6 arithmetic targets, with one embedded Ray
+    for the module (the selector tests' shared setup)."""
+    from less_ray.data.demo import write_demo_data
+    from less_ray.ray_runtime import ensure_ray
+    ensure_ray(None, 2)
+    root = tmp_path_factory.mktemp("demo")
+    info = write_demo_data(root / "data", n_pool=200, target_family="arithmetic", n_targets=6, seed=0)
+    return {"root": root, "pool": info["pool"]["path"], "targets": info["targets"]["path"],
+            "emb": str(root / "embeddings")}
+
+
 @pytest.fixture(scope="session")
 def root():
     """The real data folder ($LESS_RAY_DATA_ROOT, else ../shared/data beside the project root)."""

@@ -91,14 +91,6 @@ def test_small_clusters_give_their_remainder_to_the_others():
     assert set(order.tolist()) >= set(np.flatnonzero(blob == 0).tolist())
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    from less_ray.data.demo import write_demo_data
-    from less_ray.ray_runtime import ensure_ray
-    ensure_ray(None, 2)
-    root = tmp_path_factory.mktemp("deft")
-    info = write_demo_data(root / "data", n_pool=200, target_family="arithmetic", n_targets=6, seed=0)
-    return {"root": root, "pool": info["pool"]["path"], "targets": info["targets"]["path"]}
 
 
 def test_deft_ucs_end_to_end_via_cli(demo, capsys):

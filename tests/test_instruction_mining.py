@@ -90,14 +90,6 @@ def test_subsets_are_seeded_and_the_held_out_eval_sample_is_in_none():
 
 # ---- the selector ------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    from less_ray.data.demo import write_demo_data
-    from less_ray.ray_runtime import ensure_ray
-    ensure_ray(None, 2)
-    root = tmp_path_factory.mktemp("im")
-    info = write_demo_data(root / "data", n_pool=200, target_family="arithmetic", n_targets=6, seed=0)
-    return {"root": root, "pool": info["pool"]["path"], "targets": info["targets"]["path"]}
 
 
 def _shared(demo, model):

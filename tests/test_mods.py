@@ -12,15 +12,6 @@ from less_ray.selectors.mods import greedy_pick, mods_plan
 RAY = {"num_cpus": 2, "max_actors": 1}
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    from less_ray.data.demo import write_demo_data
-    from less_ray.ray_runtime import ensure_ray
-    ensure_ray(None, 2)
-    root = tmp_path_factory.mktemp("mods")
-    info = write_demo_data(root / "data", n_pool=200, target_family="arithmetic", n_targets=6, seed=0)
-    return {"root": root, "pool": info["pool"]["path"], "targets": info["targets"]["path"],
-            "emb": str(root / "embeddings")}
 
 
 # ---- the set logic, against an independent brute force ----------------------------------------

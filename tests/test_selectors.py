@@ -19,15 +19,6 @@ from less_ray.testing.synthetic_store import write_store
 RAY = {"num_cpus": 2, "max_actors": 1}
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    from less_ray.data.demo import write_demo_data
-    from less_ray.ray_runtime import ensure_ray
-    ensure_ray(None, 2)  # one embedded Ray for the module
-    root = tmp_path_factory.mktemp("sel")
-    info = write_demo_data(root / "data", n_pool=200, target_family="arithmetic", n_targets=6, seed=0)
-    return {"root": root, "pool": info["pool"]["path"], "targets": info["targets"]["path"],
-            "emb": str(root / "embeddings")}
 
 
 def _scores(folder, task):

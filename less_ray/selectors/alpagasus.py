@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from ..selection.folder import score_blocks
 from ..storage import write_atomic
 from .base import ALL_TASK, PoolScorer, register, score_pool
 from .judge import (ALPAGASUS_SCALE, READINGS, JudgeConfig, LMJudge, alpagasus_prompt, judge_kwargs, parse_rating,
@@ -80,15 +79,13 @@ def run_alpagasus(cfg: AlpagasusConfig) -> dict[str, Any]:
                          {"judge": judge_kwargs(cfg), "reading": cfg.reading, "max_new_tokens": cfg.max_new_tokens,
                           "replies": str(replies)},
                          {"judge": str(cfg.model), "reading": cfg.reading, "prompt": "gpt4life/alpagasus accuracy"})
-    scores = np.concatenate([b["score"] for b in score_blocks(out / ALL_TASK / "scores.parquet", 65536)])
-    unrated = []
-    for f in sorted(replies.glob("*.jsonl")):
-        unrated += [r for r in map(json.loads, f.read_text().splitlines()) if r["rating"] is None]
+    written = [r for f in sorted(replies.glob("*.jsonl")) for r in map(json.loads, f.read_text().splitlines())]
+    unrated = [r for r in written if r["rating"] is None]
     (out / "unrated.jsonl").write_text("".join(json.dumps(r) + "\n" for r in unrated))
-    rated = scores[scores > UNRATED]
-    if len(unrated) > len(scores) / 2:  # a judge too weak for the format: the selection is by id, say so
+    rated = np.array([r["rating"] for r in written if r["rating"] is not None])
+    if len(unrated) > len(written) / 2:  # a judge too weak for the format: the selection is by id, say so
         log.warning("alpagasus: %d of %d replies hold no rating (see %s); the judge %s does not answer in the "
-                    "asked format: name a stronger judge, or --set reading=expected", len(unrated), len(scores),
+                    "asked format: name a stronger judge, or --set reading=expected", len(unrated), len(written),
                     out / "unrated.jsonl", cfg.model)
     summary.update({"unrated": {"count": len(unrated), "file": "unrated.jsonl", "score": UNRATED},
                     "rated": int(len(rated)), "mean_rating": float(rated.mean()) if len(rated) else None,

@@ -30,7 +30,7 @@ from ..selection.folder import ScoreFolderWriter, score_blocks
 from ..store import read_store
 from .base import ALL_TASK, PoolScorer, register, score_pool
 from .embeddings import embed_pool_and_targets
-from .judge import JudgeConfig, LMJudge, turn_pairs
+from .judge import JudgeConfig, LMJudge, judge_kwargs, turn_pairs
 from .kcenter import budget_for
 
 COMPLEXITY = ("You are a helpful assistant. Please identify the complexity score of the following user query. \n"
@@ -110,12 +110,10 @@ def run_deita(cfg: DeitaConfig) -> dict[str, Any]:
         raise ValueError("deita needs scorer models: --set model=DIR (or complexity_model= and quality_model=)")
     out = Path(cfg.out).resolve()
 
-    def judge(folder):
-        return {"model": str(folder or cfg.model), "batch_size": cfg.judge_batch_size,
-                "field_max_tokens": cfg.field_max_tokens, "use_gpu": cfg.actor_num_gpus > 0}
     evol_cfg = dataclasses.replace(cfg, out=str(out / "evol"))
     evol_summary = score_pool(evol_cfg, "deita", [ALL_TASK], DeitaScorer,
-                              {"complexity": judge(cfg.complexity_model), "quality": judge(cfg.quality_model)})
+                              {"complexity": judge_kwargs(cfg, cfg.complexity_model),
+                               "quality": judge_kwargs(cfg, cfg.quality_model)})
     blocks = list(score_blocks(out / "evol" / ALL_TASK / "scores.parquet", 65536))
     ids = np.concatenate([b["id"] for b in blocks])
     sources = np.concatenate([b["source"] for b in blocks])

@@ -193,11 +193,13 @@ class RewardModel:
         return out
 
 
-def judge_kwargs(cfg: Any) -> dict[str, Any]:
-    """An LMJudge's arguments from a selector config with model / judge_batch_size / field_max_tokens."""
-    if not cfg.model:
+def judge_kwargs(cfg: Any, model: str | None = None) -> dict[str, Any]:
+    """An LMJudge's arguments from a selector config with model / judge_batch_size / field_max_tokens
+    (`model`: another judge folder than cfg.model, e.g. DEITA's complexity scorer)."""
+    model = model or cfg.model
+    if not model:
         raise ValueError("this selector needs a judge model: --set model=DIR (a causal LM folder)")
-    return {"model": str(cfg.model), "batch_size": cfg.judge_batch_size, "field_max_tokens": cfg.field_max_tokens,
+    return {"model": str(model), "batch_size": cfg.judge_batch_size, "field_max_tokens": cfg.field_max_tokens,
             "use_gpu": cfg.actor_num_gpus > 0}
 
 

@@ -21,10 +21,8 @@ greedy order, then the augmented picks, then every other example by its reward (
 reward itself; the picks score floor(max other reward) + 1 + their rank from the end). Shortfalls
 fill deterministically: a high-quality set smaller than the seed share gives all of it as seed and
 its shortfall passes to the augmented step; a necessity set smaller than what is left gives all of
-it; the rest of the budget ("fill" in the summary) is then the top of the reward order. Should a greedy
-pick repeat, the repeat is dropped and the set's remaining members (pool order) complete it.
-`best_subtask` names each row's role: seed, augmented,
-necessity, high_quality or low_quality.
+it; the rest of the budget ("fill" in the summary) is then the top of the reward order.
+`best_subtask` names each row's role: seed, augmented, necessity, high_quality or low_quality.
 """
 from __future__ import annotations
 
@@ -86,10 +84,7 @@ def greedy_pick(x: np.ndarray, members: np.ndarray, k: int, rng: np.random.Gener
     k = min(k, len(members))
     if k <= 0:
         return np.empty(0, np.int64)
-    picks, _, _ = k_center_greedy(x[members], k, int(rng.integers(len(members))))
-    picks = picks[np.sort(np.unique(picks, return_index=True)[1])]
-    if len(picks) < k:
-        picks = np.concatenate([picks, np.setdiff1d(np.arange(len(members)), picks)[:k - len(picks)]])
+    picks, _, _ = k_center_greedy(x[members], k, int(rng.integers(len(members))))  # distinct, duplicates too
     return members[picks]
 
 
