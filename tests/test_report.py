@@ -209,12 +209,12 @@ def test_report_renders_for_embedding_selectors(world, tmp_path, name):
                                task="arith")
         score_stores(pool_store, {"arith": tgt}, str(out), world["pool"], 64, {"selector": "rds", "encoder": "minilm"})
     else:
-        from less_ray.selectors.kcenter import _write, targeted_scores
+        from less_ray.selectors.kcenter import targeted_scores, write_scores
         cfg.n_clusters = 5
         scores, best, info = targeted_scores(x.astype(np.float32), {"arith": t.astype(np.float32)}, cfg)
         sizes = info.pop("cluster_sizes")
-        _write(cfg, {"id": np.array(world["ids"]), "source": np.array(world["sources"], dtype=object)}, scores, best,
-               {"selector": "kcenter", "encoder": "minilm", "n_clusters": 5, "cluster_sizes": sizes, "tasks": info})
+        write_scores(cfg, {"id": np.array(world["ids"]), "source": np.array(world["sources"], dtype=object)}, scores, best,
+                     {"selector": "kcenter", "encoder": "minilm", "n_clusters": 5, "cluster_sizes": sizes, "tasks": info})
     save_config(cfg, out / "selector.config.yaml")
     run_select(SelectConfig(scores=str(out), pool=world["pool"], top_p=0.05))
     page = run_report(ReportConfig(scores=str(out), random_seed=2)).read_text()

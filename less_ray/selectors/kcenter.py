@@ -119,7 +119,7 @@ def budget_for(cfg: KCenterAllConfig, n: int) -> int:
 
 
 def write_scores(cfg: KCenterAllConfig, pool: dict[str, np.ndarray], scores: dict[str, np.ndarray],
-           best: dict[str, list[str] | None], summary: dict[str, Any]) -> dict[str, Any]:
+                 best: dict[str, list[str] | None], summary: dict[str, Any]) -> dict[str, Any]:
     writer = ScoreFolderWriter(cfg.out, list(scores), pool=cfg.pool)
     ids, sources = pool["id"].tolist(), pool["source"].tolist()
     for lo in range(0, len(ids), cfg.write_rows):
