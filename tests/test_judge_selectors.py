@@ -171,3 +171,39 @@ def test_answer_loss_is_token_weighted_and_independent_of_batching(tiny_model_di
         n += k
     for batch_size, max_tokens in [(8, 4096), (2, 4096), (8, 1)]:
         assert answer_loss(judge.lm, judge.tok, ex, batch_size, max_tokens) == pytest.approx(total / n, rel=1e-5)
+
+
+def test_lora_finetune_token_budget_takes_hf_full_batch_steps(tiny_model_dir):
+    """A token-budgeted fine-tune (micro-batches accumulated into one step) trains the same
+    adapter as a plain loop over HF's own full-batch mean loss (`model(**batch).loss`)."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from less_ray.core.finetune import FinetuneRecipe, lora_finetune, tokenized
+    from less_ray.core.formatting import FormatConfig, collate
+    judge = LMJudge(str(tiny_model_dir))
+    rows = [{"id": f"e{i}", "messages": [{"role": "user", "content": "q " * (2 * i + 1)},
+                                          {"role": "assistant", "content": "answer " * (i % 3 + 1)}]} for i in range(6)]
+    ex = tokenized(rows, judge.tok, FormatConfig("less", 128))
+    recipe = FinetuneRecipe(epochs=2, lr=1e-2, batch_size=4, seed=3)
+    # the reference: HF's mean loss on the whole batch, one backward per step, the same order and schedule
+    torch.manual_seed(recipe.seed)
+    ref = get_peft_model(copy.deepcopy(judge.lm), LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha,
+                                                           lora_dropout=0.0, target_modules=list(recipe.target_modules)))
+    opt = torch.optim.AdamW([p for p in ref.parameters() if p.requires_grad], lr=recipe.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / 4))
+    rng = np.random.default_rng(recipe.seed)
+    ref.train()
+    for _ in range(recipe.epochs):
+        order = rng.permutation(len(ex))
+        for lo in range(0, len(ex), recipe.batch_size):
+            ref(**collate([ex[i] for i in order[lo:lo + recipe.batch_size]], judge.tok.pad_token_id)).loss.backward()
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+    want = {k: v for k, v in ref.state_dict().items() if "lora_" in k}
+    for max_tokens in (4096, 1):  # one micro-batch per step; one example per micro-batch
+        got = lora_finetune(copy.deepcopy(judge.lm), judge.tok, ex, recipe, max_tokens=max_tokens).state_dict()
+        assert want and all(torch.allclose(got[k], v, atol=1e-5) for k, v in want.items())
+    assert not all(torch.allclose(v, torch.zeros_like(v)) for k, v in want.items() if "lora_B" in k)  # it trained
