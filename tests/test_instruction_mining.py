@@ -220,3 +220,34 @@ def test_config_lists_the_knobs(capsys):
     for knob in ("fit_subsets: int = 12", "fit_subset_size: int = 16", "coefficients:", "knn_k: int = 6",
                  "mtld_threshold: float = 0.72", "129", "model: str or null = null  # the base model"):
         assert knob in text
+
+
+def test_mods_reuses_the_quality_folder_and_a_changed_judge_setting_rescores(demo, tiny_model_dir, fitted):
+    """One quality pass serves instruction_mining and mods when both name the folder; a setting
+    that changes the scores (field_max_tokens) empties it and scores again."""
+    import os
+
+    from less_ray.selectors import load_selector_config, run_selector
+    from less_ray.selectors.judge import Quality, record_parts
+    from less_ray.data.io import read_records
+    out, summary = fitted
+    qdir = demo["root"] / "quality"
+    assert summary["quality"] == str(qdir) and not summary["quality_reused"]
+    scores = qdir / "all" / "scores.parquet"
+    stamp = os.stat(scores).st_mtime_ns
+    base = {"pool": demo["pool"], "top_p": 0.05, "num_cpus": 2}
+    sets = {"model": str(tiny_model_dir), "max_actors": 1, "quality": str(qdir), "embeddings": str(demo["root"] / "emb"),
+            "seed_fraction": 1.0, "quality_threshold": -1.0}  # all high quality, all seed: no fine-tune
+    s = run_selector("mods", load_selector_config("mods", None, {**base, "out": str(demo["root"] / "mods_q")}, sets))
+    assert s["quality"] == str(qdir) and s["quality_reused"] and os.stat(scores).st_mtime_ns == stamp
+    assert s["sets"]["seed"] == 10
+    ind = pq.read_table(out / "indicators.parquet").to_pydict()
+    q = pq.read_table(scores).to_pydict()
+    assert q["id"] == ind["id"] and q["score"] == pytest.approx(ind["reward"], abs=0)
+    short = run_selector("mods", load_selector_config("mods", None, {**base, "out": str(demo["root"] / "mods_q")},
+                                                      {**sets, "field_max_tokens": 4}))
+    assert not short["quality_reused"]
+    records = [r.to_dict() for r in read_records(demo["pool"]).records]
+    ref = Quality(None, str(tiny_model_dir), 8, 4, False).score([record_parts(r["messages"]) for r in records])
+    np.testing.assert_allclose(pq.read_table(scores).column("score").to_numpy(), ref, atol=1e-5)
+    assert not np.allclose(ref, ind["reward"], atol=1e-3)  # the cut changed the ratings: it was rescored

@@ -133,7 +133,7 @@ def test_reward_model_scores_quality_and_necessity(demo, tiny_model_dir):
     assert sets["quality_threshold"] == sets["necessity_threshold"] == 0.0  # the reward's sign
     records = [r.to_dict() for r in read_records(demo["pool"]).records]
     ref = RewardModel(rm, 8, 1024).score([record_parts(r["messages"]) for r in records])
-    t = pq.read_table(out / "_quality" / "all" / "scores.parquet").to_pydict()
+    t = pq.read_table(out / "quality" / "all" / "scores.parquet").to_pydict()
     assert t["id"] == [r["id"] for r in records]
     np.testing.assert_allclose(t["score"], ref, atol=1e-5)
     assert sets["high_quality"] == int((ref.astype(np.float32) > 0).sum()) > sets["seed"] == 3
@@ -173,7 +173,7 @@ def test_mods_cli_end_to_end(demo, tiny_model_dir, capsys):
     assert len(sel) == len({r["id"] for r in sel}) == 10 and {r["id"] for r in sel} <= {r["id"] for r in records}
     sets = summary["sets"]
     assert summary["quality_source"].startswith("expected ALPAGASUS rating")
-    t = pq.read_table(out / "_quality" / "all" / "scores.parquet").to_pydict()
+    t = pq.read_table(out / "quality" / "all" / "scores.parquet").to_pydict()
     np.testing.assert_allclose(t["score"], rating, atol=1e-5)  # the judge's rating is the quality
     assert sets["high_quality"] == int((rating.astype(np.float32) > np.float32(cut)).sum()) > 3
     assert sets["seed"] + sets["augmented"] + sets["fill"] == sets["budget"] == 10 and sets["seed"] == 3

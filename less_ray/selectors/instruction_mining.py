@@ -5,8 +5,9 @@ squares) to the log evaluation loss of models fine-tuned on data subsets, and th
 the rule: score = -(w . standardised indicators), lower predicted loss first.
 
 Indicators (`indicators`; every one a column of `<out>/indicators.parquet`, raw):
-- reward: `judge.Quality` of (instruction, response) (`record_parts`), by `score_pool` into the
-  reusable folder `quality` (default `<out>/quality`): the reward model's logit when
+- reward: `judge.Quality` of (instruction, response) (`record_parts`), by `judge.pool_quality` into
+  the reusable folder `quality` (default `<out>/quality`; name mods' folder and the pool is scored
+  once for both): the reward model's logit when
   `reward_model` is given (the paper's OpenAssistant deberta), else the judge `model`'s expected
   ALPAGASUS rating (0-5);
 - response_length / instruction_length: TOKENS of the base model's tokenizer (no special tokens)
@@ -38,8 +39,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -52,9 +51,9 @@ from ..artifact import claim
 from ..config import path_field
 from ..core.formatting import ChatFormat
 from ..shards import read_input_shard
-from .base import ALL_TASK, ShardActor, map_shards, read_targets, register, score_pool, shard_records
+from .base import ALL_TASK, ShardActor, map_shards, read_targets, register, shard_records
 from .indicators import draw_subsets, fit_rule, knn_mean_distance, mtld, rule_scores, standardize
-from .judge import JudgeConfig, QualityScorer, quality_kwargs, quality_source, record_parts
+from .judge import QualityConfig, pool_quality, quality_source, record_parts, weights_id
 from .loss_stats import UNSCORED
 
 log = logging.getLogger("less_ray")
@@ -63,7 +62,7 @@ SCALES = ("standardized", "raw")
 
 
 @dataclass
-class InstructionMiningConfig(JudgeConfig):
+class InstructionMiningConfig(QualityConfig):
     # the base model (perplexity, lengths, the fine-tunes) and the judge of `reward` unless reward_model is given
     model: str | None = path_field("model", None)
     chat_format: ChatFormat = "less"  # the rendering of the perplexity pass and the fine-tunes (and encoder=model)
@@ -86,7 +85,6 @@ class InstructionMiningConfig(JudgeConfig):
     mtld_threshold: float = 0.72  # MTLD's factor TTR (McCarthy & Jarvis 2010)
     max_seq_length: int = 2048  # LossStatsConfig's default: perplexity pass and fine-tunes
     loss_batch_size: int = 16  # LossStatsConfig's batch_size default: perplexity pass and eval loss
-    quality: str | None = path_field("out", None)  # reusable reward folder (default <out>/quality)
     # reusable per-shard perplexity / length / MTLD parts (default <out>/pool_indicators)
     pool_indicators: str | None = path_field("out", None)
 
@@ -112,31 +110,7 @@ def _check(cfg: InstructionMiningConfig) -> None:
         raise ValueError("instruction_mining: fit_subset_size, knn_k and fit_actors must be >= 1")
 
 
-def _folder_id(path: str) -> str:
-    """A model folder's weights by name and size (as embeddings.encoder_identity)."""
-    h = hashlib.sha256()
-    for w in sorted(Path(path).glob("*.safetensors")) or sorted(Path(path).glob("*.bin")):
-        h.update(f"{w.name}:{w.stat().st_size}".encode())
-    return h.hexdigest()[:16]
-
-
 # ---- indicators ------------------------------------------------------------------------------
-
-def _reward(cfg: InstructionMiningConfig, digest: str) -> tuple[dict[str, float], str]:
-    from ..selection.folder import score_blocks
-    folder = Path(cfg.quality or Path(cfg.out) / "quality").resolve()
-    judge = cfg.reward_model or cfg.model
-    key = {"pool_sha256": digest, "source": quality_source(cfg.reward_model, cfg.model), "weights": _folder_id(judge),
-           "field_max_tokens": cfg.field_max_tokens}
-    summary = folder / "score_summary.json"
-    if not (summary.exists() and json.loads(summary.read_text()).get("quality_key") == key):
-        score_pool(dataclasses.replace(cfg, out=str(folder)), "instruction_mining:reward", [ALL_TASK], QualityScorer,
-                   quality_kwargs(cfg), {"quality_key": key})
-    out: dict[str, float] = {}
-    for b in score_blocks(folder / ALL_TASK / "scores.parquet", 65536):
-        out.update(zip(b["id"].tolist(), b["score"].tolist()))
-    return out, str(folder)
-
 
 class _PoolActor(ShardActor):
     """Per shard: the base model's log perplexity of each example (loss_stats' base pass: the same
@@ -226,7 +200,7 @@ def compute_indicators(cfg: InstructionMiningConfig, seconds: dict[str, float]) 
     t0 = time.time()
     sharded, _, n_shards, digest = shard_records(cfg.pool, out / "_staged", cfg.shard_rows)
     parts = Path(cfg.pool_indicators or out / "pool_indicators").resolve()
-    claim(parts, {"pool_sha256": digest, "model": str(cfg.model), "weights": _folder_id(cfg.model),
+    claim(parts, {"pool_sha256": digest, "model": str(cfg.model), "weights": weights_id(cfg.model),
                   "chat_format": cfg.chat_format, "max_seq_length": cfg.max_seq_length, "shard_rows": cfg.shard_rows,
                   "mtld_threshold": cfg.mtld_threshold}, "_key.json", stage="instruction_mining indicators")
     for f in parts.glob(".tmp-*"):
@@ -255,8 +229,8 @@ def compute_indicators(cfg: InstructionMiningConfig, seconds: dict[str, float]) 
     info: dict[str, Any] = {"skipped_reasons": sorted({r for r in t["skipped"] if r is not None})}
     if "reward" in names:
         t0 = time.time()
-        reward, info["quality"] = _reward(cfg, digest)
-        cols["reward"] = by_id(reward, "the quality folder")
+        q_ids, _, q, info["quality"], info["quality_reused"] = pool_quality(cfg, "instruction_mining")
+        cols["reward"] = by_id(dict(zip(q_ids, q.tolist())), "the quality folder")
         info["reward_source"] = quality_source(cfg.reward_model, cfg.model)
         seconds["reward"] = round(time.time() - t0, 2)
     if "knn" in names:
@@ -361,4 +335,4 @@ def run_instruction_mining(cfg: InstructionMiningConfig) -> dict[str, Any]:
         "indicator_mean": dict(zip(names, mean.tolist())), "indicator_std": dict(zip(names, std.tolist())),
         "rule": rule, **extra, "seconds_per_step": seconds, "indicators_file": str(out / "indicators.parquet"),
         "skipped": {"count": int((~scored).sum()), "score": UNSCORED}, "pool_indicators": ind["parts"],
-        **{k: ind[k] for k in ("skipped_reasons", "quality", "embeddings") if k in ind}})
+        **{k: ind[k] for k in ("skipped_reasons", "quality", "quality_reused", "embeddings") if k in ind}})

@@ -21,14 +21,17 @@ the judge's context; the cut is counted by the caller.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from ..config import path_field
-from .base import ALL_TASK, PoolScorer
+from .base import ALL_TASK, PoolScorer, score_pool
 from .embeddings import EmbedConfig
 
 READINGS = ("expected", "generate")
@@ -41,6 +44,13 @@ class JudgeConfig(EmbedConfig):
     reward_model: str | None = path_field("model", None)  # a sequence-classification reward model folder
     judge_batch_size: int = 8
     field_max_tokens: int = 512  # instruction and response are each cut to this many judge tokens
+
+
+@dataclass
+class QualityConfig(JudgeConfig):
+    """JudgeConfig and the reusable quality folder of the selectors that rank by a per-example
+    reward (mods, instruction_mining): one `pool_quality` pass serves both when they name one folder."""
+    quality: str | None = path_field("out", None)  # reusable per-example quality folder (default <out>/quality)
 
 
 def record_parts(messages: Sequence[dict[str, str]]) -> tuple[str, str]:
@@ -264,3 +274,34 @@ class QualityScorer(PoolScorer):
 def quality_kwargs(cfg: JudgeConfig) -> dict[str, Any]:
     return {"reward_model": cfg.reward_model, "model": cfg.model, "batch_size": cfg.judge_batch_size,
             "field_max_tokens": cfg.field_max_tokens, "use_gpu": cfg.actor_num_gpus > 0}
+
+
+def weights_id(folder: str | Path) -> str:
+    """A model folder's weights by file name and size: cheap, and changes with any re-materialised
+    model (as `embeddings.encoder_identity`)."""
+    h = hashlib.sha256()
+    for w in sorted(Path(folder).glob("*.safetensors")) or sorted(Path(folder).glob("*.bin")):
+        h.update(f"{w.name}:{w.stat().st_size}".encode())
+    return h.hexdigest()[:16]
+
+
+def pool_quality(cfg: QualityConfig, stage: str) -> tuple[list[str], list[str], np.ndarray, str, bool]:
+    """Every pool example's `Quality` (task `all`, `score_pool` on the selectors' actors) in the
+    folder `cfg.quality` (default <out>/quality), kept while the pool, the quality source, its weights
+    and field_max_tokens are unchanged (a folder made with others is emptied first, `artifact.claim`),
+    so mods and instruction_mining pointed at one folder score the pool once.
+    Returns (ids, sources, scores float64) in pool order, the folder, and whether it was reused."""
+    import pyarrow.parquet as pq
+
+    from ..artifact import claim, sha256_file
+    folder = Path(cfg.quality or Path(cfg.out) / "quality").resolve()
+    key = {"pool_sha256": sha256_file(cfg.pool), "source": quality_source(cfg.reward_model, cfg.model),
+           "weights": weights_id(cfg.reward_model or cfg.model), "field_max_tokens": cfg.field_max_tokens}
+    claim(folder, key, "_quality_key.json", stage=f"{stage} quality")
+    reused = (folder / "score_summary.json").exists()  # written last: the pass finished
+    if not reused:
+        score_pool(dataclasses.replace(cfg, out=str(folder), top_p=None), f"{stage}:quality", [ALL_TASK],
+                   QualityScorer, quality_kwargs(cfg), {"quality_key": key, "quality_source": key["source"]})
+    t = pq.read_table(folder / ALL_TASK / "scores.parquet")
+    return (t.column("id").to_pylist(), t.column("source").to_pylist(),
+            t.column("score").to_numpy().astype(np.float64), str(folder), reused)

@@ -1,7 +1,8 @@
 """`mods` (task-agnostic): MoDS, Du, Zong & Zhang 2023 (arXiv 2311.15653; code CASIA-LM/MoDS).
 
-1. quality: every pool example's reward (`judge.QualityScorer` through `score_pool`, kept in
-   `<out>/_quality` and reused while pool, quality model and settings are unchanged): the reward
+1. quality: every pool example's reward (`judge.pool_quality`, kept in the folder `quality`,
+   default `<out>/quality`, and reused while pool, quality model and settings are unchanged; name
+   the same folder for instruction_mining and the pool is scored once): the reward
    model's logit with `reward_model` (MoDS: OpenAssistant reward-model-deberta-v3-large-v2), else the
    judge `model`'s expected ALPAGASUS rating (0-5). High quality = reward > alpha (strict, as MoDS's
    high-quality-data-extraction.py).
@@ -26,7 +27,6 @@ it; the rest of the budget ("fill" in the summary) is then the top of the reward
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import shutil
 import time
@@ -37,15 +37,16 @@ from typing import Any, Callable
 import numpy as np
 
 from ..config import path_field
-from .base import ALL_TASK, ShardActor, map_shards, register, score_pool, shard_records
-from .judge import JudgeConfig, LMJudge, Quality, QualityScorer, device_for, quality_kwargs, quality_source, record_parts
+from .base import ALL_TASK, ShardActor, map_shards, register, shard_records
+from .judge import (LMJudge, Quality, QualityConfig, device_for, pool_quality, quality_kwargs, quality_source,
+                    record_parts)
 from .kcenter import without_targets, write_scores, budget_for, k_center_greedy
 
 ROLES = ("seed", "augmented", "necessity", "high_quality", "low_quality")
 
 
 @dataclass
-class ModsConfig(JudgeConfig):
+class ModsConfig(QualityConfig):
     """`model` is the judge and (unless `base_model` is set) the model MoDS tunes on the seed set.
     `chat_format` (EmbedConfig's) is also the rendering it is tuned on and prompted with."""
     budget: int | None = None  # seed + augmented + fill (default select's k of top_p, what select keeps)
@@ -127,33 +128,7 @@ def mods_plan(rewards: np.ndarray, x: np.ndarray, budget: int, seed_fraction: fl
     return scores, roles.tolist(), {k: int(v) if isinstance(v, (int, np.integer)) else v for k, v in info.items()}
 
 
-# ---- the models: quality (score_pool), fine-tune (one Ray task), replies (Ray Data actors) ------
-
-def _weights_id(folder: str | None) -> str | None:
-    if not folder:
-        return None
-    p = Path(folder)
-    return ",".join(f"{w.name}:{w.stat().st_size}" for w in sorted(p.glob("*.safetensors")) + sorted(p.glob("*.bin")))
-
-
-def pool_quality(cfg: ModsConfig) -> tuple[list[str], list[str], np.ndarray, bool]:
-    """(ids, sources, rewards) in pool order, and whether `<out>/_quality` was reused."""
-    import pyarrow.parquet as pq
-
-    from ..artifact import claim, sha256_file
-    qdir = Path(cfg.out).resolve() / "_quality"
-    key = {"pool_sha256": sha256_file(cfg.pool), "source": quality_source(cfg.reward_model, cfg.model),
-           "weights": _weights_id(cfg.reward_model or cfg.model), "field_max_tokens": cfg.field_max_tokens,
-           "shard_rows": cfg.shard_rows}
-    claim(qdir, key, "_quality_key.json", stage="mods quality")
-    reused = (qdir / "score_summary.json").exists()
-    if not reused:
-        score_pool(dataclasses.replace(cfg, out=str(qdir), top_p=None), "mods_quality", [ALL_TASK], QualityScorer,
-                   quality_kwargs(cfg))
-    t = pq.read_table(qdir / ALL_TASK / "scores.parquet")
-    return (t.column("id").to_pylist(), t.column("source").to_pylist(),
-            t.column("score").to_numpy().astype(np.float64), reused)
-
+# ---- the models: quality (judge.pool_quality), fine-tune (one Ray task), replies (Ray Data actors) ------
 
 def generation_prompt(messages: list[dict], tok, chat_format: str) -> tuple[str, bool]:
     """The text before the last assistant turn's answer, rendered as `tokenize_messages` trains on
@@ -232,7 +207,7 @@ def necessity_rewards(cfg: ModsConfig, ids: list[str], seed_idx: np.ndarray, can
     import pyarrow.parquet as pq
     import ray
     out = Path(cfg.out).resolve()
-    sharded, n_rows, _, _ = shard_records(cfg.pool, out / "_quality" / "_staged", cfg.shard_rows)
+    sharded, n_rows, _, _ = shard_records(cfg.pool, out / "_staged", cfg.shard_rows)
     if n_rows != len(ids):
         raise RuntimeError(f"mods: the staged pool holds {n_rows} rows, the quality scores {len(ids)}")
     ndir, base = out / "_necessity", str(cfg.base_model or cfg.model)
@@ -270,7 +245,7 @@ def run_mods(cfg: ModsConfig) -> dict[str, Any]:
     if not cfg.model:
         raise ValueError("mods needs model=DIR: the causal LM it fine-tunes (and its judge without reward_model)")
     t0 = time.time()
-    ids, sources, rewards, reused = pool_quality(cfg)
+    ids, sources, rewards, qdir, reused = pool_quality(cfg, "mods")
     steps: dict[str, Any] = {"seconds_quality": round(time.time() - t0, 2)}
     t1 = time.time()
     store = read_store(embed_pool_and_targets(cfg)[0], ("id", "features"))
@@ -284,7 +259,7 @@ def run_mods(cfg: ModsConfig) -> dict[str, Any]:
     steps["seconds_selection"] = round(time.time() - t2 - steps.get("seconds_finetune", 0)
                                        - steps.get("seconds_generate", 0), 2)
     summary = {"selector": "mods", "quality_source": quality_source(cfg.reward_model, cfg.model),
-               "quality_reused": reused, "encoder": cfg.encoder, "sets": info, **steps,
+               "quality": qdir, "quality_reused": reused, "encoder": cfg.encoder, "sets": info, **steps,
                "tasks": {ALL_TASK: {"budget": info["budget"]}}}
     return write_scores(cfg, {"id": np.array(ids, dtype=object), "source": np.array(sources, dtype=object)},
                   {ALL_TASK: scores}, {ALL_TASK: roles}, summary)
