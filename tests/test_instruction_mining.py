@@ -129,7 +129,7 @@ def test_end_to_end_via_cli_fits_and_selects(demo, tiny_model_dir, fitted):
     assert all(np.isfinite(list(rule["weights"].values()))) and rule["r2"] is not None
     assert len(fit["eval_losses"]) == 8 and all(v > 0 for v in fit["eval_losses"])
     assert fit["eval_set"].startswith("targets ['arith']") and fit["trained_examples"] == [8] * 8
-    assert set(summary["seconds_per_step"]) >= {"perplexity_length_mtld", "reward", "knn", "fit", "write"}
+    assert set(summary["seconds_per_step"]) >= {"length_mtld", "perplexity", "reward", "knn", "fit", "write"}
     ind = pq.read_table(out / "indicators.parquet").to_pydict()
     assert len(ind["id"]) == 200 and all(ind["scored"])
     assert all(v >= 1 for v in ind["response_length"]) and all(v > 0 for v in ind["knn"])
@@ -138,6 +138,17 @@ def test_end_to_end_via_cli_fits_and_selects(demo, tiny_model_dir, fitted):
     np.testing.assert_allclose([again["weights"][n] for n in names], [rule["weights"][n] for n in names], atol=1e-9)
     assert (Path(summary["quality"]) / "all" / "scores.parquet").exists()
     _perplexity_is_hf_loss(demo, tiny_model_dir, ind)
+    # perplexity is loss_stats' base pass, in the loss selectors' shared folder: the `perplexity`
+    # selector beside it runs no pass and ranks by the same losses
+    from less_ray.selectors import load_selector_config, run_selector
+    assert Path(summary["stats"]).parent == out.parent / "_loss_stats" and summary["stats_jobs"][0]["passes"] == ["base"]
+    ppl = run_selector("perplexity", load_selector_config("perplexity", None, {
+        "pool": demo["pool"], "out": str(out.parent / "ppl"), "top_p": None, "num_cpus": 2},
+        {"base_model": str(tiny_model_dir), "max_seq_length": 256, "max_actors": 1, "perplexity_keep": "low"}))
+    assert ppl["stats"] == summary["stats"] and ppl["stats_jobs"] == []
+    t = pq.read_table(out.parent / "ppl" / "all" / "scores.parquet").to_pydict()
+    assert t["id"] == ind["id"]
+    np.testing.assert_allclose(t["score"], -np.asarray(ind["perplexity"]), rtol=1e-6)
 
 
 def _perplexity_is_hf_loss(demo, model_dir, ind, n=6):

@@ -12,12 +12,12 @@ Indicators (`indicators`; every one a column of `<out>/indicators.parquet`, raw)
   ALPAGASUS rating (0-5);
 - response_length / instruction_length: TOKENS of the base model's tokenizer (no special tokens)
   of the response / the instruction (instruction_length is off by default);
-- perplexity: LOG perplexity, the mean answer-token loss under the base model, computed as
-  `loss_stats`' base pass computes it (same tokenisation, `ExampleStatsComputer.forward_stats`),
-  in this selector's own per-shard pass with the lengths and MTLD (parts kept in the reusable
-  folder `pool_indicators`, default `<out>/pool_indicators`; one pass over the pool gives the
-  lengths, MTLD and perplexity together). Examples with no answer token left after
-  truncation have none: they score the lowest float32, are counted, and join no mean or subset;
+- perplexity: LOG perplexity, the mean answer-token loss under the base model: `loss_stats`' own
+  base pass (`compute_stats`), in its statistics folder `stats` (default the loss selectors'
+  shared `<out>/../_loss_stats/<key>`: the `perplexity` selector beside this one reads the same
+  pass). Examples with no answer token left after truncation have none: they score the lowest
+  float32, are counted, and join no mean or subset (the lengths' pass, which tokenises
+  each example as LESS does, names them too; the two must agree);
 - mtld: bidirectional MTLD of the response (`indicators.mtld`, threshold 0.72);
 - knn: mean Euclidean distance to the `knn_k` (6: the paper's KNN-6) nearest other pool examples
   in the pool's unit sentence embeddings (EmbedConfig's encoder, MiniLM by default).
@@ -85,8 +85,11 @@ class InstructionMiningConfig(QualityConfig):
     mtld_threshold: float = 0.72  # MTLD's factor TTR (McCarthy & Jarvis 2010)
     max_seq_length: int = 2048  # LossStatsConfig's default: perplexity pass and fine-tunes
     loss_batch_size: int = 16  # LossStatsConfig's batch_size default: perplexity pass and eval loss
-    # reusable per-shard perplexity / length / MTLD parts (default <out>/pool_indicators)
+    # reusable per-shard length / MTLD parts (default <out>/pool_indicators)
     pool_indicators: str | None = path_field("out", None)
+    # loss_stats' statistics folder holding perplexity's base pass (default: the loss selectors' shared
+    # <out>/../_loss_stats/<key>, so a `perplexity` selector beside this one reuses the pass)
+    stats: str | None = path_field("out", None)
 
 
 def _check(cfg: InstructionMiningConfig) -> None:
@@ -112,47 +115,54 @@ def _check(cfg: InstructionMiningConfig) -> None:
 
 # ---- indicators ------------------------------------------------------------------------------
 
-class _PoolActor(ShardActor):
-    """Per shard: the base model's log perplexity of each example (loss_stats' base pass: the same
-    tokenisation and `ExampleStatsComputer.forward_stats`), the response and instruction lengths in
-    base-model tokens, and the response's MTLD."""
+class _TextActor(ShardActor):
+    """Per shard, no model forward: whether LESS's tokenisation leaves the example an answer token
+    (`skipped`, its reason), the response and instruction lengths in base-model tokens, and the
+    response's MTLD."""
 
     def __init__(self, sharded: str, parts: str, base_model: str, chat_format: str, max_seq_length: int,
-                 batch_size: int, threshold: float, use_gpu: bool):
-        import torch
-
-        from ..core.example_stats import ExampleStatsComputer
+                 threshold: float):
         from ..core.formatting import FormatConfig
-        from ..models import load_model_and_tokenizer
+        from ..models import load_tokenizer
         super().__init__(sharded)
-        model, self.tok = load_model_and_tokenizer(base_model)
-        model.to(torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")).eval()
-        self.computer, self.fmt = ExampleStatsComputer(model), FormatConfig(chat_format, max_seq_length)
-        self.parts, self.batch_size, self.threshold = Path(parts), batch_size, threshold
+        self.tok, self.fmt = load_tokenizer(base_model), FormatConfig(chat_format, max_seq_length)
+        if self.tok.pad_token is None:  # as load_model_and_tokenizer (collate needs one)
+            self.tok.pad_token = self.tok.eos_token
+        self.parts, self.threshold = Path(parts), threshold
 
     def process(self, shard: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from ..core.formatting import SkippedExample, collate, tokenize_messages
+        from ..core.formatting import SkippedExample, tokenize_messages
         toks = [tokenize_messages(r["messages"], self.tok, self.fmt, example_id=r["id"]) for r in rows]
-        order = sorted((i for i, t in enumerate(toks) if not isinstance(t, SkippedExample)),
-                       key=lambda i: len(toks[i].input_ids))  # length-sorted batches, as loss_stats
-        ppl = np.full(len(rows), np.nan)
-        for lo in range(0, len(order), self.batch_size):
-            idx = order[lo:lo + self.batch_size]  # a plain model: adapter=True is the model itself
-            res = self.computer.forward_stats(collate([toks[i] for i in idx], self.tok.pad_token_id))
-            ppl[idx] = res["loss"].double().cpu().numpy()
         inst, resp = zip(*(record_parts(r["messages"]) for r in rows))
         n_tok = lambda texts: [len(self.tok(t, add_special_tokens=False)["input_ids"]) for t in texts]  # noqa: E731
         table = pa.table({"id": [r["id"] for r in rows], "source": [r["source"] for r in rows],
                           "skipped": [t.reason if isinstance(t, SkippedExample) else None for t in toks],
-                          "perplexity": ppl, "response_length": n_tok(resp), "instruction_length": n_tok(inst),
+                          "response_length": n_tok(resp), "instruction_length": n_tok(inst),
                           "mtld": [mtld(t, self.threshold) for t in resp]})
         tmp = self.parts / f".tmp-{shard:05d}.parquet"
         pq.write_table(table, tmp)
         tmp.rename(self.parts / f"{shard:05d}.parquet")
         return {"shard": shard, "rows": len(rows)}
+
+
+def base_perplexity(cfg: InstructionMiningConfig) -> tuple[dict[str, float], str, list[dict[str, Any]]]:
+    """id -> log perplexity (NaN where skipped) from `loss_stats`' base pass: its statistics folder
+    (`stats`, default the loss selectors' shared `<out>/../_loss_stats/<key>`), so a `perplexity`
+    selector beside this one reads the same pass instead of running it again. Also the folder and
+    the jobs this call ran (none when it was there)."""
+    from .base import SelectorConfig
+    from .loss_stats import LossStatsConfig, compute_stats, iter_stats
+    common = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(SelectorConfig)}
+    st = compute_stats(LossStatsConfig(**common, base_model=str(cfg.model), stats=cfg.stats,
+                                       chat_format=cfg.chat_format, max_seq_length=cfg.max_seq_length,
+                                       batch_size=cfg.loss_batch_size), ["base"])
+    out: dict[str, float] = {}
+    for part in iter_stats(st.folder, st.shards, ["base"]):
+        out.update(zip(part["id"], part["loss_base"].astype(np.float64).tolist()))
+    return out, str(st.folder), st.jobs
 
 
 class _FitActor:
@@ -205,18 +215,17 @@ def compute_indicators(cfg: InstructionMiningConfig, seconds: dict[str, float]) 
                   "mtld_threshold": cfg.mtld_threshold}, "_key.json", stage="instruction_mining indicators")
     for f in parts.glob(".tmp-*"):
         f.unlink()
-    map_shards(cfg, _PoolActor, {"sharded": str(sharded), "parts": str(parts), "base_model": str(cfg.model),
+    map_shards(cfg, _TextActor, {"sharded": str(sharded), "parts": str(parts), "base_model": str(cfg.model),
                                  "chat_format": cfg.chat_format, "max_seq_length": cfg.max_seq_length,
-                                 "batch_size": cfg.loss_batch_size, "threshold": cfg.mtld_threshold,
-                                 "use_gpu": cfg.actor_num_gpus > 0},
+                                 "threshold": cfg.mtld_threshold},
                [s for s in range(n_shards) if not (parts / f"{s:05d}.parquet").exists()], stage="indicators")
     t = pa.concat_tables([pq.read_table(parts / f"{s:05d}.parquet") for s in range(n_shards)]).to_pydict()
     ids, sources, skipped = t["id"], t["source"], [r is not None for r in t["skipped"]]
     pos = {i: n for n, i in enumerate(ids)}
     if len(pos) != len(ids):
         raise ValueError(f"instruction_mining: {cfg.pool} holds an id twice")
-    cols = {c: np.asarray(t[c], np.float64) for c in ("perplexity", "response_length", "instruction_length", "mtld")}
-    seconds["perplexity_length_mtld"] = round(time.time() - t0, 2)
+    cols = {c: np.asarray(t[c], np.float64) for c in ("response_length", "instruction_length", "mtld")}
+    seconds["length_mtld"] = round(time.time() - t0, 2)
 
     def by_id(values: dict[str, float], what: str) -> np.ndarray:
         if len(values) != len(ids) or not all(i in values for i in ids):
@@ -227,6 +236,13 @@ def compute_indicators(cfg: InstructionMiningConfig, seconds: dict[str, float]) 
         return col
 
     info: dict[str, Any] = {"skipped_reasons": sorted({r for r in t["skipped"] if r is not None})}
+    if "perplexity" in names:
+        t0 = time.time()
+        ppl, info["stats"], info["stats_jobs"] = base_perplexity(cfg)
+        cols["perplexity"] = by_id(ppl, "the loss statistics")
+        if not (np.isnan(cols["perplexity"]) == np.asarray(skipped)).all():  # one tokenisation, two passes
+            raise RuntimeError(f"instruction_mining: {info['stats']} and {parts} skip different examples")
+        seconds["perplexity"] = round(time.time() - t0, 2)
     if "reward" in names:
         t0 = time.time()
         q_ids, _, q, info["quality"], info["quality_reused"] = pool_quality(cfg, "instruction_mining")
@@ -335,4 +351,4 @@ def run_instruction_mining(cfg: InstructionMiningConfig) -> dict[str, Any]:
         "indicator_mean": dict(zip(names, mean.tolist())), "indicator_std": dict(zip(names, std.tolist())),
         "rule": rule, **extra, "seconds_per_step": seconds, "indicators_file": str(out / "indicators.parquet"),
         "skipped": {"count": int((~scored).sum()), "score": UNSCORED}, "pool_indicators": ind["parts"],
-        **{k: ind[k] for k in ("skipped_reasons", "quality", "quality_reused", "embeddings") if k in ind}})
+        **{k: ind[k] for k in ("skipped_reasons", "quality", "quality_reused", "stats", "stats_jobs", "embeddings") if k in ind}})
