@@ -21,7 +21,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -210,8 +210,10 @@ def target_dtype(dtype: str) -> str:
 
 def score_config(cfg: PipelineConfig, pool_stores: list[str], target_stores: dict[str, list[str]],
                  out: Path) -> ScoreConfig:
-    return stage_config(cfg.score, pool_stores=pool_stores, tasks=[TaskSpec(t, s) for t, s in target_stores.items()],
-                        out=str(out), **stage_ray(cfg))
+    sc = stage_config(cfg.score, pool_stores=pool_stores, tasks=[TaskSpec(t, s) for t, s in target_stores.items()],
+                      out=str(out), **stage_ray(cfg))
+    # select's round-robin order takes turns over the subtask scores: score writes them then
+    return replace(sc, subtask_scores=True) if cfg.select.order == "round_robin" else sc
 
 
 def select_config(cfg: PipelineConfig, scores: Path) -> SelectConfig:

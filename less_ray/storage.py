@@ -82,6 +82,18 @@ def rmtree(p: Any) -> None:
         pass
 
 
+def remove(p: Any) -> None:
+    """Remove one file; nothing if it is not there."""
+    loc = location(p)
+    if isinstance(loc, Path):
+        loc.unlink(missing_ok=True)
+        return
+    try:
+        loc.fs.rm(loc.path)
+    except FileNotFoundError:
+        pass
+
+
 def write_atomic(p: Any, data: bytes | str) -> None:
     """`p` holds `data` whole, or its previous content: never a part of it."""
     loc = location(p)

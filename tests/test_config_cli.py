@@ -68,6 +68,10 @@ def test_pipeline_pool_options_reach_the_stages(tmp_path):
     assert (e.max_actors, e.actor_num_gpus, e.address) == (7, 1.0, "auto")
     s = score_config(cfg, ["pool0"], {"bbh": ["t0"]}, tmp_path)
     assert (s.min_actors, s.actor_num_gpus, s.address, s.tasks[0].name) == (3, 0.5, "auto", "bbh")
+    assert not s.subtask_scores
+    # select's round-robin order needs the subtask scores: the pipeline's score stage writes them
+    rr = load_config(PipelineConfig, None, {"select": {"order": "round_robin"}})
+    assert score_config(rr, ["pool0"], {"bbh": ["t0"]}, tmp_path).subtask_scores
 
 
 @pytest.mark.parametrize("text, fragment", [

@@ -9,22 +9,7 @@ import pytest
 import torch
 
 from less_ray.core.round_robin import FLOAT32_EXACT, RoundRobin, key_scores, round_robin_keys
-
-
-def rds_plus_picks(lists: list[np.ndarray], budget: int) -> list[int]:
-    """hamishivi/automated-instruction-selection get_top_influences.py, --selection_method max:
-    per test point its (train index, score) pairs sorted by score, reverse (Python's stable sort);
-    round after round each test point pops its best, appended then de-duplicated in order."""
-    sorted_lists = {t: sorted(enumerate(col.tolist()), key=lambda x: x[1], reverse=True) for t, col in enumerate(lists)}
-    saved: list[int] = []
-    while len(saved) < budget:
-        for t in sorted_lists:
-            inst, _ = sorted_lists[t].pop(0)
-            saved.append(inst)
-            saved = list(dict.fromkeys(saved))  # remove_dupes_ordered
-            if len(saved) >= budget:
-                break
-    return saved[:budget]
+from round_robin_reference import rds_plus_picks
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

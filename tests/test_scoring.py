@@ -253,3 +253,35 @@ def test_report_is_one_self_contained_page(ray_local, world, tmp_path):
     sel_counts = [int(x) for x in re.findall(r"<tr><td>src\d</td><td class='num'>\d+</td><td class='num'>[\d.]+%</td>"
                                              r"<td class='num'>\d+</td><td class='num'>[\d.]+%</td><td class='num'>(\d+)</td>", page)]
     assert sum(sel_counts[:4]) == k
+
+
+def test_round_robin_order_takes_turns_over_the_stored_subtask_scores(ray_local, world, tmp_path):
+    import pyarrow.parquet as pq
+
+    from round_robin_reference import rds_plus_picks
+    run_score(_cfg(world, tmp_path, subtask_scores=True))
+    result = run_select(SelectConfig(scores=str(tmp_path), top_p=0.05, order="round_robin"))
+    k = int(0.05 * N)
+    for task in TASKS:
+        _, cols, names = dense(world, task)
+        sub = pq.read_table(tmp_path / task / "subtask_scores.parquet").to_pydict()
+        assert list(sub) == ["id", *names] and sub["id"] == world["ids"]
+        np.testing.assert_allclose(np.stack([sub[n] for n in names], 1), cols, rtol=1e-5, atol=1e-6)
+        want = [world["ids"][i] for i in rds_plus_picks([np.asarray(sub[n]) for n in names], k)]
+        sel = [json.loads(x)["id"] for x in (tmp_path / task / "top_p0.05.round_robin.jsonl").read_text().splitlines()]
+        assert sel == want and result[task]["order"] == "round_robin"
+        assert result[task]["round_robin"] == {"subtasks": names, "exact_positions": N}
+        man = json.loads((tmp_path / task / "selection.json").read_text())
+        assert man["file"] == "top_p0.05.round_robin.jsonl" and man["order"] == "round_robin"
+        rows = [r["id"] for r in csv.DictReader(open(tmp_path / task / "sorted.round_robin.csv"))]
+        assert len(rows) == N and rows[:k] == want
+    # alpha's 3 subtasks share the budget by turns; the max order gives its top subtask more
+    top = {r["id"] for r in map(json.loads, (tmp_path / "alpha" / "top_p0.05.round_robin.jsonl").open())}
+    run_select(SelectConfig(scores=str(tmp_path), top_p=0.05))
+    assert (tmp_path / "alpha" / "top_p0.05.jsonl").exists() and top != {
+        r["id"] for r in map(json.loads, (tmp_path / "alpha" / "top_p0.05.jsonl").open())}
+    # rescored without them: no stale subtask scores stay behind, and round_robin says what to do
+    run_score(_cfg(world, tmp_path))
+    assert not (tmp_path / "alpha" / "subtask_scores.parquet").exists()
+    with pytest.raises(FileNotFoundError, match="subtask_scores: true"):
+        run_select(SelectConfig(scores=str(tmp_path), top_p=0.05, order="round_robin"))

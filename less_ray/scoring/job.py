@@ -69,6 +69,9 @@ class ScoreConfig(RayStage):
     verify: bool = True
     # a target subtask whose every example was skipped by extract: refused unless allowed
     allow_missing_subtasks: bool = False
+    # also write each task's per-subtask scores (<task>/subtask_scores.parquet, 4 bytes a row and
+    # subtask): what `select --set order=round_robin` takes turns over
+    subtask_scores: bool = False
 
 
 def _id_hash(ids) -> np.ndarray:
@@ -104,7 +107,8 @@ class ShardScorer:
     """Ray Data actor: scores whole shards (one batch row = one shard index)."""
 
     def __init__(self, pool_stores: list[str], matrices: list[np.ndarray], tasks: list[tuple[str, slice]],
-                 parts_dir: str, block_rows: int, use_gpu: bool = False, threads: int = 1, verify: bool = True):
+                 parts_dir: str, block_rows: int, use_gpu: bool = False, threads: int = 1, verify: bool = True,
+                 subtask_scores: bool = False):
         import torch
         torch.set_num_threads(max(1, threads))
         manifests = [read_manifest(s) for s in pool_stores]
@@ -113,7 +117,7 @@ class ShardScorer:
         self.normalized = [m.normalized for m in manifests]
         self.dims = [m.projection.dim for m in manifests]
         self.dtypes = [m.dtype for m in manifests]
-        self.verify = verify
+        self.verify, self.subtask_scores = verify, subtask_scores
         if verify:
             from concurrent.futures import ThreadPoolExecutor
             self._hasher = ThreadPoolExecutor(1, thread_name_prefix="shard-sha256")
@@ -229,6 +233,9 @@ class ShardScorer:
             score, best = reduce_max(total, sl)
             cols[f"score/{name}"] = pa.array(score.astype(np.float32))
             cols[f"best/{name}"] = pa.array(best.astype(np.int32))
+            if self.subtask_scores:
+                for j in range(sl.stop - sl.start):
+                    cols[f"sub/{name}/{j}"] = pa.array(total[:, sl.start + j].astype(np.float32))
         return pa.table(cols)
 
     def _check_scores(self, total: np.ndarray, shard: int, ids) -> None:
@@ -395,7 +402,8 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
                                          "tasks": [(q.task, sl) for q, sl in zip(queries, slices)],
                                          "parts_dir": str(parts), "block_rows": cfg.block_rows,
                                          "use_gpu": cfg.actor_num_gpus > 0,
-                                         "threads": max(1, int(cfg.actor_num_cpus)), "verify": cfg.verify},
+                                         "threads": max(1, int(cfg.actor_num_cpus)), "verify": cfg.verify,
+                                         "subtask_scores": cfg.subtask_scores},
                       list(range(n_shards)), "score", knobs="score.block_rows or max_actors")
     errors = sorted((int(d["shard"]), str(d["error"])) for d in done if d["error"])
     if errors:
@@ -421,9 +429,11 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
     writer = ScoreFolderWriter(out, [q.task for q in queries])  # the score folder every selector writes
     for q in queries:
         names = pa.array(q.subtasks, pa.string())
+        sub = [f"sub/{q.task}/{j}" for j in range(len(q.subtasks))] if cfg.subtask_scores else []
         for i in range(n_shards):  # one row group per shard, in pool order
-            part = _read_part(parts / f"{i:05d}.parquet", ["id", "source", f"score/{q.task}", f"best/{q.task}"])
-            writer.write(q.task, part.column(0), part.column(1), part.column(2), pc.take(names, part.column(3)))
+            part = _read_part(parts / f"{i:05d}.parquet", ["id", "source", f"score/{q.task}", f"best/{q.task}", *sub])
+            writer.write(q.task, part.column(0), part.column(1), part.column(2), pc.take(names, part.column(3)),
+                         {s: part.column(c).to_numpy() for s, c in zip(q.subtasks, sub)} if sub else None)
     storage.rmtree(parts)
     manifests = out / "manifests"
     for k, ck in enumerate(stores):

@@ -2,6 +2,9 @@
 
     <out>/score_summary.json        {"selector": ..., "pool_rows": N, "tasks": {task: {"scores": path, ...}}, ...}
     <out>/<task>/scores.parquet     id string, source string, score float32, best_subtask string
+    <out>/<task>/subtask_scores.parquet   optional: id string, then one float32 column per subtask
+                                    (the subtask's score before the reduction to `score`), same rows;
+                                    `select --set order=round_robin` needs it
     <out>/manifests/pool.json       {"input": {"path": <pool records file>}} (lets select find the pool)
 
 LESS's `less-ray score` writes it; so does every other selector (random, RDS, k-center, EL2N, ...);
@@ -21,6 +24,7 @@ import numpy as np
 from .. import storage
 
 SCHEMA_FIELDS = (("id", "string"), ("source", "string"), ("score", "float32"), ("best_subtask", "string"))
+SUBTASK_SCORES = "subtask_scores.parquet"
 
 
 def _column(values):
@@ -42,10 +46,13 @@ class ScoreFolderWriter:
         self.schema = pa.schema([(n, getattr(pa, t)()) for n, t in SCHEMA_FIELDS])
         self._writers: dict[str, Any] = {}
         self._temp: dict[str, Path] = {}  # task -> its scores file being written (local; uploaded at close)
+        self._sub: dict[str, tuple[Any, Path, int]] = {}  # task -> (writer, local file, rows) of subtask scores
         self._rows = {t: 0 for t in self.tasks}
 
     def write(self, task: str, ids: Sequence[str], sources: Sequence[str], scores,
-              best_subtask: Sequence[str] | None = None) -> None:
+              best_subtask: Sequence[str] | None = None, subtask_scores: dict[str, Any] | None = None) -> None:
+        """One block of a task's rows; `subtask_scores` (subtask -> scores of these rows, the same
+        subtasks in every block of the task, or never) also goes to its subtask_scores.parquet."""
         import pyarrow as pa
         import pyarrow.parquet as pq
         if task not in self._rows:
@@ -63,13 +70,40 @@ class ScoreFolderWriter:
         best = best_subtask if best_subtask is not None else [task] * len(ids)
         self._writers[task].write_table(pa.table([_column(ids), _column(sources), pa.array(scores), _column(best)],
                                                  schema=self.schema))
+        if (subtask_scores is not None) != (task in self._sub) and self._rows[task]:
+            raise ValueError(f"{task}: subtask scores given for some blocks only")
+        if subtask_scores is not None:
+            self._write_subtasks(task, ids, subtask_scores)
         self._rows[task] += len(ids)
+
+    def _write_subtasks(self, task: str, ids, subtask_scores: dict[str, Any]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        cols = {k: np.asarray(v, dtype=np.float32) for k, v in subtask_scores.items()}
+        if not cols or "id" in cols or any(len(v) != len(ids) or not np.isfinite(v).all() for v in cols.values()):
+            raise ValueError(f"{task}: subtask scores must be finite, one per row, for named subtasks (not 'id')")
+        schema = pa.schema([("id", pa.string())] + [(k, pa.float32()) for k in cols])
+        if task not in self._sub:
+            tmp = storage.spool_file(self.out / task / SUBTASK_SCORES)
+            self._sub[task] = (pq.ParquetWriter(tmp, schema), tmp, 0)
+        w, tmp, rows = self._sub[task]
+        if not w.schema.equals(schema):
+            raise ValueError(f"{task}: subtask scores name {list(cols)}, earlier blocks {w.schema.names[1:]}")
+        w.write_table(pa.table([_column(ids)] + [pa.array(v) for v in cols.values()], schema=schema))
+        self._sub[task] = (w, tmp, rows + len(ids))
 
     def close(self, summary: dict[str, Any] | None = None) -> dict[str, Any]:
         """Rename the files into place and write score_summary.json (plus `summary`'s keys)."""
         for task, w in self._writers.items():
             w.close()
             storage.upload(self._temp[task], self.out / task / "scores.parquet")
+        for task in self.tasks:  # a rerun without them leaves no earlier run's subtask scores behind
+            if task in self._sub:
+                w, tmp, _ = self._sub[task]
+                w.close()
+                storage.upload(tmp, self.out / task / SUBTASK_SCORES)
+            else:
+                storage.remove(self.out / task / SUBTASK_SCORES)
         missing = [t for t in self.tasks if t not in self._writers]
         if missing:
             raise ValueError(f"no scores were written for task(s) {missing}")

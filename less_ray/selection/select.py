@@ -12,6 +12,13 @@ reproduces LESS's `top_p*.jsonl` line counts, float rounding included: int(0.29�
 never more than the rows scored.
 The top-k is an exact streaming top-k over the score blocks (ties: smaller id first); the
 sorted list is an external merge of sorted blocks, so neither holds the pool in memory.
+
+`order: round_robin` ranks by the task's subtasks taking turns instead (RDS+'s and Ivison et
+al.'s multi-task selection; `core.round_robin`): each subtask in turn adds its best example not
+yet selected, from `<task>/subtask_scores.parquet` (written by `score` / `rds` with
+`subtask_scores: true`). Its files are `top_p{p}.round_robin.jsonl` and `sorted.round_robin.csv`
+(score = -(round x subtasks + subtask index)), beside the max-order ones; `selection.json` names
+the latest. It holds a few arrays of the pool's length in memory (not the pool's features).
 """
 from __future__ import annotations
 
@@ -31,7 +38,7 @@ from ..config import config_to_dict, save_config, path_field
 from ..artifact import sha256_file
 from ..core.influence import TopK
 from ..data.io import iter_records
-from .folder import score_blocks
+from .folder import SUBTASK_SCORES, score_blocks
 
 
 @dataclass
@@ -44,8 +51,12 @@ class SelectConfig:
     count_rule: str = "floor"  # floor: floor(p·N + 1e-9) | less: LESS's int(p·N)
     sorted_csv: bool = True
     block_rows: int = 65536
+    # score: the task's score, descending (LESS: the max over its subtasks) | round_robin: the task's
+    # subtasks take turns, each adding its best example not yet selected (needs subtask_scores.parquet)
+    order: str = "score"
 
 
+ORDERS = ("score", "round_robin")
 COUNT_RULES = {"floor": "k = floor(p·N + 1e-9)", "less": "k = int(p·N) (LESS's write_selected_data)"}
 
 
@@ -81,7 +92,40 @@ def pool_size(pool: str | list[str]) -> int:
 
 
 def selection_name(cfg: SelectConfig) -> str:
-    return f"top_n{cfg.top_n}.jsonl" if cfg.top_n is not None else f"top_p{cfg.top_p:g}.jsonl"
+    stem = f"top_n{cfg.top_n}" if cfg.top_n is not None else f"top_p{cfg.top_p:g}"
+    return f"{stem}.jsonl" if cfg.order == "score" else f"{stem}.{cfg.order}.jsonl"
+
+
+def round_robin_ranking(scores_path: Path, subtask_path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(ids, score = -round-robin key) over the whole pool from a task's subtask scores (one column
+    read at a time: memory a few arrays of the pool's length), and what it used."""
+    import pyarrow.parquet as pq
+
+    from ..core.round_robin import RoundRobin, key_scores
+    pf = pq.ParquetFile(subtask_path)
+    subtasks = [n for n in pf.schema_arrow.names if n != "id"]
+    ids = pq.read_table(subtask_path, columns=["id"]).column(0).combine_chunks()
+    if not ids.equals(pq.read_table(scores_path, columns=["id"]).column(0).combine_chunks()):
+        raise ValueError(f"{subtask_path}: its ids are not {scores_path}'s, row for row; rescore the task")
+    rr = RoundRobin(len(ids))
+    for name in subtasks:  # the score stage's subtask order: the turn order
+        rr.add(pq.read_table(subtask_path, columns=[name]).column(0).to_numpy().astype(np.float64))
+    keys, _ = rr.keys()
+    score, exact = key_scores(keys)
+    return np.asarray(ids.to_pylist(), dtype=str), score, {"subtasks": subtasks, "exact_positions": exact}
+
+
+def write_sorted_rows(ids: np.ndarray, sources: np.ndarray, scores: np.ndarray, out) -> int:
+    """sorted.csv from whole-pool arrays already in memory (the round-robin order)."""
+    order = np.lexsort((ids, -scores))
+    tmp = storage.spool_file(out)
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["source", "id", "score"])
+        for i in order:
+            w.writerow([sources[i], ids[i], repr(float(scores[i]))])
+    storage.upload(tmp, out)
+    return len(order)
 
 
 def top_k(path: Path, k: int, block_rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -196,6 +240,8 @@ def run_select(cfg: SelectConfig) -> dict[str, Any]:
     tasks = cfg.tasks or list(summary["tasks"])
     if cfg.top_n is None and (cfg.top_p is None or not 0 < cfg.top_p <= 1):
         raise ValueError(f"select: top_p must be in (0, 1], got {cfg.top_p}")
+    if cfg.order not in ORDERS:
+        raise ValueError(f"select: order must be one of {ORDERS}, not {cfg.order!r}")
     pool = pool_file(cfg.scores, cfg.pool)
     n_pool = pool_size(pool)
     result = {}
@@ -203,17 +249,36 @@ def run_select(cfg: SelectConfig) -> dict[str, Any]:
         with storage.fetched(root / task / "scores.parquet") as scores_path:  # remote: read once, locally
             n = pq.ParquetFile(scores_path).metadata.num_rows
             k = selection_count(cfg.top_p, cfg.top_n, n_pool, n, cfg.count_rule)
-            ids, scores = top_k(scores_path, k, cfg.block_rows)
+            extra: dict[str, Any] = {}
+            if cfg.order == "round_robin":
+                sub = root / task / SUBTASK_SCORES
+                if not storage.location(sub).exists():
+                    raise FileNotFoundError(f"{sub}: select order=round_robin needs each subtask's scores; score "
+                                            "with subtask_scores: true (less-ray score --set subtask_scores=true)")
+                with storage.fetched(sub) as sub_path:
+                    all_ids, rr_score, extra["round_robin"] = round_robin_ranking(scores_path, sub_path)
+                    extra["subtask_scores_sha256"] = sha256_file(sub_path)
+                first = np.lexsort((all_ids, -rr_score))[:k]
+                ids, scores = all_ids[first], rr_score[first]
+            else:
+                ids, scores = top_k(scores_path, k, cfg.block_rows)
             sel = root / task / selection_name(cfg)
             selected = write_selection(pool, ids, scores, sel)
             rule = count_record(cfg.top_p, cfg.top_n, n_pool, n, k, cfg.count_rule)
             write_selection_manifest(root / task, {
-                "file": sel.name, "k": k, "rule": rule, "pool": str(pool), "scores_sha256": sha256_file(scores_path),
-                "selection_sha256": selected, "config": config_to_dict(cfg)})
-            info = {"selected": k, "pool": n_pool, "scored": n, "rule": rule, "file": str(sel)}
+                "file": sel.name, "k": k, "rule": rule, "order": cfg.order, "pool": str(pool),
+                "scores_sha256": sha256_file(scores_path), "selection_sha256": selected, **extra,
+                "config": config_to_dict(cfg)})
+            info = {"selected": k, "pool": n_pool, "scored": n, "rule": rule, "order": cfg.order, "file": str(sel),
+                    **extra}
             if cfg.sorted_csv:
-                write_sorted_csv(scores_path, root / task / "sorted.csv", cfg.block_rows)
-                info["sorted_csv"] = str(root / task / "sorted.csv")
+                csv_name = "sorted.csv" if cfg.order == "score" else f"sorted.{cfg.order}.csv"
+                if cfg.order == "score":
+                    write_sorted_csv(scores_path, root / task / csv_name, cfg.block_rows)
+                else:
+                    sources = pq.read_table(scores_path, columns=["source"]).column(0).to_numpy(zero_copy_only=False)
+                    write_sorted_rows(all_ids, np.asarray(sources, dtype=object), rr_score, root / task / csv_name)
+                info["sorted_csv"] = str(root / task / csv_name)
         save_config(cfg, root / task / "select.config.yaml")
         result[task] = info
     return result

@@ -24,6 +24,7 @@ from .embeddings import EmbedConfig, check_same_encoder, embed_pool_and_targets
 @dataclass
 class RDSConfig(EmbedConfig):
     block_rows: int = 65536
+    subtask_scores: bool = False  # also write <task>/subtask_scores.parquet (select's order=round_robin)
 
 
 def task_queries(target_stores: dict[str, Path]) -> list[TaskQuery]:
@@ -35,7 +36,7 @@ def task_queries(target_stores: dict[str, Path]) -> list[TaskQuery]:
 
 
 def score_stores(pool_store: Path, target_stores: dict[str, Path], out: str, pool: str, block_rows: int,
-                 summary: dict[str, Any] | None = None) -> dict[str, Any]:
+                 summary: dict[str, Any] | None = None, subtask_scores: bool = False) -> dict[str, Any]:
     """Stream the pool store through the stacked subtask-mean target embeddings -> score folder."""
     check_same_encoder(pool_store, list(target_stores.values()))
     queries = task_queries(target_stores)
@@ -46,7 +47,8 @@ def score_stores(pool_store: Path, target_stores: dict[str, Path], out: str, poo
         for q, sl in zip(queries, slices):
             score, best = reduce_max(sims, sl)
             writer.write(q.task, list(blk["id"]), list(blk["source"]), score,
-                         np.asarray(q.subtasks, dtype=object)[best].tolist())
+                         np.asarray(q.subtasks, dtype=object)[best].tolist(),
+                         dict(zip(q.subtasks, sims[:, sl].T)) if subtask_scores else None)
     return writer.close({**(summary or {}), "tasks": {q.task: {"subtasks": q.subtasks} for q in queries}})
 
 
@@ -54,4 +56,5 @@ def score_stores(pool_store: Path, target_stores: dict[str, Path], out: str, poo
 def run_rds(cfg: RDSConfig) -> dict[str, Any]:
     pool_store, target_stores = embed_pool_and_targets(cfg)
     return score_stores(pool_store, target_stores, cfg.out, cfg.pool, cfg.block_rows,
-                        {"selector": "rds", "encoder": cfg.encoder, "embeddings": str(pool_store.parent)})
+                        {"selector": "rds", "encoder": cfg.encoder, "embeddings": str(pool_store.parent)},
+                        cfg.subtask_scores)
