@@ -243,12 +243,14 @@ def selector_config(cfg: PipelineConfig, run: Run, name: str, checkpoints: list[
     known = {"pool": cfg.pool, "out": str(run.root / "selectors" / name), "seed": cfg.seed,
              **stage_ray(cfg), "chat_format": cfg.chat_format,
              "max_seq_length": cfg.max_seq_length, "model": cfg.base_model, "base_model": cfg.base_model,
-             "checkpoint": checkpoint, "embeddings": str(run.root / "selectors" / "embeddings")}
+             "checkpoint": checkpoint, "embeddings": str(run.root / "selectors" / "embeddings"),
+             "run_folder": str(run.root)}
     if sel.targeted:
         known["targets"] = dict(targets or cfg.targets)  # the prepared targets: never the held-out ones
     if fields["top_p"].default == SelectorConfig.top_p:  # a selector with its own default (full: 1) keeps it
         known["top_p"] = cfg.select.top_p
-    data = {k: v for k, v in known.items() if k in fields and v is not None}
+    keep = getattr(sel.config_cls, "OWN_DEFAULTS", ())  # a method's own settings (RDS+'s rendering) win
+    data = {k: v for k, v in known.items() if k in fields and v is not None and k not in keep}
     data.update(cfg.selectors[name] or {})
     return config_from_dict(sel.config_cls, data, f"pipeline selectors.{name}")
 

@@ -19,6 +19,7 @@ SELECTOR_MODULES: dict[str, str] = {
     "mods": "mods",
     "instruction_mining": "instruction_mining",
     "deft_ucs": "deft_ucs",
+    "fusion": "fusion",
 }
 
 __all__ = ["ALL_TASK", "PoolScorer", "SELECTOR_MODULES", "Selector", "SelectorConfig", "get_selector",

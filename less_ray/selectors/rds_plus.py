@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -52,6 +52,8 @@ class RDSPlusConfig(EmbedConfig):
     aggregation: str = "round_robin"  # round_robin (RDS+'s) | max | mean over the task's target examples
     block_rows: int = 65536
     sims_bytes: int = 1 << 30  # round_robin: memory for [pool, targets chunk] float32 cosines
+    # the pipeline fills in its own chat_format elsewhere; RDS+ renders as its paper does
+    OWN_DEFAULTS: ClassVar[tuple[str, ...]] = ("chat_format",)
 
 
 def _pool_columns(pool_store: Path, block_rows: int) -> tuple[list[str], list[str]]:
