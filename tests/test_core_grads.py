@@ -302,3 +302,34 @@ def test_bf16_features_within_stated_tolerance_of_fp32(tiny_model_dir, ckpt_dir,
         assert dist["bf16"].max() <= BF16_COS_SLACK * dist["bf16 formed in fp32"].max() + 1e-6, (kind, dist)
         assert (feats["bf16"] * feats["fp32"]).sum(1).min() > 0.95, kind
 
+
+
+@pytest.mark.parametrize("pooling", ["weighted_mean", "mean"])
+@pytest.mark.parametrize("grouped, split", [(False, None), (False, 0), (True, 0)])
+def test_pooled_hidden_states_from_the_gradient_pass_match_one_example_at_a_time(model, moments, examples, pooling,
+                                                                                 grouped, split):
+    """The extraction pass's embedding = RDS+'s (compute_influence_cosinesim.py, batch size 1):
+    HF's hidden_states[-1] of the example alone, position weights (i + 1) / sum, L2-normalised."""
+    computer = LoraGradientComputer(model, split_overhead=split, pooling=pooling)
+    projector = RademacherProjector(computer.num_params, [64], seed=7, block_rows=100)
+    if grouped:
+        parts = computer.features_grouped([collate(examples[a:b], PAD) for a, b in ((0, 2), (2, 3), (3, None))],
+                                          "adam", projector, moments=moments, betas=BETAS, eps=EPS)
+        emb = torch.cat([p["embedding"] for p in parts])
+    else:
+        emb = computer.features(collate(examples, PAD), "adam", projector, moments=moments, betas=BETAS,
+                                eps=EPS)["embedding"]
+    assert emb.shape == (len(examples), model.config.hidden_size) and emb.dtype == torch.float32
+    model.eval()
+    for i, e in enumerate(examples):
+        ids = torch.tensor([e.input_ids])
+        with torch.no_grad():
+            hidden = model(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True).hidden_states[-1]
+        w = torch.arange(hidden.size(1)).unsqueeze(0) + 1 if pooling == "weighted_mean" else torch.ones(1, hidden.size(1))
+        w = w / w.sum(dim=1, keepdim=True)
+        ref = torch.sum(hidden * w.unsqueeze(-1), dim=1)[0]
+        ref = ref / torch.linalg.vector_norm(ref)
+        assert rel(emb[i], ref) <= 1e-5, i
+    plain = computer.features(collate(examples, PAD), "adam", projector, moments=moments, betas=BETAS, eps=EPS)
+    assert "embedding" in plain and "embedding" not in LoraGradientComputer(model).features(
+        collate(examples, PAD), "adam", projector, moments=moments, betas=BETAS, eps=EPS)

@@ -239,3 +239,56 @@ def test_an_extractor_uses_the_cores_ray_granted_it(tiny_model_dir, tmp_path):
             assert torch.get_num_threads() == cores
     finally:
         torch.set_num_threads(before)
+
+
+def test_embedding_from_the_same_pass_is_rds_plus_of_the_checkpoint_and_feeds_rds_plus(ray_local, tiny_model_dir,
+                                                                                     ckpt, records, tmp_path):
+    """extract's embedding store: per example the checkpoint model's hidden_states[-1] alone (no
+    padding), position-weighted, normalised (RDS+'s code path); pool and targets from two
+    extractions feed rds_plus, whose selection is RDS+'s round robin over them."""
+    from peft import PeftModel
+
+    from less_ray.core.formatting import FormatConfig, tokenize_messages
+    from less_ray.extract.job import embedding_dir
+    from less_ray.models import load_model_and_tokenizer
+    from less_ray.selectors import load_selector_config, run_selector
+    from round_robin_reference import rds_plus_picks
+    pool, path = records
+    common = dict(checkpoint=str(ckpt), dims=[16], shard_rows=25, precision="fp32", embedding="weighted_mean",
+                  max_actors=2, actor_num_cpus=0.5)
+    run_extract(ExtractConfig(data=str(path), out=str(tmp_path / "pool"), kind="adam", **common))
+    tgt_recs = [r.__class__(**{**r.__dict__, "task": "t", "subtask": f"s{i % 2}"}) for i, r in enumerate(pool[:6])]
+    tpath = tmp_path / "targets.jsonl"
+    write_jsonl(tgt_recs, tpath)
+    run_extract(ExtractConfig(data=str(tpath), out=str(tmp_path / "tgt"), kind="sgd", **common))
+    store = embedding_dir(tmp_path / "pool")
+    man = read_manifest(store)
+    assert (man.kind, man.count, man.projection.type, man.normalized, man.dtype) == ("embedding", 60, "identity",
+                                                                                     True, "float32")
+    got = read_store(store, ("id", "features"))
+    assert list(got["id"]) == [r.id for r in pool]
+    base, tok = load_model_and_tokenizer(tiny_model_dir)
+    model = PeftModel.from_pretrained(base, str(ckpt)).eval()
+    for i, r in enumerate(pool[:12]):
+        ex = tokenize_messages(r.messages, tok, FormatConfig(ExtractConfig.chat_format))
+        ids = torch.tensor([ex.input_ids])
+        with torch.no_grad():
+            h = model(input_ids=ids, output_hidden_states=True).hidden_states[-1]
+        w = torch.arange(h.size(1)).unsqueeze(0) + 1
+        e = torch.sum(h * (w / w.sum(dim=1, keepdim=True)).unsqueeze(-1), dim=1)[0]
+        np.testing.assert_allclose(got["features"][i], (e / e.norm()).numpy(), atol=2e-5)
+    # a rerun finds every store done (the embedding store included)
+    from less_ray.extract.job import input_parts, pending_shards, resolve, shard_keys, embedding_key
+    cfg = resolve(ExtractConfig(data=str(path), out=str(tmp_path / "pool"), kind="adam", **common))
+    parts = input_parts(cfg, tmp_path / "pool", [16])
+    assert pending_shards(cfg, shard_keys(cfg, [16], parts), parts, embedding_key(cfg, parts)) == []
+    out = tmp_path / "rdsp"
+    s = run_selector("rds_plus", load_selector_config("rds_plus", None, {
+        "pool": str(path), "targets": {"t": str(tpath)}, "out": str(out), "top_p": 0.1,
+        "pool_embeddings": str(store), "target_embeddings": {"t": str(embedding_dir(tmp_path / "tgt"))}}))
+    assert s["encoder"]["encoder"] == "extract" and s["encoder"]["pooling"] == "weighted_mean"
+    tf = read_store(embedding_dir(tmp_path / "tgt"), ("features",))["features"]
+    sims = got["features"] @ tf.T
+    want = [got["id"][i] for i in rds_plus_picks([sims[:, j] for j in range(sims.shape[1])], 6)]
+    sel = [json.loads(x)["id"] for x in (out / "t" / "top_p0.1.jsonl").read_text().splitlines()]
+    assert sorted(sel) == sorted(want)

@@ -83,7 +83,8 @@ class LoraGradientComputer:
     """
 
     def __init__(self, model: torch.nn.Module, feature_cast: torch.dtype | None = None,
-                 split_overhead: int | None | Literal["auto"] = "auto", block_dtype: torch.dtype | None = None):
+                 split_overhead: int | None | Literal["auto"] = "auto", block_dtype: torch.dtype | None = None,
+                 pooling: Literal["mean", "weighted_mean"] | None = None):
         """feature_cast: round each (adam-transformed) gradient block to this dtype before the
         projection, as LESS does (`torch.stack(full_grads).to(torch.float16)`); None: fp32 as is.
         block_dtype: the dtype the per-example gradients are formed in; None: the model's own.
@@ -95,7 +96,14 @@ class LoraGradientComputer:
         that computes fewer positions, counting this many positions per extra forward/backward
         (`formatting.length_groups`); None: never. "auto": 64 on CPU (measured: a batch of 16 with
         lengths 103-329 computes 2,518 positions instead of 5,264), None on GPU (unmeasured: a GPU
-        favours few large launches)."""
+        favours few large launches).
+        pooling: also return "embedding" [B, H], the final hidden states (the lm_head's input, after
+        the final norm) pooled over each example's tokens — mean, or weighted_mean (token i of n
+        weighted i / (1 + .. + n): RDS+'s representation) — and L2-normalised, fp32: taken from
+        this same forward, so a representation-based selector costs no pass of its own."""
+        if pooling not in (None, "mean", "weighted_mean"):
+            raise ValueError(f"pooling must be None, mean or weighted_mean, not {pooling!r}")
+        self.pooling = pooling
         self.model = model
         self.feature_cast = feature_cast
         self.block_dtype = block_dtype
@@ -177,7 +185,10 @@ class LoraGradientComputer:
         finally:
             self.model.train(was_training)
         state.flush_unused(input_ids.shape[0], device)
-        return {"loss": loss.detach(), "n_tokens": n_tokens}
+        out = {"loss": loss.detach(), "n_tokens": n_tokens}
+        if self.pooling is not None:
+            out["embedding"] = state.embedding
+        return out
 
     def per_example_grads(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Full [B, P] gradients (audits and tests; P can be large)."""
@@ -337,6 +348,7 @@ class _Capture:
         self.predicts = predicts  # [B, T] positions whose logits enter the loss
         self.sink = sink
         self.anchors: list[torch.Tensor] = []
+        self.embedding: torch.Tensor | None = None
         self.pending: dict[torch.nn.Module, int] = {}  # calls whose dy has not arrived yet
         self.partial: dict[int, torch.Tensor] = {}  # for modules called more than once
         self.emitted: set[int] = set()
@@ -356,6 +368,13 @@ class _Capture:
                 h.remove()
 
     def _on_head(self, module, args):
+        if self.c.pooling is not None:  # the final hidden states [B, T, H], pooled before they are cut
+            h = args[0].detach().float()
+            w = self.mask.to(h.dtype)
+            if self.c.pooling == "weighted_mean":
+                w = w.cumsum(1) * w  # 1-based position among the example's tokens
+            e = (h * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True)
+            self.embedding = e / e.norm(dim=1, keepdim=True).clamp_min(torch.finfo(e.dtype).tiny)
         # logits only where a label is predicted: [N, V] instead of [B, T, V], and the
         # lm_head's backward likewise (other positions have zero gradient anyway)
         return (args[0][self.predicts],) + tuple(args[1:])

@@ -36,7 +36,7 @@ from ..run_lock import locked
 from ..shards import SHARDED_INPUT, map_shards, read_input_shard, shard_input
 from ..train.checkpoint import read_checkpoint_state
 from ..store import (SHARD_KEY, Projection, StoreManifest, features_table, library_versions, remove_temp_files,
-                     verified_shard, write_manifest, write_shard)
+                     shard_schema, verified_shard, write_manifest, write_shard)
 
 log = logging.getLogger("less_ray")
 
@@ -87,6 +87,26 @@ class ExtractConfig(RayStage):
     # add the records of `data` to the finished store(s) in `out` as new shards, extracting only
     # them; every other setting must be the store's own, and the ids must be new to the store
     append: bool = False
+    # mean | weighted_mean: also keep each example's pooled final hidden states from this same
+    # forward (weighted_mean: RDS+'s representation) as an embedding store <out>/embedding, which
+    # rds / rds_plus read instead of embedding the pool again; None: not kept
+    embedding: str | None = None
+
+
+EMBEDDING = "embedding"
+EMBEDDING_INDEPENDENT = ("dim", "projection", "seed", "dtype", "normalize", "kind", "betas", "eps")
+
+
+def embedding_dir(out: str | Path):
+    return storage.location(out) / EMBEDDING
+
+
+def embedding_key(cfg: ExtractConfig, parts: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """What the pass's embeddings depend on: the dims' key without the gradient feature's settings."""
+    if not cfg.embedding:
+        return None
+    key = shard_keys(cfg, [0], parts)[0]
+    return {**{k: v for k, v in key.items() if k not in EMBEDDING_INDEPENDENT}, "embedding": cfg.embedding}
 
 
 def checkpoint_hash(ckpt: str | Path) -> str:
@@ -108,6 +128,8 @@ def resolve(cfg: ExtractConfig) -> ExtractConfig:
         raise ValueError(f"extract: no base_model given and none recorded in {cfg.checkpoint}/state.json")
     if cfg.kind not in ("adam", "sgd"):
         raise ValueError(f"extract: kind must be adam or sgd, not {cfg.kind!r}")
+    if cfg.embedding not in (None, "mean", "weighted_mean"):
+        raise ValueError(f"extract: embedding must be mean or weighted_mean (or unset), not {cfg.embedding!r}")
     if cfg.projection not in PROJECTIONS:
         raise ValueError(f"extract: projection must be one of {PROJECTIONS}, not {cfg.projection!r}")
     if cfg.projection == "sjlt" and not 1 <= cfg.sjlt_s <= min(64, min(cfg.dims)):
@@ -159,7 +181,8 @@ class ShardExtractor:
         if cfg.precision != "fp32":  # LESS's: the whole PeftModel in bf16
             self.model.to(torch.bfloat16)
         self.computer = LoraGradientComputer(self.model,
-                                             feature_cast=torch.float16 if cfg.precision == "less" else None)
+                                             feature_cast=torch.float16 if cfg.precision == "less" else None,
+                                             pooling=cfg.embedding)
         self.moments = load_moments(cfg.checkpoint, self.model).to(self.device) if cfg.kind == "adam" else None
         n = self.computer.num_params
         self.projector = make_projector(cfg.projection, n, cfg.dims, cfg.seed, cfg.sjlt_s)
@@ -181,6 +204,7 @@ class ShardExtractor:
         norms = {d: np.zeros(len(examples), np.float32) for d in self.dims}
         loss = np.zeros(len(examples), np.float32)
         n_tok = np.zeros(len(examples), np.int32)
+        emb = np.zeros((len(examples), self.model.config.hidden_size), np.float32) if self.cfg.embedding else None
         for lo in range(0, len(order), self.projection_batch):
             group = order[lo:lo + self.projection_batch]
             lengths = [len(examples[i][1].input_ids) for i in group]
@@ -191,8 +215,15 @@ class ShardExtractor:
                                                      tuple(self.cfg.betas), self.cfg.eps)
             for idx, res in zip(idxs, results):
                 self._store(res, idx, out, norms, loss, n_tok)
+                if emb is not None:
+                    emb[idx] = res["embedding"].detach().float().cpu().numpy()
         recs = [r for r, _ in examples]
         targets = self.cfg.kind == "sgd"
+        if emb is not None:  # written first: the dims' shards mark the shard done
+            write_shard(embedding_dir(self.cfg.out), shard, features_table(
+                [r["id"] for r in recs], [r["source"] for r in recs], emb, np.ones(len(recs), np.float32), n_tok,
+                loss, "float32", tasks=[r["task"] for r in recs] if targets else None,
+                subtasks=[r["subtask"] for r in recs] if targets else None))
         for d in self.dims:
             table = features_table([r["id"] for r in recs], [r["source"] for r in recs], out[d], norms[d], n_tok, loss,
                                    self.cfg.dtype, tasks=[r["task"] for r in recs] if targets else None,
@@ -258,14 +289,18 @@ def claim_store(store, key: dict[str, Any], append: bool = False, stage: str = "
     claim(store, key, SHARD_KEY, stage=stage, keep=keep)
 
 
-def pending_shards(cfg: ExtractConfig, keys: dict[int, dict[str, Any]], parts: list[dict[str, Any]]) -> list[int]:
+def pending_shards(cfg: ExtractConfig, keys: dict[int, dict[str, Any]], parts: list[dict[str, Any]],
+                   emb_key: dict[str, Any] | None = None) -> list[int]:
+    """The shards some store lacks (a dim's, or the embedding store's: one pass writes them all)."""
     out = storage.location(cfg.out)
-    dims = list(keys)
-    for d in dims:
-        claim_store(store_dir(out, d), keys[d], cfg.append)
-        remove_temp_files(store_dir(out, d))
+    stores = [(store_dir(out, d), keys[d]) for d in keys]
+    if emb_key is not None:
+        stores.append((embedding_dir(out), emb_key))
+    for folder, key in stores:
+        claim_store(folder, key, cfg.append)
+        remove_temp_files(folder)
     n_shards = sum(p["shards"] for p in parts)
-    return [i for i in range(n_shards) if not all(verified_shard(store_dir(out, d), i) for d in dims)]
+    return [i for i in range(n_shards) if not all(verified_shard(folder, i) for folder, _ in stores)]
 
 
 def input_parts(cfg: ExtractConfig, out, dims: list[int]) -> list[dict[str, Any]]:
@@ -318,6 +353,31 @@ def shard_file(out, parts: list[dict[str, Any]], shard: int) -> tuple[Any, int]:
     raise IndexError(f"extract: shard {shard} is in none of the store's inputs")
 
 
+def finalize_embedding(cfg: ExtractConfig, parts: list[dict[str, Any]], key: dict[str, Any]) -> Path:
+    """The embedding store's manifest, in the layout `selectors.embeddings` writes (kind embedding,
+    identity projection of the hidden size, unit rows); its encoder names this pass."""
+    sd = embedding_dir(cfg.out)
+    entries = [verified_shard(sd, i) for i in range(sum(p["shards"] for p in parts))]
+    if any(e is None for e in entries):
+        raise RuntimeError(f"extract: shards {[i for i, e in enumerate(entries) if e is None][:10]} of {sd} are "
+                           "missing or corrupt; rerun to resume")
+    dim = shard_schema(sd / entries[0]["file"]).field("features").type.list_size
+    encoder = {"encoder": "extract", "base_model": key["base_model"], "checkpoint": key["checkpoint"],
+               "pooling": cfg.embedding, "chat_format": cfg.chat_format, "max_seq_length": cfg.max_seq_length,
+               "precision": cfg.precision}
+    write_manifest(sd, StoreManifest(
+        kind="embedding", checkpoint=str(cfg.checkpoint), checkpoint_hash=key["checkpoint"], model=str(cfg.base_model),
+        projection=Projection("identity", 0, dim), normalized=True, dtype="float32",
+        count=sum(e["rows"] for e in entries), shards=entries,
+        input={"path": parts[0]["path"], "sha256": parts[0]["sha256"], "chat_format": cfg.chat_format,
+               "max_seq_length": cfg.max_seq_length},
+        versions=library_versions(),
+        extra={"encoder": encoder, "pooling": f"{cfg.embedding} of the final hidden states (the lm_head's input) "
+               "over the example's tokens, from the gradient pass, then L2-normalised",
+               "norms": "not kept (1)", "computed_from": key}))
+    return sd
+
+
 def finalize(cfg: ExtractConfig, parts: list[dict[str, Any]], keys: dict[int, dict[str, Any]]) -> dict[int, Path]:
     n_shards = sum(p["shards"] for p in parts)
     state = read_checkpoint_state(cfg.checkpoint)
@@ -364,7 +424,10 @@ def run_extract(cfg: ExtractConfig) -> dict[int, Path]:
     dims = [_identity_dim(cfg)] if cfg.projection == "identity" else cfg.dims
     parts = input_parts(cfg, out, dims)
     keys = shard_keys(cfg, dims, parts)
-    todo = pending_shards(cfg, keys, parts)  # (append: refuses a store made from other settings)
+    emb_key = embedding_key(cfg, parts)
+    if cfg.embedding and cfg.append:
+        raise ValueError("extract: embedding with append is not supported; extract the whole pool into a new folder")
+    todo = pending_shards(cfg, keys, parts, emb_key)  # (append: refuses a store made from other settings)
     write_parts(out, parts)
     log.debug("extract %s: %d examples in %d shards, %d to do (%s, dims %s)", cfg.kind,
               sum(p["rows"] for p in parts), sum(p["shards"] for p in parts), len(todo), Path(cfg.checkpoint).name, dims)
@@ -374,6 +437,8 @@ def run_extract(cfg: ExtractConfig) -> dict[int, Path]:
                           "extract.batch_tokens (or batch_size), projection_buffer_gb or max_actors")
         log.debug("extract: %d shards, %d examples, %d skipped by the truncation policy in %.1fs",
                  len(done), sum(int(d["rows"]) for d in done), sum(int(d["skipped"]) for d in done), time.time() - t0)
+    if emb_key is not None:
+        finalize_embedding(cfg, parts, emb_key)
     return finalize(cfg, parts, keys)
 
 

@@ -19,7 +19,10 @@ of targets and its own score folder task, as with every targeted selector.
 Differences from their code: fp32 by default (theirs bf16); the pool is embedded in length-sorted
 padded batches (theirs one example at a time, so padding never enters the weighted mean; here the
 weights count the kept tokens only, which gives the same embedding); the model is `model` (the
-pipeline fills in its base model), not a warmup checkpoint.
+pipeline fills in its base model), not a warmup checkpoint — unless `pool_embeddings` and
+`target_embeddings` name the embedding stores LESS's extraction kept from its own gradient pass
+(`extract --set embedding=weighted_mean`): the warmup checkpoint's hidden states over LESS's
+tokens (its `chat_format`, examples without a label token skipped), at no extra pass.
 
 Memory: the round-robin holds [pool, targets chunk] cosines, chunked so they fit `sims_bytes`
 (one pass over the pool store per chunk); max and mean stream the pool once.
@@ -32,6 +35,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..config import path_field
 from ..core.formatting import ChatFormat
 from ..core.round_robin import RoundRobin, key_scores
 from ..selection.folder import ScoreFolderWriter
@@ -52,6 +56,10 @@ class RDSPlusConfig(EmbedConfig):
     aggregation: str = "round_robin"  # round_robin (RDS+'s) | max | mean over the task's target examples
     block_rows: int = 65536
     sims_bytes: int = 1 << 30  # round_robin: memory for [pool, targets chunk] float32 cosines
+    # embedding stores made already (extract's `embedding: weighted_mean`, <extract out>/embedding,
+    # the same pass as LESS's gradients): the pool's and each task's; given, nothing is embedded here
+    pool_embeddings: str | None = path_field("in", None)
+    target_embeddings: dict[str, str] = path_field("in", {})
     # the pipeline fills in its own chat_format elsewhere; RDS+ renders as its paper does
     OWN_DEFAULTS: ClassVar[tuple[str, ...]] = ("chat_format",)
 
@@ -103,7 +111,15 @@ def task_scores(pool_store: Path, target_store: Path, aggregation: str, block_ro
 @register("rds_plus", RDSPlusConfig, "RDS+: the model's position-weighted mean final hidden states, cosine, "
           "round-robin over the target examples (Ivison et al. 2025; give --set model=DIR)", targeted=True)
 def run_rds_plus(cfg: RDSPlusConfig) -> dict[str, Any]:
-    pool_store, target_stores = embed_pool_and_targets(cfg)
+    if cfg.pool_embeddings:
+        missing = sorted(set(cfg.targets) - set(cfg.target_embeddings))
+        if missing or not cfg.target_embeddings:
+            raise ValueError(f"rds_plus: pool_embeddings given, so target_embeddings must name a store for every "
+                             f"task; missing {missing or sorted(cfg.targets)}")
+        pool_store = Path(cfg.pool_embeddings)
+        target_stores = {t: Path(cfg.target_embeddings[t]) for t in (cfg.targets or cfg.target_embeddings)}
+    else:
+        pool_store, target_stores = embed_pool_and_targets(cfg)
     check_same_encoder(pool_store, list(target_stores.values()))
     ids, sources = _pool_columns(pool_store, cfg.block_rows)
     writer = ScoreFolderWriter(cfg.out, list(target_stores), pool=cfg.pool)
