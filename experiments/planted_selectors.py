@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_data  # noqa: E402  (the #19 script: its data and its planted metric)
 
 JUDGED = ("alpagasus", "deita", "mods", "instruction_mining")
+MODELLED = JUDGED + ("rds_plus",)  # the selectors given the model (the judge, or RDS+'s own representation)
 
 
 def parse_args(argv=None):
@@ -76,7 +77,7 @@ def main(argv=None) -> int:
         folder = out / ("full" if not args.subsample else f"sub{args.subsample}") / name
         overrides = {"pool": pool, "targets": targets, "out": str(folder), "top_p": rd.top_p, "num_cpus": args.num_cpus,
                      "max_actors": 1, "embeddings": str(out / "embeddings" / Path(pool).stem)}
-        if name in JUDGED:
+        if name in MODELLED:
             overrides["model"] = args.judge or str(model_dir)
         t0 = time.time()
         if not (folder / "score_summary.json").exists() or not (folder / "selector.config.yaml").exists():

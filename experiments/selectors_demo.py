@@ -46,11 +46,14 @@ def selector_options(args, targets: dict[str, str]) -> dict[str, dict]:
             opts[name]["model"] = args.judge
         if kind == "instruction_mining":
             opts[name]["targets"] = dict(targets)
+        if kind == "fusion":  # LESS and RDS+ (RDS without it), run before it: the pipeline keeps this order
+            opts[name]["inputs"] = {"less": "less", **({"rds_plus": "rds_plus"} if "rds_plus" in args.selectors
+                                                       else {"rds": "rds"})}
     for item in args.option:
         key, value = item.split("=", 1)
         name, field = key.split(".", 1)
         opts[name][field] = yaml.safe_load(value)
-    return opts
+    return {k: opts[k] for k in sorted(opts, key=lambda k: k.split("@")[0] == "fusion")}
 
 
 def shares(selection: Path, family: str) -> tuple[int, float]:
