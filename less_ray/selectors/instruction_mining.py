@@ -173,9 +173,11 @@ class _FitActor:
                  chat_format: str, max_seq_length: int, batch_size: int, use_gpu: bool):
         import torch
 
+        from ..console import configure
         from ..core.finetune import tokenized
         from ..core.formatting import FormatConfig
         from ..models import load_model_and_tokenizer
+        configure()  # this worker's log lines (each subset's) reach the driver's output
         self.base, self.tok = load_model_and_tokenizer(base_model)
         self.base.to(torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu"))
         self.fmt = FormatConfig(chat_format, max_seq_length)
@@ -191,6 +193,8 @@ class _FitActor:
         recipe = FinetuneRecipe(**{**self.recipe, "seed": self.recipe["seed"] + i})
         model = lora_finetune(copy.deepcopy(self.base), self.tok, train, recipe)
         loss = answer_loss(model, self.tok, self.eval, self.batch_size)
+        log.info("instruction_mining fit: subset %d of %d (%d examples): eval loss %.4f in %.0f s", i + 1,
+                 len(self.subsets), len(train), loss, time.perf_counter() - t0)  # a long fit shows its progress
         return {"shard": i, "loss": loss, "trained": len(train), "seconds": time.perf_counter() - t0}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
