@@ -177,7 +177,7 @@ class _FitActor:
         from ..core.finetune import tokenized
         from ..core.formatting import FormatConfig
         from ..models import load_model_and_tokenizer
-        configure()  # this worker's log lines (each subset's) reach the driver's output
+        configure()  # with -v this worker's lines (one per subset) reach the driver (console.ray_init_args)
         self.base, self.tok = load_model_and_tokenizer(base_model)
         self.base.to(torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu"))
         self.fmt = FormatConfig(chat_format, max_seq_length)
