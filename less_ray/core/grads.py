@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .formatting import IGNORE_INDEX, length_groups
+from .pooling import POOLINGS, pooled
 from .projection import Projector
 
 FeatureKind = Literal["adam", "sgd"]
@@ -101,8 +102,8 @@ class LoraGradientComputer:
         the final norm) pooled over each example's tokens — mean, or weighted_mean (token i of n
         weighted i / (1 + .. + n): RDS+'s representation) — and L2-normalised, fp32: taken from
         this same forward, so a representation-based selector costs no pass of its own."""
-        if pooling not in (None, "mean", "weighted_mean"):
-            raise ValueError(f"pooling must be None, mean or weighted_mean, not {pooling!r}")
+        if pooling is not None and pooling not in POOLINGS:
+            raise ValueError(f"pooling must be None or one of {POOLINGS}, not {pooling!r}")
         self.pooling = pooling
         self.model = model
         self.feature_cast = feature_cast
@@ -369,11 +370,7 @@ class _Capture:
 
     def _on_head(self, module, args):
         if self.c.pooling is not None:  # the final hidden states [B, T, H], pooled before they are cut
-            h = args[0].detach().float()
-            w = self.mask.to(h.dtype)
-            if self.c.pooling == "weighted_mean":
-                w = w.cumsum(1) * w  # 1-based position among the example's tokens
-            e = (h * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True)
+            e = pooled(args[0].detach().float(), self.mask, self.c.pooling)
             self.embedding = e / e.norm(dim=1, keepdim=True).clamp_min(torch.finfo(e.dtype).tiny)
         # logits only where a label is predicted: [N, V] instead of [B, T, V], and the
         # lm_head's backward likewise (other positions have zero gradient anyway)

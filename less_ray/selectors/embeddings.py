@@ -39,10 +39,10 @@ from ..store import (Projection, StoreManifest, features_table, library_versions
 from .base import SelectorConfig, map_shards, shard_records
 from ..config import path_field
 from ..core.formatting import ChatFormat
+from ..core.pooling import POOLINGS, pooled
 
 log = logging.getLogger("less_ray")
 ENCODERS = ("minilm", "model")
-POOLINGS = ("mean", "weighted_mean")
 
 
 @dataclass
@@ -69,6 +69,14 @@ def minilm_dir() -> Path:
     return folder
 
 
+def weights_id(folder: str | Path) -> str:
+    """A model folder's weights by file name and size: cheap, and changes with any re-materialised model."""
+    h = hashlib.sha256()
+    for w in sorted(Path(folder).glob("*.safetensors")) or sorted(Path(folder).glob("*.bin")):
+        h.update(f"{w.name}:{w.stat().st_size}".encode())
+    return h.hexdigest()[:16]
+
+
 def encoder_identity(cfg: EmbedConfig) -> dict[str, Any]:
     """What defines the embeddings: the store is reused only when this matches."""
     if cfg.encoder not in ENCODERS:
@@ -78,11 +86,7 @@ def encoder_identity(cfg: EmbedConfig) -> dict[str, Any]:
     if cfg.pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, not {cfg.pooling!r}")
     folder = minilm_dir() if cfg.encoder == "minilm" else Path(cfg.model)
-    weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
-    h = hashlib.sha256()
-    for w in weights:  # name and size: cheap, and changes with any re-materialised model
-        h.update(f"{w.name}:{w.stat().st_size}".encode())
-    ident = {"encoder": cfg.encoder, "model": str(folder), "weights": h.hexdigest()[:16],
+    ident = {"encoder": cfg.encoder, "model": str(folder), "weights": weights_id(folder),
              "max_tokens": cfg.embed_max_tokens, "chat_format": cfg.chat_format if cfg.encoder == "model" else None}
     # named only when not the mean, so the stores built before pooling existed keep their identity
     return ident if cfg.pooling == "mean" else {**ident, "pooling": cfg.pooling}
@@ -137,10 +141,7 @@ class TextEncoder:
                 idx = order[lo:lo + self.batch_size]
                 batch = collate([TokenizedExample("", ids[i], ids[i], False) for i in idx], pad)
                 hidden = self.net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                if self.pooling == "weighted_mean":  # 1-based position among the kept tokens
-                    mask = mask.cumsum(1) * mask
-                out[idx] = ((hidden * mask).sum(1) / mask.sum(1)).float().numpy()
+                out[idx] = pooled(hidden, batch["attention_mask"], self.pooling).float().numpy()
         norms = np.linalg.norm(out, axis=1)
         if not (norms > 0).all() or not np.isfinite(out).all():
             bad = [rows[i]["id"] for i in np.flatnonzero(~(norms > 0) | ~np.isfinite(out).all(1))[:5]]

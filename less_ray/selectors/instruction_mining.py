@@ -53,7 +53,8 @@ from ..core.formatting import ChatFormat
 from ..shards import read_input_shard
 from .base import ALL_TASK, ShardActor, map_shards, read_targets, register, shard_records
 from .indicators import draw_subsets, fit_rule, knn_mean_distance, mtld, rule_scores, standardize
-from .judge import QualityConfig, pool_quality, quality_source, record_parts, weights_id
+from .embeddings import weights_id
+from .judge import QualityConfig, pool_quality, quality_source, record_parts
 from .loss_stats import UNSCORED
 
 log = logging.getLogger("less_ray")
@@ -126,8 +127,6 @@ class _TextActor(ShardActor):
         from ..models import load_tokenizer
         super().__init__(sharded)
         self.tok, self.fmt = load_tokenizer(base_model), FormatConfig(chat_format, max_seq_length)
-        if self.tok.pad_token is None:  # as load_model_and_tokenizer (collate needs one)
-            self.tok.pad_token = self.tok.eos_token
         self.parts, self.threshold = Path(parts), threshold
 
     def process(self, shard: int, rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -22,7 +22,6 @@ the judge's context; the cut is counted by the caller.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ import numpy as np
 
 from ..config import path_field
 from .base import ALL_TASK, PoolScorer, score_pool
-from .embeddings import EmbedConfig
+from .embeddings import EmbedConfig, weights_id
 
 READINGS = ("expected", "generate")
 
@@ -274,15 +273,6 @@ class QualityScorer(PoolScorer):
 def quality_kwargs(cfg: JudgeConfig) -> dict[str, Any]:
     return {"reward_model": cfg.reward_model, "model": cfg.model, "batch_size": cfg.judge_batch_size,
             "field_max_tokens": cfg.field_max_tokens, "use_gpu": cfg.actor_num_gpus > 0}
-
-
-def weights_id(folder: str | Path) -> str:
-    """A model folder's weights by file name and size: cheap, and changes with any re-materialised
-    model (as `embeddings.encoder_identity`)."""
-    h = hashlib.sha256()
-    for w in sorted(Path(folder).glob("*.safetensors")) or sorted(Path(folder).glob("*.bin")):
-        h.update(f"{w.name}:{w.stat().st_size}".encode())
-    return h.hexdigest()[:16]
 
 
 def pool_quality(cfg: QualityConfig, stage: str) -> tuple[list[str], list[str], np.ndarray, str, bool]:
